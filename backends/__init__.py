@@ -1,0 +1,46 @@
+"""Secret memory for secretvault: backends, the slot allocator, accounting.
+
+Three backends implement :class:`SecretMemoryBackend`:
+
+* :class:`MemfdSecretBackend` — real secret memory, memfd_secret(2);
+* the page-by-page and pooled-PMD *models* (``backends.model``), which
+  simulate the direct map and run on locked ordinary memory.
+
+:class:`SlotAllocator` packs keys into the pages of any of them.
+"""
+
+from backends._base import (
+    KEY_SLOT_SIZES,
+    BackendStats,
+    DirectMapStats,
+    MemlockStats,
+    Protection,
+    Region,
+    SecretMemoryBackend,
+    SecretMemoryStats,
+    SizeClassStats,
+)
+from backends._memfd import MemfdSecretBackend
+from backends._procfs import PAGE_SIZE, MemcgReading
+from backends._slots import SIZE_CLASSES, Slot, SlotAllocator, size_class
+from backends._sys import harden_process
+
+__all__ = [
+    "KEY_SLOT_SIZES",
+    "PAGE_SIZE",
+    "SIZE_CLASSES",
+    "BackendStats",
+    "DirectMapStats",
+    "MemcgReading",
+    "MemfdSecretBackend",
+    "MemlockStats",
+    "Protection",
+    "Region",
+    "SecretMemoryBackend",
+    "SecretMemoryStats",
+    "SizeClassStats",
+    "Slot",
+    "SlotAllocator",
+    "harden_process",
+    "size_class",
+]

@@ -1,0 +1,1 @@
+"""The secretvault client library and the API package the server shares."""

@@ -1,0 +1,170 @@
+"""The one error tree of secretvault, shared by the server and its clients.
+
+Every error the vault raises is a :class:`VaultError`.  The server maps each
+class to one gRPC status code (``STATUS`` below, read by ``vault.errors``);
+the client maps the status and the class name carried in the trailing
+metadata back to the same class, so a caller catches ``KeyNotFound`` whether
+the keyring is in-process or across a socket.
+
+This module imports nothing: the backends, the server and the client all
+depend on it, and it depends on none of them.
+"""
+
+from __future__ import annotations
+
+
+class VaultError(Exception):
+    """Root of every error secretvault raises."""
+
+    #: the gRPC status code name this error is reported with
+    status: str = "INTERNAL"
+
+
+# --- INVALID_ARGUMENT -------------------------------------------------------
+
+
+class InvalidArgument(VaultError):
+    """The request itself is wrong: fix it before retrying."""
+
+    status = "INVALID_ARGUMENT"
+
+
+class InvalidKeyName(InvalidArgument):
+    """A key name outside the documented character set or length."""
+
+
+class WrongKeyType(InvalidArgument):
+    """The operation does not exist for this key's type."""
+
+
+class MalformedCiphertext(InvalidArgument):
+    """A ciphertext, signature or MAC that is truncated or badly framed."""
+
+
+class DecryptionFailed(InvalidArgument):
+    """Authentication of a ciphertext failed: wrong key, or tampered data."""
+
+
+class InvalidImport(InvalidArgument):
+    """A wrapped import that does not open or has the wrong length."""
+
+
+# --- NOT_FOUND / ALREADY_EXISTS -------------------------------------------------
+
+
+class NotFound(VaultError):
+    status = "NOT_FOUND"
+
+
+class KeyNotFound(NotFound):
+    """No key of that name."""
+
+
+class VersionNotFound(NotFound):
+    """The key exists but not that version (or it is below the minimum)."""
+
+
+class KeyExists(VaultError):
+    """A key of that name already exists."""
+
+    status = "ALREADY_EXISTS"
+
+
+# --- PERMISSION_DENIED ------------------------------------------------------------
+
+
+class PermissionDenied(VaultError):
+    """The caller's identity may not perform this operation on this key."""
+
+    status = "PERMISSION_DENIED"
+
+
+# --- RESOURCE_EXHAUSTED -----------------------------------------------------------
+
+
+class ResourceExhausted(VaultError):
+    status = "RESOURCE_EXHAUSTED"
+
+
+class MemlockExceeded(ResourceExhausted):
+    """mmap of secret memory refused: RLIMIT_MEMLOCK would be exceeded."""
+
+
+class SecretMemoryExhausted(ResourceExhausted):
+    """The kernel (or the model) has no memory left for secret pages."""
+
+
+class PoolExhausted(SecretMemoryExhausted):
+    """The pooled-PMD model's CMA area is drained (and fallback is off)."""
+
+
+class RequestTooLarge(ResourceExhausted):
+    """A batch or message beyond the server's configured limits."""
+
+
+# --- FAILED_PRECONDITION ----------------------------------------------------------
+
+
+class FailedPrecondition(VaultError):
+    status = "FAILED_PRECONDITION"
+
+
+class StoreSealed(FailedPrecondition):
+    """The store has not been unsealed: no key can be used yet."""
+
+
+class WrongPassphrase(FailedPrecondition):
+    """The unseal passphrase or key file does not open this store."""
+
+
+class SecretMemoryUnavailable(FailedPrecondition):
+    """memfd_secret(2) is not available: the vault refuses to start."""
+
+
+# --- DATA_LOSS ---------------------------------------------------------------------
+
+
+class IntegrityError(VaultError):
+    """A sealed record failed authentication: corrupted or tampered."""
+
+    status = "DATA_LOSS"
+
+
+# --- UNAVAILABLE ---------------------------------------------------------------
+
+
+class Unavailable(VaultError):
+    status = "UNAVAILABLE"
+
+
+class ShuttingDown(Unavailable):
+    """The server is draining and accepts no new calls."""
+
+
+# --- INTERNAL (programming errors, never a client's fault) -------------------
+
+
+class SlotFreed(VaultError):
+    """A slot handle was used after it was freed."""
+
+
+class BackendError(VaultError):
+    """An unexpected failure of a secret-memory system call."""
+
+
+class StoreError(VaultError):
+    """An unexpected failure of the key store."""
+
+
+def _all_errors() -> dict[str, type[VaultError]]:
+    found: dict[str, type[VaultError]] = {}
+    stack: list[type[VaultError]] = [VaultError]
+    while stack:
+        cls = stack.pop()
+        found[cls.__name__] = cls
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+#: every error class by name: how the client turns a name back into a class
+BY_NAME: dict[str, type[VaultError]] = _all_errors()
