@@ -130,9 +130,9 @@ class MemcgReading:
     unevictable: int | None
 
 
-def _cgroup_paths() -> Iterator[tuple[str, str]]:
+def _cgroup_paths(cgroup_file: str) -> Iterator[tuple[str, str]]:
     """(controllers, path) pairs from /proc/self/cgroup."""
-    text = _read("/proc/self/cgroup") or ""
+    text = _read(cgroup_file) or ""
     for line in text.splitlines():
         parts = line.split(":", 2)
         if len(parts) == 3:
@@ -161,11 +161,17 @@ def _memcg_dir(mount: str, cgpath: str) -> str | None:
     return None
 
 
-def memcg() -> MemcgReading | None:
-    """Usage, limit and the page-cache figures of this process's memcg."""
-    for controllers, cgpath in _cgroup_paths():
+def memcg(
+    cgroup_file: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup"
+) -> MemcgReading | None:
+    """Usage, limit and the page-cache figures of this process's memcg.
+
+    ``cgroup_file`` and ``cgroup_root`` default to the live system; tests
+    point them at a copy of the files (v1 and v2 layouts).
+    """
+    for controllers, cgpath in _cgroup_paths(cgroup_file):
         if "memory" in controllers.split(","):
-            d = _memcg_dir("/sys/fs/cgroup/memory", cgpath)
+            d = _memcg_dir(os.path.join(cgroup_root, "memory"), cgpath)
             if d is None:
                 continue
             stat = _parse_stat(_read(os.path.join(d, "memory.stat")))
@@ -178,9 +184,9 @@ def memcg() -> MemcgReading | None:
                 file_mapped=stat.get("mapped_file"),
                 unevictable=stat.get("unevictable"),
             )
-    for controllers, cgpath in _cgroup_paths():
+    for controllers, cgpath in _cgroup_paths(cgroup_file):
         if controllers == "":
-            d = _memcg_dir("/sys/fs/cgroup", cgpath)
+            d = _memcg_dir(cgroup_root, cgpath)
             if d is None or not os.path.exists(os.path.join(d, "memory.current")):
                 continue
             stat = _parse_stat(_read(os.path.join(d, "memory.stat")))

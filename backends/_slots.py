@@ -44,6 +44,8 @@ SIZE_CLASSES: tuple[int, ...] = (32, 64, 128, 256)
 
 
 def size_class(size: int) -> int:
+    if size < 1:
+        raise InvalidArgument(f"a slot holds at least 1 byte; {size} were asked for")
     for c in SIZE_CLASSES:
         if size <= c:
             return c
@@ -102,11 +104,14 @@ class Slot:
     def ptr(self) -> _sodium.Ptr:
         if self._page is None:
             raise SlotFreed("this slot was freed; its memory is zeroed and may be reused")
+        if self._allocator._closed:
+            # the region is unmapped: a pointer into it would crash the process
+            raise SlotFreed("the allocator was closed; this slot's memory is unmapped")
         return self._ptr
 
     @property
     def freed(self) -> bool:
-        return self._page is None
+        return self._page is None or self._allocator._closed
 
     def free(self) -> None:
         """Zero the slot and give it back.  Idempotent is *not* offered:
@@ -209,6 +214,11 @@ class SlotAllocator:
             page = slot._page
             if page is None:
                 raise SlotFreed("this slot was already freed")
+            if self._closed:
+                # close() zeroed and unmapped every region: writing through
+                # the pointer now would fault, and there is nothing to wipe
+                slot._page = None
+                return
             # wipe before anything else can see the memory again
             _sodium.sodium_memzero(slot._ptr, page.size)
             slot._page = None

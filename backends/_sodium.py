@@ -35,6 +35,7 @@ ffi.cdef(
     int sodium_is_zero(const unsigned char *n, const size_t nlen);
     void randombytes_buf(void * buf, size_t size);
 
+    int crypto_sign_keypair(unsigned char *pk, unsigned char *sk);
     int crypto_sign_seed_keypair(unsigned char *pk, unsigned char *sk,
                                  const unsigned char *seed);
     int crypto_sign_detached(unsigned char *sig, unsigned long long *siglen_p,
@@ -135,6 +136,14 @@ def random_bytes(n: int) -> bytes:
 
 
 # --- Ed25519 ----------------------------------------------------------------
+
+
+def crypto_sign_keypair(sk_out: Ptr) -> bytes:
+    """Generate straight into ``sk_out``; returns the public key."""
+    pk = ffi.new("unsigned char[32]")
+    if lib.crypto_sign_keypair(pk, sk_out) != 0:
+        raise BackendError("crypto_sign_keypair failed")
+    return bytes(pk)
 
 
 def crypto_sign_seed_keypair(pk_out: Ptr, sk_out: Ptr, seed: Ptr) -> None:

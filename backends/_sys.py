@@ -57,7 +57,7 @@ _libc.mmap.argtypes = [
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
 
 
 def _errno() -> int:
@@ -113,39 +113,62 @@ def _memlock_error(length: int, what: str) -> MemlockExceeded:
 # --- memfd_secret -------------------------------------------------------------
 
 
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def _explain_enosys() -> str:
     """Name the likely reason memfd_secret(2) returned ENOSYS."""
-    release = platform.release()
+    status = _read_text("/proc/self/status") or ""
+    seccomp = next(
+        (ln.split()[1] for ln in status.splitlines() if ln.startswith("Seccomp:")), "0"
+    )
+    version = (_read_text("/proc/version") or "").lower()
+    return _enosys_message(
+        release=platform.release(),
+        seccomp_mode=seccomp,
+        cmdline=_read_text("/proc/cmdline") or "",
+        # secretmem is built in; its boolean parameter is readable by root only
+        secretmem_enable=(_read_text("/sys/module/secretmem/parameters/enable") or "").strip()
+        or None,
+        gvisor="gvisor" in version or os.path.exists("/proc/gvisor"),
+    )
+
+
+def _enosys_message(
+    *, release: str, seccomp_mode: str, cmdline: str, secretmem_enable: str | None, gvisor: bool
+) -> str:
+    """The ENOSYS explanation from the facts gathered by :func:`_explain_enosys`.
+
+    ``seccomp_mode`` is the ``Seccomp:`` field of /proc/self/status (2: a
+    filter is installed); ``secretmem_enable`` is the ``Y``/``N`` of
+    /sys/module/secretmem/parameters/enable, or None where unreadable.
+    """
     reasons: list[str] = []
     try:
         major, minor = (int(x) for x in release.split(".")[:2])
     except ValueError:
         major, minor = 0, 0
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            seccomp = next((ln.split()[1] for ln in f if ln.startswith("Seccomp:")), "0")
-    except OSError:
-        seccomp = "0"
-    try:
-        with open("/proc/cmdline", encoding="ascii") as f:
-            cmdline = f.read()
-    except OSError:
-        cmdline = ""
-    try:
-        with open("/proc/version", encoding="ascii") as f:
-            gvisor = "gvisor" in f.read().lower() or os.path.exists("/proc/gvisor")
-    except OSError:
-        gvisor = False
     if gvisor:
         reasons.append("this looks like gVisor, which does not implement memfd_secret")
     if (major, minor) < (5, 14):
         reasons.append(f"kernel {release} is older than 5.14, which added memfd_secret")
-    elif "secretmem.enable=0" in cmdline or (major, minor) < (6, 5):
+    elif secretmem_enable in ("N", "0") or (
+        secretmem_enable is None
+        and (
+            any(a in cmdline.split() for a in ("secretmem.enable=0", "secretmem.enable=n"))
+            or (major, minor) < (6, 5)
+        )
+    ):
         reasons.append(
             f"secret memory is disabled on kernel {release}: boot with "
             "secretmem.enable=1 (off by default before 6.5)"
         )
-    if seccomp == "2":
+    if seccomp_mode == "2":
         reasons.append(
             "a seccomp filter is active: the container's profile may deny memfd_secret "
             "(run with deploy/seccomp.json, which allows it)"

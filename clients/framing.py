@@ -1,0 +1,70 @@
+"""The framing of signatures, ciphertexts and MACs: they carry the key version.
+
+Every token the vault returns starts with a 7-byte header::
+
+    b"SV" | kind (1 byte) | key version (uint32, big-endian)
+
+followed by the standard payload, unchanged:
+
+==========  =====  ==========================================================
+kind        byte   payload
+==========  =====  ==========================================================
+signature   ``S``  the 64-byte Ed25519 signature (RFC 8032)
+aead        ``A``  24-byte nonce || XChaCha20-Poly1305-IETF ciphertext+tag
+sealed box  ``B``  libsodium ``crypto_box_seal`` output (48 bytes + message)
+mac         ``M``  the 32-byte HMAC-SHA-256
+==========  =====  ==========================================================
+
+so decrypt and verify pick the right key version, a signature cannot be fed
+to decrypt by mistake, and stripping the header leaves bytes any libsodium,
+OpenSSL or RFC implementation accepts.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+from clients.errors import MalformedCiphertext
+
+MAGIC = b"SV"
+HEADER = struct.Struct(">2scI")
+HEADER_SIZE = HEADER.size  # 7
+
+
+class Kind(enum.Enum):
+    SIGNATURE = b"S"
+    AEAD = b"A"
+    SEALED_BOX = b"B"
+    MAC = b"M"
+
+
+_NAMES = {
+    Kind.SIGNATURE: "a signature",
+    Kind.AEAD: "an XChaCha20-Poly1305 ciphertext",
+    Kind.SEALED_BOX: "a sealed box",
+    Kind.MAC: "a MAC",
+}
+
+
+def frame(kind: Kind, version: int, payload: bytes) -> bytes:
+    return HEADER.pack(MAGIC, kind.value, version) + payload
+
+
+def unframe(kind: Kind, token: bytes) -> tuple[int, bytes]:
+    """(key version, payload) of a token that must be of ``kind``."""
+    if len(token) < HEADER_SIZE or token[:2] != MAGIC:
+        raise MalformedCiphertext(
+            f"expected {_NAMES[kind]} produced by secretvault (it starts with 'SV'); "
+            f"got {len(token)} bytes without that header"
+        )
+    _, k, version = HEADER.unpack_from(token)
+    if k != kind.value:
+        try:
+            got = _NAMES[Kind(k)]
+        except ValueError:
+            got = f"an unknown kind {k!r}"
+        raise MalformedCiphertext(f"expected {_NAMES[kind]}, got {got}")
+    if version == 0:
+        raise MalformedCiphertext("key version 0 does not exist: versions start at 1")
+    return version, token[HEADER_SIZE:]

@@ -1,0 +1,581 @@
+"""The keyring: named keys with versions, in secret memory, sealed on disk.
+
+Life of a key version: generated (or opened from a wrapped import) straight
+into a slot; sealed under the KEK; committed to the store; only then
+published and acknowledged.  On start every version is unsealed straight
+into a slot.  Deletion removes the sealed record first, then zeroes the slot.
+
+Locking: ``_mutate`` serialises mutations (so a name is created once and
+versions are numbered without gaps); ``_rw`` lets any number of operations
+read slots while a mutation publishes or frees them.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from backends import Slot, SlotAllocator
+from backends import _sodium as na
+from clients import framing
+from clients.errors import (
+    DecryptionFailed,
+    FailedPrecondition,
+    IntegrityError,
+    InvalidArgument,
+    InvalidImport,
+    InvalidKeyName,
+    KeyExists,
+    KeyNotFound,
+    StoreSealed,
+    VersionNotFound,
+    WrongPassphrase,
+)
+from clients.framing import Kind
+from clients.pubkeys import encode_public_key
+from vault import crypto
+from vault._rwlock import RWLock
+from vault.crypto import KeyType
+from vault.sealing import IMPORT_KEY_AD, Argon2Params, Kek, UnsealSource, version_ad
+from vault.store import KeyRecord, Store, VersionRecord
+
+#: Key names: 1 to 128 characters from ``A-Z a-z 0-9 . _ - /``, starting with
+#: a letter or digit, with no empty, ``.`` or ``..`` path segment.  Slashes
+#: let policies grant ``team/*`` patterns.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+MAX_LABELS = 32
+MAX_LABEL_LEN = 256
+STORE_FORMAT = b"1"
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.fullmatch(name) or any(
+        seg in ("", ".", "..") for seg in name.split("/")
+    ):
+        raise InvalidKeyName(
+            f"invalid key name {name[:140]!r}: use 1-128 characters from A-Z a-z 0-9 . _ - /, "
+            "starting with a letter or digit, with no empty, '.' or '..' segment"
+        )
+    return name
+
+
+def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"at most {MAX_LABELS} labels per key")
+    for k, v in labels.items():
+        if not k or len(k) > MAX_LABEL_LEN or len(v) > MAX_LABEL_LEN:
+            raise InvalidArgument(
+                f"label keys must be 1-{MAX_LABEL_LEN} characters and values at most "
+                f"{MAX_LABEL_LEN}"
+            )
+    return dict(labels)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    version: int
+    created: float
+    public_key: bytes | None
+    damaged: str | None = None  # why the sealed record could not be opened
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    name: str
+    type: KeyType
+    created: float
+    primary_version: int
+    min_decryption_version: int
+    labels: Mapping[str, str]
+    versions: tuple[VersionInfo, ...]
+
+
+@dataclass(eq=False, slots=True)
+class _Version:
+    version: int
+    created: float
+    public: bytes | None
+    slot: Slot | None
+    length: int
+    damaged: str | None = None
+
+    def info(self) -> VersionInfo:
+        return VersionInfo(self.version, self.created, self.public, self.damaged)
+
+
+@dataclass(eq=False, slots=True)
+class _Key:
+    name: str
+    type: KeyType
+    created: float
+    primary: int
+    min_decryption: int
+    labels: dict[str, str]
+    versions: dict[int, _Version] = field(default_factory=dict)
+
+    def info(self) -> KeyInfo:
+        return KeyInfo(
+            self.name,
+            self.type,
+            self.created,
+            self.primary,
+            self.min_decryption,
+            dict(self.labels),
+            tuple(v.info() for _, v in sorted(self.versions.items())),
+        )
+
+
+Progress = Callable[[int, int], None]
+
+
+class Keyring:
+    """Keys by name, versions by number; all key material in slots."""
+
+    def __init__(self, allocator: SlotAllocator, store: Store, kek: Kek, store_id: bytes) -> None:
+        self._alloc = allocator
+        self._store = store
+        self._kek = kek
+        self._store_id = store_id
+        self._keys: dict[str, _Key] = {}
+        self._import_slot: Slot | None = None
+        self._import_public = b""
+        self._mutate = threading.Lock()
+        self._rw = RWLock()
+        self._scratch: list[Slot] = []
+        self._closed = False
+
+    # --- opening ----------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        allocator: SlotAllocator,
+        store: Store,
+        source: UnsealSource,
+        *,
+        kdf: Argon2Params | None = None,
+        progress: Progress | None = None,
+    ) -> Keyring:
+        """Unseal an existing store, or initialise a new one.
+
+        A wrong passphrase raises :class:`WrongPassphrase` and changes
+        nothing.  Records that fail to open are kept (reported as damaged)
+        and the rest of the keyring is served.
+        """
+        store_id = store.get_meta("store_id")
+        if store_id is None:
+            return cls._initialise(allocator, store, source, kdf or Argon2Params())
+        kind = (store.get_meta("kek_source") or b"").decode()
+        if kind != source.kind:
+            raise WrongPassphrase(
+                f"this store is unsealed with a {kind}, but a {source.kind} was given"
+            )
+        kdf_params = None
+        if source.passphrase is not None:
+            raw = store.get_meta("kdf")
+            if raw is None:
+                raise IntegrityError("the store's Argon2id parameters are missing")
+            kdf_params = Argon2Params.from_json(raw)
+        kek = Kek.derive(allocator, source, kdf_params)
+        check = store.get_meta("kek_check") or b""
+        if not kek.verify_check(check):
+            kek.close()
+            raise WrongPassphrase(
+                f"the {source.kind} does not unseal this store; nothing was changed"
+            )
+        ring = cls(allocator, store, kek, store_id)
+        try:
+            ring._load_import_key()
+            ring._load_keys(progress)
+        except BaseException:
+            ring.close()
+            raise
+        return ring
+
+    @classmethod
+    def _initialise(
+        cls, allocator: SlotAllocator, store: Store, source: UnsealSource, params: Argon2Params
+    ) -> Keyring:
+        store_id = na.random_bytes(16)
+        meta: dict[str, bytes] = {
+            "store_id": store_id,
+            "format": STORE_FORMAT,
+            "kek_source": source.kind.encode(),
+        }
+        kdf = None
+        if source.passphrase is not None:
+            salt = na.random_bytes(na.PWHASH_SALTBYTES)
+            kdf = (params, salt)
+            meta["kdf"] = params.to_json(salt)
+        kek = Kek.derive(allocator, source, kdf)
+        ring = cls(allocator, store, kek, store_id)
+        try:
+            meta["kek_check"] = kek.make_check()
+            slot = allocator.allocate(32)
+            ring._import_slot = slot
+            ring._import_public = crypto.generate(KeyType.X25519, slot) or b""
+            nonce, sealed = kek.seal(slot, 32, IMPORT_KEY_AD + store_id)
+            meta["import_key"] = nonce + sealed
+            meta["import_public"] = ring._import_public
+            store.init_meta(meta)
+        except BaseException:
+            ring.close()
+            raise
+        return ring
+
+    def _load_import_key(self) -> None:
+        raw = self._store.get_meta("import_key") or b""
+        slot = self._alloc.allocate(32)
+        self._import_slot = slot
+        n = na.AEAD_XCHACHA_NPUBBYTES
+        try:
+            self._kek.unseal_into(slot, raw[:n], raw[n:], IMPORT_KEY_AD + self._store_id)
+        except IntegrityError:
+            raise IntegrityError("the vault's sealed import key failed authentication") from None
+        self._import_public = crypto.derive_public(KeyType.X25519, slot) or b""
+
+    def _load_keys(self, progress: Progress | None) -> None:
+        total = self._store.count()
+        done = 0
+        for rec in self._store.load():
+            key_type = KeyType(rec.type) if rec.type in KeyType._value2member_map_ else None
+            key = _Key(
+                rec.name,
+                key_type or KeyType.HMAC_SHA256,
+                rec.created,
+                rec.primary_version,
+                rec.min_decryption_version,
+                dict(rec.labels),
+            )
+            for v in rec.versions:
+                key.versions[v.version] = self._unseal_version(rec, v, key_type)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            self._keys[rec.name] = key
+
+    def _unseal_version(
+        self, rec: KeyRecord, v: VersionRecord, key_type: KeyType | None
+    ) -> _Version:
+        if key_type is None:
+            return _Version(v.version, v.created, v.public_key, None, 0,
+                            f"unknown key type {rec.type!r}")
+        # the sealed length is the key's length (HMAC keys vary)
+        slot = self._alloc.allocate(max(1, len(v.sealed) - na.AEAD_XCHACHA_ABYTES))
+        ad = version_ad(self._store_id, rec.name, v.version, rec.type)
+        try:
+            length = self._kek.unseal_into(slot, v.nonce, v.sealed, ad)
+        except IntegrityError:
+            slot.free()
+            return _Version(
+                v.version, v.created, v.public_key, None, 0,
+                "sealed record failed authentication (corrupted, or tampered with: "
+                "name, version, type or store id do not match)",
+            )
+        if key_type.asymmetric and crypto.derive_public(key_type, slot) != v.public_key:
+            slot.free()
+            return _Version(v.version, v.created, v.public_key, None, 0,
+                            "stored public key does not match the sealed secret key")
+        return _Version(v.version, v.created, v.public_key, slot, length)
+
+    # --- lookups --------------------------------------------------------------
+
+    def _get(self, name: str) -> _Key:
+        key = self._keys.get(name)
+        if key is None:
+            validate_name(name)
+            raise KeyNotFound(f"no key named {name!r}")
+        return key
+
+    def _version(self, key: _Key, version: int | None, *, decrypting: bool) -> _Version:
+        n = key.primary if version is None else version
+        v = key.versions.get(n)
+        if v is None:
+            raise VersionNotFound(f"key {key.name!r} has no version {n}")
+        if decrypting and n < key.min_decryption:
+            raise VersionNotFound(
+                f"key {key.name!r} version {n} is below the minimum decryption version "
+                f"{key.min_decryption}"
+            )
+        if v.slot is None:
+            raise IntegrityError(f"key {key.name!r} version {n}: {v.damaged}")
+        return v
+
+    @contextmanager
+    def _using(
+        self, name: str, wanted: KeyType, op: str, version: int | None = None,
+        *, decrypting: bool = False
+    ) -> Iterator[_Version]:
+        with self._rw.read():
+            if self._closed:
+                raise StoreSealed("the keyring is closed")
+            key = self._get(name)
+            crypto.require(key.type, wanted, op, name)
+            yield self._version(key, version, decrypting=decrypting)
+
+    def get(self, name: str) -> KeyInfo:
+        with self._rw.read():
+            return self._get(name).info()
+
+    def list(self, prefix: str = "") -> list[KeyInfo]:
+        with self._rw.read():
+            return [k.info() for n, k in sorted(self._keys.items()) if n.startswith(prefix)]
+
+    def counts_by_type(self) -> dict[str, int]:
+        with self._rw.read():
+            counts = {t.value: 0 for t in KeyType}
+            for k in self._keys.values():
+                counts[k.type.value] += 1
+            return counts
+
+    @property
+    def import_public_key(self) -> bytes:
+        """The X25519 public key clients seal key material to."""
+        return self._import_public
+
+    # --- mutations ------------------------------------------------------------
+
+    def _seal_new(self, key_type: KeyType, name: str, version: int, slot: Slot, length: int,
+                  public: bytes | None) -> VersionRecord:
+        nonce, sealed = self._kek.seal(slot, length, version_ad(
+            self._store_id, name, version, key_type.value))
+        return VersionRecord(version, time.time(), public, nonce, sealed)
+
+    def create(
+        self, name: str, key_type: KeyType | str, labels: Mapping[str, str] | None = None
+    ) -> KeyInfo:
+        """A new key with a fresh version 1.  Returns once it is durable."""
+        kt = KeyType.parse(key_type) if isinstance(key_type, str) else key_type
+        return self._add_key(validate_name(name), kt, validate_labels(labels or {}),
+                             lambda: self._generate(kt))
+
+    def _generate(self, kt: KeyType) -> tuple[Slot, bytes | None, int]:
+        length = crypto.SLOT_BYTES[kt]
+        slot = self._alloc.allocate(length)
+        try:
+            return slot, crypto.generate(kt, slot), length
+        except BaseException:
+            slot.free()
+            raise
+
+    def import_wrapped(
+        self, name: str, key_type: KeyType | str, wrapped: bytes,
+        labels: Mapping[str, str] | None = None,
+    ) -> KeyInfo:
+        """A new key whose version 1 is opened from a sealed box, into a slot.
+
+        ``wrapped`` is ``crypto_box_seal(material, import_public_key)``: the
+        material never exists outside the client and the vault's slot.
+        """
+        kt = KeyType.parse(key_type) if isinstance(key_type, str) else key_type
+        validate_name(name)
+        labels = validate_labels(labels or {})
+        lo, hi = crypto.IMPORT_BYTES[kt]
+        length = len(wrapped) - na.BOX_SEALBYTES
+        if not lo <= length <= hi:
+            want = str(lo) if lo == hi else f"{lo} to {hi}"
+            raise InvalidImport(
+                f"a wrapped {kt.value} key is {want} bytes sealed (+{na.BOX_SEALBYTES}); "
+                f"got {len(wrapped)} bytes"
+            )
+
+        # Ed25519 imports a 32-byte seed and keeps libsodium's 64-byte form
+        size = crypto.SLOT_BYTES[kt] if kt is KeyType.ED25519 else length
+
+        def fill() -> tuple[Slot, bytes | None, int]:
+            assert self._import_slot is not None
+            slot = self._alloc.allocate(size)
+            try:
+                with self._alloc.allocate(length) as opened:
+                    na.crypto_box_seal_open_into(
+                        opened.ptr, length, wrapped, self._import_public, self._import_slot.ptr
+                    )
+                    public = crypto.expand_import(kt, opened, length, slot)
+            except BaseException:
+                slot.free()
+                raise
+            return slot, public, size
+
+        return self._add_key(name, kt, labels, fill)
+
+    def _add_key(
+        self, name: str, kt: KeyType, labels: dict[str, str],
+        fill: Callable[[], tuple[Slot, bytes | None, int]],
+    ) -> KeyInfo:
+        with self._mutate:
+            if name in self._keys:
+                raise KeyExists(f"a key named {name!r} already exists")
+            slot, public, length = fill()
+            try:
+                rec = self._seal_new(kt, name, 1, slot, length, public)
+                now = rec.created
+                self._store.create_key(KeyRecord(name, kt.value, now, 1, 1, labels), rec)
+            except BaseException:
+                slot.free()
+                raise
+            key = _Key(name, kt, now, 1, 1, labels)
+            key.versions[1] = _Version(1, now, public, slot, length)
+            with self._rw.write():
+                self._keys[name] = key
+            return key.info()
+
+    def rotate(self, name: str) -> KeyInfo:
+        """A new primary version; older ones stay for decrypt and verify."""
+        with self._mutate:
+            key = self._get(name)
+            n = max(key.versions, default=0) + 1
+            kt = key.type
+            slot, public, length = self._generate(kt)
+            try:
+                rec = self._seal_new(kt, name, n, slot, length, public)
+                self._store.add_version(name, rec)
+            except BaseException:
+                slot.free()
+                raise
+            with self._rw.write():
+                key.versions[n] = _Version(n, rec.created, public, slot, length)
+                key.primary = n
+            return key.info()
+
+    def set_min_decryption_version(self, name: str, version: int) -> KeyInfo:
+        with self._mutate:
+            key = self._get(name)
+            if not 1 <= version <= key.primary:
+                raise InvalidArgument(
+                    f"the minimum decryption version of {name!r} must be between 1 and its "
+                    f"primary version {key.primary}; got {version}"
+                )
+            self._store.set_min_decryption_version(name, version)
+            with self._rw.write():
+                key.min_decryption = version
+            return key.info()
+
+    def delete_version(self, name: str, version: int) -> KeyInfo:
+        """Remove a version's sealed record, then zero its slot."""
+        with self._mutate:
+            key = self._get(name)
+            v = key.versions.get(version)
+            if v is None:
+                raise VersionNotFound(f"key {name!r} has no version {version}")
+            if version == key.primary:
+                raise FailedPrecondition(
+                    f"version {version} is the primary version of {name!r}: rotate first, "
+                    "or delete the whole key"
+                )
+            self._store.delete_version(name, version)
+            with self._rw.write():
+                del key.versions[version]
+                if v.slot is not None:
+                    v.slot.free()
+            return key.info()
+
+    def delete(self, name: str) -> None:
+        """Remove every sealed record of the key, then zero every slot."""
+        with self._mutate:
+            key = self._get(name)
+            self._store.delete_key(name)
+            with self._rw.write():
+                del self._keys[name]
+                for v in key.versions.values():
+                    if v.slot is not None:
+                        v.slot.free()
+
+    # --- public keys ------------------------------------------------------------
+
+    def public_key(self, name: str, version: int | None = None, fmt: str = "raw") -> bytes:
+        with self._rw.read():
+            key = self._get(name)
+            n = key.primary if version is None else version
+            v = key.versions.get(n)
+            if v is None:
+                raise VersionNotFound(f"key {name!r} has no version {n}")
+            return encode_public_key(
+                key.type.value, v.public or b"", fmt, comment=f"{name}#v{n}", kid=f"{name}#v{n}"
+            )
+
+    # --- operations ---------------------------------------------------------------
+
+    def sign(self, name: str, message: bytes) -> tuple[int, bytes]:
+        """(version, framed signature) with the primary version."""
+        with self._using(name, KeyType.ED25519, "sign") as v:
+            assert v.slot is not None
+            sig = crypto.sign(v.slot, message)
+            return v.version, framing.frame(Kind.SIGNATURE, v.version, sig)
+
+    def verify(self, name: str, message: bytes, signature: bytes) -> bool:
+        version, raw = framing.unframe(Kind.SIGNATURE, signature)
+        with self._using(name, KeyType.ED25519, "verify", version, decrypting=True) as v:
+            assert v.public is not None
+            return crypto.verify(v.public, message, raw)
+
+    def encrypt(self, name: str, plaintext: bytes, aad: bytes = b"") -> tuple[int, bytes]:
+        with self._using(name, KeyType.XCHACHA20_POLY1305, "encrypt") as v:
+            assert v.slot is not None
+            payload = crypto.aead_encrypt(v.slot, plaintext, aad)
+            return v.version, framing.frame(Kind.AEAD, v.version, payload)
+
+    def decrypt(self, name: str, ciphertext: bytes, aad: bytes = b"") -> tuple[int, bytes]:
+        """Decrypt an XChaCha20-Poly1305 ciphertext or an X25519 sealed box."""
+        with self._rw.read():
+            kt = self._get(name).type
+        if kt is KeyType.X25519:
+            version, box = framing.unframe(Kind.SEALED_BOX, ciphertext)
+            if aad:
+                raise InvalidArgument("sealed boxes take no associated data")
+            with self._using(name, KeyType.X25519, "decrypt", version, decrypting=True) as v:
+                assert v.slot is not None and v.public is not None
+                return version, crypto.open_sealed_box(v.slot, v.public, box)
+        version, payload = framing.unframe(Kind.AEAD, ciphertext)
+        with self._using(name, (KeyType.XCHACHA20_POLY1305,), "decrypt", version,
+                         decrypting=True) as v:
+            assert v.slot is not None
+            if len(payload) < na.AEAD_XCHACHA_NPUBBYTES + na.AEAD_XCHACHA_ABYTES:
+                raise DecryptionFailed(
+                    "the ciphertext is shorter than its 24-byte nonce and 16-byte tag")
+            return version, crypto.aead_decrypt(v.slot, payload, aad)
+
+    def mac(self, name: str, message: bytes) -> tuple[int, bytes]:
+        with self._using(name, KeyType.HMAC_SHA256, "mac") as v:
+            tag = self._hmac(v, message)
+            return v.version, framing.frame(Kind.MAC, v.version, tag)
+
+    def verify_mac(self, name: str, message: bytes, mac: bytes) -> bool:
+        version, raw = framing.unframe(Kind.MAC, mac)
+        with self._using(name, KeyType.HMAC_SHA256, "verify_mac", version,
+                         decrypting=True) as v:
+            return crypto.constant_time_equal(self._hmac(v, message), raw)
+
+    def _hmac(self, v: _Version, message: bytes) -> bytes:
+        assert v.slot is not None
+        # the HMAC state holds the key's pads: it is secret scratch, pooled
+        try:
+            scratch = self._scratch.pop()
+        except IndexError:
+            scratch = self._alloc.allocate(na.HMACSHA256_STATEBYTES)
+        try:
+            return crypto.hmac_sha256(v.slot, v.length, scratch, message)
+        finally:
+            self._scratch.append(scratch)
+
+    # --- teardown -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Zero and free every slot (keys, import key, KEK, scratch)."""
+        with self._mutate, self._rw.write():
+            if self._closed:
+                return
+            self._closed = True
+            for key in self._keys.values():
+                for v in key.versions.values():
+                    if v.slot is not None:
+                        v.slot.free()
+            self._keys.clear()
+            if self._import_slot is not None:
+                self._import_slot.free()
+            while self._scratch:
+                self._scratch.pop().free()
+            self._kek.close()

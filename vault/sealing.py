@@ -1,0 +1,168 @@
+"""The key-encryption key (KEK) and sealing of key versions.
+
+The KEK is 32 bytes in a secret slot.  It comes from one of:
+
+* a **key file** of exactly 32 raw bytes, ``read(2)`` straight into the
+  slot (a read from an ordinary fd into a secret buffer is a plain user
+  copy: no Python object ever holds the bytes);
+* a **passphrase**, stretched with Argon2id into the slot; the salt and
+  cost parameters are stored with the store.
+
+A random check value sealed under the KEK at initialisation tells a wrong
+passphrase (or key file) from a corrupted record, before anything changes.
+
+Every key version is sealed with XChaCha20-Poly1305 under the KEK, with
+associated data binding the store id, the key's name, version and type: a
+record copied to another key, version, type or store does not open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+from dataclasses import dataclass
+
+from backends import Slot, SlotAllocator
+from backends import _sodium as na
+from clients.errors import InvalidArgument, IntegrityError, WrongPassphrase
+
+KEK_BYTES = 32
+_CHECK_AD = b"secretvault/v1 kek-check"
+_IMPORT_AD = b"secretvault/v1 import-key"
+
+
+@dataclass(frozen=True, slots=True)
+class Argon2Params:
+    ops: int = 3
+    mem: int = 64 << 20  # bytes
+
+    def to_json(self, salt: bytes) -> bytes:
+        return json.dumps({"alg": "argon2id13", "ops": self.ops, "mem": self.mem,
+                           "salt": salt.hex()}).encode()
+
+    @staticmethod
+    def from_json(raw: bytes) -> tuple[Argon2Params, bytes]:
+        d = json.loads(raw)
+        return Argon2Params(int(d["ops"]), int(d["mem"])), bytes.fromhex(d["salt"])
+
+
+@dataclass(frozen=True, slots=True)
+class UnsealSource:
+    """Where the KEK comes from: exactly one of the two."""
+
+    passphrase: bytes | None = None
+    key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.passphrase is None) == (self.key_file is None):
+            raise InvalidArgument("give exactly one of a passphrase or a key file")
+
+    @property
+    def kind(self) -> str:
+        return "passphrase" if self.passphrase is not None else "keyfile"
+
+
+def read_key_file(path: str, slot: Slot) -> None:
+    """Read exactly 32 bytes from ``path`` straight into ``slot``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if st.st_size != KEK_BYTES:
+            raise WrongPassphrase(
+                f"the unseal key file {path} must hold exactly {KEK_BYTES} raw bytes "
+                f"(it has {st.st_size})"
+            )
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise WrongPassphrase(
+                f"the unseal key file {path} is readable by others "
+                f"(mode {stat.S_IMODE(st.st_mode):o}): chmod 600 it"
+            )
+        got = os.readv(fd, [na.ffi.buffer(slot.ptr, KEK_BYTES)])
+        if got != KEK_BYTES:
+            raise WrongPassphrase(f"short read from the unseal key file {path}")
+    finally:
+        os.close(fd)
+
+
+def create_key_file(path: str, allocator: SlotAllocator) -> None:
+    """Write 32 fresh random bytes to a new 0600 file, from secret memory."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    try:
+        with allocator.allocate(KEK_BYTES) as slot:
+            na.randombytes_buf(slot.ptr, KEK_BYTES)
+            if os.writev(fd, [na.ffi.buffer(slot.ptr, KEK_BYTES)]) != KEK_BYTES:
+                raise OSError("short write")
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def version_ad(store_id: bytes, name: str, version: int, key_type: str) -> bytes:
+    """Associated data of a sealed version: length-prefixed, unambiguous."""
+    fields = [b"secretvault/v1 key", store_id, name.encode(), key_type.encode()]
+    return b"".join(struct.pack(">H", len(f)) + f for f in fields) + struct.pack(">I", version)
+
+
+class Kek:
+    """The key-encryption key, in a secret slot."""
+
+    def __init__(self, slot: Slot) -> None:
+        self._slot = slot
+
+    @classmethod
+    def derive(
+        cls, allocator: SlotAllocator, source: UnsealSource, kdf: tuple[Argon2Params, bytes] | None
+    ) -> Kek:
+        slot = allocator.allocate(KEK_BYTES)
+        try:
+            if source.key_file is not None:
+                read_key_file(source.key_file, slot)
+            else:
+                assert source.passphrase is not None and kdf is not None
+                params, salt = kdf
+                pw = source.passphrase
+                buf = na.ffi.from_buffer(pw)
+                na.crypto_pwhash_argon2id(
+                    slot.ptr, KEK_BYTES, buf, len(pw), salt, params.ops, params.mem
+                )
+        except BaseException:
+            slot.free()
+            raise
+        return cls(slot)
+
+    def seal(self, secret: Slot, length: int, ad: bytes) -> tuple[bytes, bytes]:
+        nonce = na.random_bytes(na.AEAD_XCHACHA_NPUBBYTES)
+        return nonce, na.aead_xchacha_encrypt_from(self._slot.ptr, nonce, secret.ptr, length, ad)
+
+    def unseal_into(self, out: Slot, nonce: bytes, sealed: bytes, ad: bytes) -> int:
+        """Open ``sealed`` straight into ``out``; returns the key length."""
+        length = len(sealed) - na.AEAD_XCHACHA_ABYTES
+        if not 0 < length <= out.size or not na.aead_xchacha_decrypt_into(
+            out.ptr, length, self._slot.ptr, nonce, sealed, ad
+        ):
+            raise IntegrityError("sealed record failed authentication")
+        return length
+
+    def make_check(self) -> bytes:
+        nonce = na.random_bytes(na.AEAD_XCHACHA_NPUBBYTES)
+        return nonce + na.aead_xchacha_encrypt(self._slot.ptr, nonce, b"", _CHECK_AD)
+
+    def verify_check(self, check: bytes) -> bool:
+        n = na.AEAD_XCHACHA_NPUBBYTES
+        try:
+            na.aead_xchacha_decrypt(self._slot.ptr, check[:n], check[n:], _CHECK_AD)
+        except Exception:
+            return False
+        return True
+
+    def close(self) -> None:
+        if not self._slot.freed:
+            self._slot.free()
+
+
+IMPORT_KEY_AD = _IMPORT_AD
