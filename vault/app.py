@@ -1,0 +1,131 @@
+"""The composition root: configuration in, a running vault out.
+
+This is the one place that chooses the concrete backend and store.  Every
+other module receives them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from backends import MemfdSecretBackend, SecretMemoryBackend, SlotAllocator, harden_process
+from clients._paths import default_socket_path
+from clients.errors import InvalidArgument
+from vault.keyring import Keyring, Progress
+from vault.sealing import Argon2Params, UnsealSource, create_key_file
+from vault.store import SQLiteStore, Store
+
+BackendName = Literal["memfd_secret", "page-model", "pooled-pmd-model"]
+BACKENDS: tuple[BackendName, ...] = ("memfd_secret", "page-model", "pooled-pmd-model")
+PASSPHRASE_ENV = "SECRETVAULT_PASSPHRASE"
+KEY_FILE_NAME = "unseal.key"
+STORE_FILE_NAME = "keys.sqlite3"
+
+
+def default_data_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/secretvault"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "secretvault")
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    data_dir: str = field(default_factory=default_data_dir)
+    socket: str = field(default_factory=default_socket_path)
+    backend: BackendName = "memfd_secret"
+    passphrase: bytes | None = None
+    passphrase_file: str | None = None
+    unseal_key_file: str | None = None
+    kdf: Argon2Params = field(default_factory=Argon2Params)
+    # model backends: simulated machine
+    model_memory_bytes: int = 4 << 30
+    model_cma_bytes: int = 256 << 20
+    model_fallback: bool = False
+    harden: bool = True
+
+    @property
+    def store_path(self) -> str:
+        return os.path.join(self.data_dir, STORE_FILE_NAME)
+
+
+@dataclass
+class Vault:
+    """A running vault's parts; :meth:`close` zeroes and unmaps everything."""
+
+    config: VaultConfig
+    backend: SecretMemoryBackend
+    allocator: SlotAllocator
+    store: Store
+    keyring: Keyring
+    created_key_file: str | None = None
+
+    def close(self) -> None:
+        self.keyring.close()
+        self.store.close()
+        self.allocator.close()
+
+
+def make_backend(config: VaultConfig) -> SecretMemoryBackend:
+    if config.backend == "memfd_secret":
+        return MemfdSecretBackend()
+    if config.backend in ("page-model", "pooled-pmd-model"):
+        from backends.model import make_model_backend
+
+        return make_model_backend(
+            config.backend,
+            memory_bytes=config.model_memory_bytes,
+            cma_bytes=config.model_cma_bytes,
+            fallback=config.model_fallback,
+        )
+    raise InvalidArgument(f"unknown backend {config.backend!r}; use one of {', '.join(BACKENDS)}")
+
+
+def _unseal_source(config: VaultConfig, allocator: SlotAllocator) -> tuple[UnsealSource, str | None]:
+    """The configured unseal material; on a first start with none, a new key file."""
+    if config.unseal_key_file:
+        return UnsealSource(key_file=config.unseal_key_file), None
+    if config.passphrase is not None:
+        return UnsealSource(passphrase=config.passphrase), None
+    if config.passphrase_file:
+        with open(config.passphrase_file, "rb") as f:
+            return UnsealSource(passphrase=f.read().rstrip(b"\r\n")), None
+    env = os.environ.get(PASSPHRASE_ENV)
+    if env:
+        return UnsealSource(passphrase=env.encode()), None
+    key_file = os.path.join(config.data_dir, KEY_FILE_NAME)
+    created = None
+    if not os.path.exists(key_file):
+        if os.path.exists(config.store_path):
+            raise InvalidArgument(
+                f"the store {config.store_path} exists but no unseal material was given: set "
+                f"{PASSPHRASE_ENV}, or pass --passphrase-file or --unseal-key-file"
+            )
+        create_key_file(key_file, allocator)
+        created = key_file
+    return UnsealSource(key_file=key_file), created
+
+
+def open_vault(config: VaultConfig, *, progress: Progress | None = None) -> Vault:
+    """Harden the process, pick the backend, unseal the store into it."""
+    if config.harden:
+        harden_process()
+    backend = make_backend(config)
+    allocator = SlotAllocator(backend)
+    try:
+        os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+        source, created = _unseal_source(config, allocator)
+        store = SQLiteStore(config.store_path)
+        try:
+            keyring = Keyring.open(allocator, store, source, kdf=config.kdf, progress=progress)
+        except BaseException:
+            store.close()
+            raise
+    except BaseException:
+        allocator.close()
+        raise
+    return Vault(config, backend, allocator, store, keyring, created)
+
+
