@@ -43,9 +43,7 @@ def is_root() -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("root") is not None and not is_root():
-            item.add_marker(
-                pytest.mark.skip(reason=f"needs root; running as euid {os.geteuid()}")
-            )
+            item.add_marker(pytest.mark.skip(reason=f"needs root; running as euid {os.geteuid()}"))
         if item.get_closest_marker("memfd_secret") is not None:
             why = memfd_secret_unavailable()
             if why is not None:
