@@ -12,6 +12,8 @@ tests/security).
 
 from __future__ import annotations
 
+import os
+
 from backends import _sys
 from backends._base import (
     BackendStats,
@@ -133,3 +135,41 @@ class MemlockBudget(Recording):
             self.refused.append(pages)
             raise MemlockExceeded(f"test budget of {self.budget} pages")
         return super().allocate(pages)
+
+
+def vma(address: int) -> dict[str, str]:
+    """The /proc/self/smaps entry of the mapping holding ``address``.
+
+    Keys: ``range``, ``path`` (e.g. ``/secretmem (deleted)``) and every
+    field of the entry (``VmFlags``, ``Rss``, ``Locked``...); empty when no
+    mapping holds ``address``.
+    """
+    with open("/proc/self/smaps", encoding="ascii", errors="replace") as f:
+        current: dict[str, str] | None = None
+        for line in f:
+            head = line.split(None, 5)
+            if "-" in head[0] and ":" not in head[0]:
+                if current is not None:
+                    return current
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                current = (
+                    {"range": head[0], "path": head[5].strip() if len(head) > 5 else ""}
+                    if lo <= address < hi
+                    else None
+                )
+            elif current is not None:
+                key, _, value = line.partition(":")
+                current[key] = value.strip()
+    return current or {}
+
+
+def secret_fds() -> set[int]:
+    """This process's open file descriptors on a secretmem file."""
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if "secretmem" in os.readlink(f"/proc/self/fd/{name}"):
+                out.add(int(name))
+        except OSError:  # the fd listdir itself used, now closed
+            pass
+    return out
