@@ -201,7 +201,9 @@ def crypto_box_seal_open(ciphertext: bytes, pk: bytes, sk: Ptr) -> bytes:
     return bytes(ffi.buffer(out, n))
 
 
-def crypto_box_seal_open_into(out: Ptr, out_len: int, ciphertext: bytes, pk: bytes, sk: Ptr) -> None:
+def crypto_box_seal_open_into(
+    out: Ptr, out_len: int, ciphertext: bytes, pk: bytes, sk: Ptr
+) -> None:
     """Open a sealed box straight into ``out`` (a secret slot): wrapped import."""
     if len(ciphertext) != out_len + BOX_SEALBYTES:
         raise InvalidImport(

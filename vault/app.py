@@ -19,7 +19,7 @@ from vault.store import SQLiteStore, Store
 
 BackendName = Literal["memfd_secret", "page-model", "pooled-pmd-model"]
 BACKENDS: tuple[BackendName, ...] = ("memfd_secret", "page-model", "pooled-pmd-model")
-PASSPHRASE_ENV = "SECRETVAULT_PASSPHRASE"
+PASSPHRASE_ENV = "SECRETVAULT_PASSPHRASE"  # noqa: S105 (a variable name)
 KEY_FILE_NAME = "unseal.key"
 STORE_FILE_NAME = "keys.sqlite3"
 
@@ -83,7 +83,9 @@ def make_backend(config: VaultConfig) -> SecretMemoryBackend:
     raise InvalidArgument(f"unknown backend {config.backend!r}; use one of {', '.join(BACKENDS)}")
 
 
-def _unseal_source(config: VaultConfig, allocator: SlotAllocator) -> tuple[UnsealSource, str | None]:
+def _unseal_source(
+    config: VaultConfig, allocator: SlotAllocator
+) -> tuple[UnsealSource, str | None]:
     """The configured unseal material; on a first start with none, a new key file."""
     if config.unseal_key_file:
         return UnsealSource(key_file=config.unseal_key_file), None

@@ -530,7 +530,7 @@ class Keyring:
                 assert v.slot is not None and v.public is not None
                 return version, crypto.open_sealed_box(v.slot, v.public, box)
         version, payload = framing.unframe(Kind.AEAD, ciphertext)
-        with self._using(name, (KeyType.XCHACHA20_POLY1305,), "decrypt", version,
+        with self._using(name, KeyType.XCHACHA20_POLY1305, "decrypt", version,
                          decrypting=True) as v:
             assert v.slot is not None
             if len(payload) < na.AEAD_XCHACHA_NPUBBYTES + na.AEAD_XCHACHA_ABYTES:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from backends import Slot, SlotAllocator
 from backends import _sodium as na
-from clients.errors import InvalidArgument, IntegrityError, WrongPassphrase
+from clients.errors import IntegrityError, InvalidArgument, WrongPassphrase
 
 KEK_BYTES = 32
 _CHECK_AD = b"secretvault/v1 kek-check"
