@@ -2,8 +2,10 @@
 
 Method (the same for every figure in the table):
 
-* every *form* is a function ``run(n)`` doing ``n`` operations (and, for the
-  RPC forms, appending each call's latency in nanoseconds to a list);
+* every *form* is a :data:`Rate`: run for about ``seconds``, return
+  operations per second (in-process forms are a loop ``run(n)`` timed in
+  growing chunks; the RPC forms also append each call's latency, in
+  nanoseconds, to a list);
 * one *round* runs every form once, for about ``seconds`` each, in a fixed
   order; the benchmark repeats rounds, so a form and its peer are measured
   close together in time, under the same background load;
@@ -22,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 Run = Callable[[int], None]
+#: seconds -> operations per second
+Rate = Callable[[float], float]
 
 #: a chunk of operations grows until it takes this long, so the clock is
 #: read a handful of times per 10 ms and its cost vanishes from the figure
@@ -51,6 +55,11 @@ def throughput(run: Run, seconds: float, *, max_chunk: int = 1 << 16) -> float:
         if t1 - t0 < _CHUNK_SECONDS and chunk < max_chunk:
             chunk *= 2
     return done / elapsed
+
+
+def loop_rate(run: Run) -> Rate:
+    """A :data:`Rate` from a loop of ``n`` operations."""
+    return lambda seconds: throughput(run, seconds)
 
 
 def median(values: Sequence[float]) -> float:

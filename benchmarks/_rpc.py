@@ -11,6 +11,10 @@ client loops:
   (which grpcio drains on its own thread) waits for a free slot, so at most
   N messages are unanswered at any time (N = 1 is ping-pong).
 
+Each driver is a :data:`Rate`: it runs for a given number of seconds and
+returns operations per second (a batch message counts ``ops_per_call``).
+Running for a time, rather than a count, keeps the window full for the
+whole measurement: there is one drain at the end, not one per chunk.
 Every call's latency (request sent to response received) goes into the
 measure's list, in nanoseconds.
 """
@@ -23,14 +27,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 
-from benchmarks._measure import PeerMissing, Run
+from benchmarks._measure import PeerMissing, Rate
 from benchmarks._tls import TlsFiles
 
 #: the same channel options for every target, echo and vault
@@ -53,29 +57,41 @@ def tls_channel(port: int, tls: TlsFiles) -> grpc.Channel:
     return grpc.secure_channel(f"localhost:{port}", creds, options=CHANNEL_OPTIONS)
 
 
-Check = Callable[[Any], None]
-
-
-def unary_run(call: Any, request: Any, latencies: list[int]) -> Run:
+def unary_rate(call: Any, request: Any, latencies: list[int], *, ops_per_call: int = 1) -> Rate:
+    """One blocking call after another, for ``seconds``."""
     clock = time.perf_counter_ns
 
-    def run(n: int) -> None:
-        for _ in range(n):
-            t0 = clock()
+    def rate(seconds: float) -> float:
+        start = clock()
+        deadline = start + int(seconds * 1e9)
+        calls = 0
+        now = start
+        while now < deadline:
+            t0 = now
             call(request)
-            latencies.append(clock() - t0)
+            now = clock()
+            latencies.append(now - t0)
+            calls += 1
+        return calls * ops_per_call / ((now - start) / 1e9)
 
-    return run
+    return rate
 
 
-def inflight_run(call: Any, request: Any, window: int, latencies: list[int]) -> Run:
+def inflight_rate(
+    call: Any, request: Any, window: int, latencies: list[int], *, ops_per_call: int = 1
+) -> Rate:
+    """``window`` calls always outstanding (``future`` + a semaphore), for ``seconds``.
+
+    New calls stop at the deadline; the ones in flight are waited for and
+    counted, and so is the time they take: the drain is part of the figure.
+    """
     clock = time.perf_counter_ns
 
-    def run(n: int) -> None:
+    def rate(seconds: float) -> float:
         slots = threading.Semaphore(window)
-        finished = threading.Event()
         lock = threading.Lock()
-        left = [n]
+        all_done = threading.Condition(lock)
+        state = {"outstanding": 0, "done": 0}
         errors: list[BaseException] = []
 
         def done(fut: Any, t0: int) -> None:
@@ -85,44 +101,64 @@ def inflight_run(call: Any, request: Any, window: int, latencies: list[int]) -> 
                 errors.append(exc)
             slots.release()
             with lock:
-                left[0] -= 1
-                if left[0] == 0:
-                    finished.set()
+                state["outstanding"] -= 1
+                state["done"] += 1
+                if state["outstanding"] == 0:
+                    all_done.notify_all()
 
-        for _ in range(n):
+        start = clock()
+        deadline = start + int(seconds * 1e9)
+        while clock() < deadline and not errors:
             slots.acquire()
+            with lock:
+                state["outstanding"] += 1
             t0 = clock()
             fut = call.future(request)
             fut.add_done_callback(lambda f, t0=t0: done(f, t0))
-        finished.wait()
+        with lock:
+            while state["outstanding"]:
+                all_done.wait()
+        end = clock()
         if errors:
             raise errors[0]
+        return state["done"] * ops_per_call / ((end - start) / 1e9)
 
-    return run
+    return rate
 
 
-def stream_run(call: Any, request: Any, window: int, latencies: list[int]) -> Run:
+def stream_rate(
+    call: Any, request: Any, window: int, latencies: list[int], *, ops_per_call: int = 1
+) -> Rate:
+    """One bidirectional stream with at most ``window`` unanswered messages."""
     clock = time.perf_counter_ns
 
-    def run(n: int) -> None:
+    def rate(seconds: float) -> float:
         slots = threading.Semaphore(window)
         sent: collections.deque[int] = collections.deque()
+        start = clock()
+        deadline = start + int(seconds * 1e9)
 
         def requests() -> Iterator[Any]:
-            for _ in range(n):
+            # grpcio drains this iterator on its own thread
+            while True:
                 slots.acquire()
-                sent.append(clock())
+                now = clock()
+                if now >= deadline:
+                    return
+                sent.append(now)
                 yield request
 
         got = 0
-        for _ in call(iter(requests())):
+        for _ in call(requests()):
             latencies.append(clock() - sent.popleft())
             got += 1
             slots.release()
-        if got != n:
-            raise RuntimeError(f"stream answered {got} of {n} messages")
+        end = clock()
+        if sent:
+            raise RuntimeError(f"the stream ended with {len(sent)} messages unanswered")
+        return got * ops_per_call / ((end - start) / 1e9)
 
-    return run
+    return rate
 
 
 class ServerProcess:

@@ -19,7 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from benchmarks import echo
 from benchmarks._measure import Measure, PeerMissing, per_round_ratio, percentile
-from benchmarks._rpc import inflight_run, start_echo, stream_run, tls_channel, unix_channel
+from benchmarks._rpc import (
+    inflight_rate,
+    start_echo,
+    stream_rate,
+    tls_channel,
+    unary_rate,
+    unix_channel,
+)
 from benchmarks._tls import make_tls_files
 from benchmarks.crypto_limit import crypto_forms
 from benchmarks.peers.softhsm import SoftHsm
@@ -124,10 +131,16 @@ def test_echo_server_echoes_over_unix_and_mutual_tls(tmp_path: Path) -> None:
             with channel:
                 unary = channel.unary_unary(echo.UNARY)
                 assert unary(b"ping") == b"ping"
-                lat: list[int] = []
-                inflight_run(unary, b"x" * 80, 8, lat)(20)
-                stream_run(channel.stream_stream(echo.STREAM), b"y", 4, lat)(20)
-                assert len(lat) == 40 and all(t > 0 for t in lat)
+                stream = channel.stream_stream(echo.STREAM)
+                lats: list[list[int]] = [[], [], []]
+                rates = [
+                    unary_rate(unary, b"x" * 80, lats[0]),
+                    inflight_rate(unary, b"x" * 80, 8, lats[1]),
+                    stream_rate(stream, b"y", 4, lats[2]),
+                ]
+                for rate, lat in zip(rates, lats, strict=True):
+                    assert rate(0.05) > 0
+                    assert lat and all(t > 0 for t in lat)
 
 
 @pytest.mark.memfd_secret
