@@ -103,9 +103,10 @@ class MemfdSecretBackend:
         resident = 0
         frames: list[int] = []
         for r in regions:
-            present, pfns = _procfs.pagemap(r.address, r.pages)
-            resident += present
-            frames.extend(pfns)
+            # mincore, not pagemap's present bit: a hardened (non-dumpable)
+            # process that is not root cannot open its own pagemap
+            resident += _sys.mincore(r.address, r.length)
+            frames.extend(_procfs.pagemap(r.address, r.pages)[1])
         return BackendStats(
             backend=self.name,
             protection=self.protection,

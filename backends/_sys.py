@@ -57,6 +57,7 @@ _libc.mmap.argtypes = [
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 _libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
 
 
@@ -264,6 +265,22 @@ def madvise(addr: int, length: int, advice: int) -> None:
     if _libc.madvise(ctypes.c_void_p(addr), length, advice) != 0:
         err = _errno()
         raise BackendError(f"madvise({advice}) failed: {os.strerror(err)}")
+
+
+def mincore(addr: int, length: int) -> int:
+    """How many pages of [addr, addr + length) are resident, by mincore(2).
+
+    Unlike /proc/self/pagemap this needs no permission: pagemap is mode 0400
+    and, once the process is not dumpable (harden_process, or any setuid),
+    owned by root, so a hardened unprivileged vault cannot open it.  For a
+    secretmem mapping a page is resident once its first touch faulted it in.
+    """
+    pages = -(-length // PAGE_SIZE)
+    vec = (ctypes.c_ubyte * pages)()
+    if _libc.mincore(ctypes.c_void_p(addr), length, vec) != 0:
+        err = _errno()
+        raise BackendError(f"mincore failed: {os.strerror(err)}")
+    return sum(b & 1 for b in vec)
 
 
 def munmap(addr: int, length: int) -> None:

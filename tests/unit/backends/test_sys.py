@@ -180,3 +180,18 @@ def test_enosys_refuses_ordinary_memory() -> None:
 def test_is_dumpable_reads_prctl() -> None:
     # pytest itself is not hardened: the security tests rely on that too
     assert _sys.is_dumpable()
+
+
+@pytest.mark.memfd_secret
+def test_mincore_counts_first_touched_secret_pages() -> None:
+    addr = _sys.create_secret_region(4 * PAGE)
+    try:
+        assert _sys.mincore(addr, 4 * PAGE) == 0
+        for i in (1, 3):
+            _sodium.randombytes_buf(_sodium.pointer(addr + i * PAGE), 1)
+        assert _sys.mincore(addr, 4 * PAGE) == 2
+        assert _sys.mincore(addr + PAGE, PAGE) == 1
+    finally:
+        _sys.munmap(addr, 4 * PAGE)
+    with pytest.raises(BackendError, match="mincore"):
+        _sys.mincore(addr, 4 * PAGE)  # unmapped: ENOMEM
