@@ -184,6 +184,25 @@ def _enosys_message(
     )
 
 
+def _explain_denied(err: int) -> str:
+    """Name who refused memfd_secret(2) with EPERM/EACCES."""
+    status = _read_text("/proc/self/status") or ""
+    seccomp = next(
+        (ln.split()[1] for ln in status.splitlines() if ln.startswith("Seccomp:")), "0"
+    )
+    who = (
+        "a seccomp filter is active: the container's profile denies memfd_secret "
+        "(run with deploy/seccomp.json, which allows it)"
+        if seccomp == "2"
+        else "a security module (SELinux, AppArmor) denies it to this process"
+    )
+    return (
+        f"memfd_secret(2) was refused ({errno.errorcode[err]}): {who}. The vault will "
+        "not keep keys in ordinary memory; for development only, --backend page-model "
+        "runs on a model without secret memory."
+    )
+
+
 def memfd_secret() -> int:
     """memfd_secret(O_CLOEXEC) -> fd.  ``O_CLOEXEC`` is the only flag allowed."""
     nr = _MEMFD_SECRET_NR.get(platform.machine())
@@ -196,6 +215,11 @@ def memfd_secret() -> int:
         err = _errno()
         if err == errno.ENOSYS:
             raise SecretMemoryUnavailable(_explain_enosys())
+        if err in (errno.EPERM, errno.EACCES):
+            # mm/secretmem.c never returns EPERM or EACCES itself: a seccomp
+            # profile whose default action is EPERM (older Docker profiles),
+            # or a security module, refused the call.
+            raise SecretMemoryUnavailable(_explain_denied(err))
         if err in (errno.EMFILE, errno.ENFILE):
             raise BackendError(f"memfd_secret: out of file descriptors ({os.strerror(err)})")
         if err == errno.ENOMEM:
