@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import encodings.ascii
 import encodings.utf_8
+import errno
 import json
 import os
 import pwd
@@ -107,12 +108,13 @@ def memlock(limit: str) -> dict[str, object]:
     }
 
 
-def seccomp() -> dict[str, object]:
+def seccomp(errname: str) -> dict[str, object]:
+    """memfd_secret denied by a real seccomp filter answering ``errname``."""
     fd, err = _kernel.raw_memfd_secret()
     before = fd >= 0
     if before:
         os.close(fd)
-    _kernel.deny_syscall_with_enosys()
+    _kernel.deny_syscall(err=getattr(errno, errname))
     with open("/proc/self/status", encoding="ascii") as f:
         mode = next(ln.split()[1] for ln in f if ln.startswith("Seccomp:"))
     fd, err = _kernel.raw_memfd_secret()

@@ -129,12 +129,12 @@ def _bpf(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("=HBBI", code, jt, jf, k)
 
 
-def deny_syscall_with_enosys(nr: int = MEMFD_SECRET_NR) -> None:
-    """Install a seccomp filter: syscall ``nr`` fails with ENOSYS, all else runs.
+def deny_syscall(nr: int = MEMFD_SECRET_NR, err: int = errno.ENOSYS) -> None:
+    """Install a seccomp filter: syscall ``nr`` fails with ``err``, all else runs.
 
     The same thing a container runtime's profile does when it does not list
-    memfd_secret (libseccomp's default action for an unknown syscall is often
-    ERRNO(ENOSYS) precisely so that callers fall back).
+    memfd_secret: recent profiles answer ENOSYS (so callers fall back), older
+    Docker profiles EPERM.
     """
     arch = _AUDIT_ARCH[platform.machine()]
     ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_RET|K
@@ -144,7 +144,7 @@ def deny_syscall_with_enosys(nr: int = MEMFD_SECRET_NR) -> None:
             _bpf(jeq_k, 0, 3, arch),  # another ABI: allow
             _bpf(ld_w_abs, 0, 0, 0),  # seccomp_data.nr
             _bpf(jeq_k, 0, 1, nr),
-            _bpf(ret_k, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS),
+            _bpf(ret_k, 0, 0, SECCOMP_RET_ERRNO | err),
             _bpf(ret_k, 0, 0, SECCOMP_RET_ALLOW),
         ]
     )
