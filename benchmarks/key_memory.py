@@ -14,7 +14,8 @@ scratch) is left out:
 * ``pages_resident``: pages actually faulted in, i.e. pages in secret
   memory, removed from the direct map;
 * ``pages_mapped``: pages mapped, i.e. what RLIMIT_MEMLOCK is charged
-  (memfd_secret charges the whole mapping at mmap time, touched or not);
+  (memfd_secret charges the whole mapping at mmap time, touched or not),
+  less the pages the fixed overhead already occupied;
 * ``distinct_2m_regions`` (root only, from /proc/self/pagemap): distinct
   physical 2 MiB regions holding the vault's pages -- each one is a
   direct-map level-2 split the kernel made for them, permanent until reboot.
@@ -97,8 +98,10 @@ def measure_key_memory(keys: int = 100_000) -> KeyMemory:
             after = v.allocator.statistics()
         finally:
             v.close()
+    # the vault's fixed overhead (KEK, import key) occupies the pages that
+    # were resident before; everything mapped beyond them is for the keys
     resident = after.pages_resident - before.pages_resident
-    mapped = after.pages_mapped - before.pages_mapped
+    mapped = after.pages_mapped - before.pages_resident
     ideal_pages = math.ceil(keys * ED25519_SLOT_BYTES / PAGE_SIZE)
     return KeyMemory(
         keys=keys,
