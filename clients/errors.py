@@ -141,6 +141,34 @@ class ShuttingDown(Unavailable):
     """The server is draining and accepts no new calls."""
 
 
+class AuditUnavailable(Unavailable):
+    """The audit log cannot be written, and the server fails closed."""
+
+
+class ConnectionFailed(Unavailable):
+    """The client could not reach the vault (no server on that socket or address).
+
+    Raised by the client, never by the server: nothing was sent.
+    """
+
+
+class OutcomeUnknown(Unavailable):
+    """The connection failed after a key-changing call was sent.
+
+    Raised by the client, which does not retry such a call blindly: it may or
+    may not have been applied.  Read the key back to find out.
+    """
+
+
+# --- DEADLINE_EXCEEDED -----------------------------------------------------------
+
+
+class DeadlineExceeded(VaultError):
+    """The call did not finish within its timeout."""
+
+    status = "DEADLINE_EXCEEDED"
+
+
 # --- INTERNAL (programming errors, never a client's fault) -------------------
 
 
