@@ -1,0 +1,210 @@
+"""Prometheus metrics, built from the same :class:`~vault.stats.VaultStats` record.
+
+Gauges and counters are produced at scrape time from one
+:meth:`StatsSource.snapshot` (the record the gRPC ``Stats`` message is made
+of), so a dashboard and ``secretvault stats`` always agree.  Latency
+histograms are the one thing only Prometheus keeps.
+
+The endpoint listens on loopback unless configured otherwise: the figures
+are not secret, but they tell an observer how many keys of which type the
+vault holds and how busy it is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from vault.stats import StatsSource, VaultStats
+
+log = logging.getLogger("secretvault.server")
+
+PREFIX = "secretvault"
+#: RPC latencies run from tens of microseconds (a sign) to seconds (a batch)
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels))
+
+
+def families(s: VaultStats) -> Iterator[Metric]:
+    """Every metric family of one stats record."""
+    m = s.memory
+    info = _gauge("backend_info", "The secret-memory backend; protection=model means keys "
+                  "are NOT in secret memory.", ("backend", "protection"))
+    info.add_metric([m.backend, m.protection], 1)
+    yield info
+    for name, value, doc in (
+        ("secret_memory_regions", m.regions, "Secret-memory regions mapped."),
+        ("secret_memory_pages_mapped", m.pages_mapped, "Secret pages mapped (charged to "
+         "RLIMIT_MEMLOCK at mmap time)."),
+        ("secret_memory_pages_resident", m.pages_resident, "Secret pages faulted in (each "
+         "removed from the kernel's direct map)."),
+        ("secret_memory_locked_bytes", m.bytes_locked, "Bytes of secret memory charged to "
+         "the memlock limit."),
+        ("secret_memory_key_bytes", m.key_bytes, "Bytes of key material in used slots."),
+        ("hibernation_inhibited", int(m.hibernation_inhibited), "1 while secret memory "
+         "exists: the kernel refuses to hibernate."),
+        ("memlock_locked_bytes", m.memlock.locked, "VmLck of the server process."),
+        ("memlock_cap_ipc_lock", int(m.memlock.cap_ipc_lock), "1 if CAP_IPC_LOCK bypasses "
+         "the memlock limit."),
+    ):
+        g = _gauge(name, doc)
+        g.add_metric([], value)
+        yield g
+
+    slots = _gauge("slots", "Key slots by size class and state.", ("size", "state"))
+    pages = _gauge("slot_pages", "Pages carved into each slot size class.", ("size",))
+    for c in m.slots:
+        slots.add_metric([str(c.size), "used"], c.slots_used)
+        slots.add_metric([str(c.size), "free"], c.slots_free)
+        pages.add_metric([str(c.size)], c.pages)
+    yield slots
+    yield pages
+
+    limit = _gauge("memlock_limit_bytes", "RLIMIT_MEMLOCK (absent when unlimited).", ("kind",))
+    for kind, value in (("soft", m.memlock.soft), ("hard", m.memlock.hard)):
+        if value >= 0:
+            limit.add_metric([kind], value)
+    yield limit
+    if m.memlock.headroom_bytes is not None:
+        g = _gauge("memlock_headroom_bytes", "Bytes the memlock limit still allows.")
+        g.add_metric([], m.memlock.headroom_bytes)
+        yield g
+    keys_left = _gauge("memlock_headroom_keys", "Keys of each type that still fit "
+                       "(absent when unlimited).", ("type",))
+    for key_type, n in m.memlock.headroom_keys:
+        if n is not None:
+            keys_left.add_metric([key_type], n)
+    yield keys_left
+
+    if m.memcg is not None:
+        cg = m.memcg
+        for field, doc in (
+            ("usage", "Memory cgroup usage."),
+            ("limit", "Memory cgroup limit."),
+            ("file", "Memory cgroup page cache (secret pages are charged here)."),
+            ("file_mapped", "Memory cgroup mapped page cache (includes secret pages)."),
+            ("unevictable", "Memory cgroup unevictable memory (includes secret pages)."),
+        ):
+            value = getattr(cg, field)
+            if value is not None:
+                g = _gauge(f"memcg_{field}_bytes", doc, ("cgroup_version",))
+                g.add_metric([str(cg.version)], value)
+                yield g
+
+    dm = m.direct_map
+    splits = CounterMetricFamily(
+        f"{PREFIX}_direct_map_splits", "Direct-map splits (kernel: since the server "
+        "started, all kernel activity; model: the simulation's own).", labels=["level", "source"])
+    splits.add_metric(["2", dm.source], dm.level2_splits)
+    splits.add_metric(["3", dm.source], dm.level3_splits)
+    yield splits
+    mapped = _gauge("direct_map_bytes", "Bytes of the direct map at each page size "
+                    "(DirectMap4k/2M/1G).", ("page_size", "source"))
+    delta = _gauge("direct_map_delta_bytes", "Change of the direct map at each page size "
+                   "since the server started.", ("page_size", "source"))
+    for size, now, change in (("4k", dm.directmap_4k, dm.directmap_4k_delta),
+                              ("2m", dm.directmap_2m, dm.directmap_2m_delta),
+                              ("1g", dm.directmap_1g, dm.directmap_1g_delta)):
+        mapped.add_metric([size, dm.source], now)
+        delta.add_metric([size, dm.source], change)
+    yield mapped
+    yield delta
+    regions = _gauge("direct_map_distinct_regions", "Distinct physical 2 MiB / 1 GiB regions "
+                     "holding the vault's secret pages (root only).", ("size",))
+    if dm.distinct_2m_regions is not None:
+        regions.add_metric(["2m"], dm.distinct_2m_regions)
+    if dm.distinct_1g_regions is not None:
+        regions.add_metric(["1g"], dm.distinct_1g_regions)
+    yield regions
+
+    extra = _gauge("backend_extra", "Backend-specific figures (the models' pool waste, "
+                   "failures...).", ("name",))
+    for extra_name, figure in m.extra:
+        extra.add_metric([extra_name], figure)
+    yield extra
+
+    keys = _gauge("keys", "Keys held, by type.", ("type",))
+    for key_type, n in s.keys_by_type:
+        keys.add_metric([key_type], n)
+    yield keys
+
+    ops = CounterMetricFamily(f"{PREFIX}_operations", "Operations served (batch and stream "
+                              "operations counted one by one).", labels=["operation", "result"])
+    for o in s.operations:
+        ops.add_metric([o.operation, o.result], o.count)
+    yield ops
+
+
+class _StatsCollector(Collector):
+    def __init__(self, source: StatsSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self._source.snapshot())
+
+
+class Metrics:
+    """A private registry (several servers may live in one process, as in tests)."""
+
+    def __init__(self, source: StatsSource) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_StatsCollector(source))
+        self.latency = Histogram(
+            f"{PREFIX}_operation_duration_seconds",
+            "Time to serve each operation (unary call, or one operation of a stream; a "
+            "batch is observed whole under operation=batch).",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._http: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def observe(self, operation: str, seconds: float) -> None:
+        self.latency.labels(operation).observe(seconds)
+
+    def serve(self, address: str) -> tuple[str, int]:
+        """Start the HTTP endpoint on ``host:port``; returns the bound address."""
+        host, port = split_host_port(address)
+        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        bound = self._http.server_address
+        if not _is_loopback(host):
+            log.warning("metrics listen on %s, not loopback: anyone who can reach it sees "
+                        "key counts and load", address)
+        return str(bound[0]), int(bound[1])
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,264 @@
+"""Who may do what to which keys: the TOML policy.
+
+Identities are never names a client claims.  Each one is bound to something
+the kernel or TLS vouches for:
+
+* a Unix listener: a socket file only its owner/group may open (connecting
+  to a Unix socket needs write permission on the file, checked by the
+  kernel against the connecting process's credentials), served by its own
+  gRPC server so every call knows which listener it came in on;
+* a client certificate on mutual TLS, verified against the configured CA:
+  its first SAN URI, or its CN when it has no URI.
+
+The default socket belongs to the server's own user (:data:`OWNER`), which
+may do everything.  Everyone else may do nothing the policy does not grant.
+
+Example (see ``docs/policy.example.toml``)::
+
+    [identities.ci-signer]
+    tls = ["spiffe://example.org/ci-signer"]
+
+    [[identities.ci-signer.sockets]]
+    path = "/run/secretvault/ci/vault.sock"
+    group = "ci"
+    mode = "0660"
+
+    [[identities.ci-signer.allow]]
+    operations = ["sign", "verify", "get_public_key"]
+    keys = ["ci/*"]
+
+Key patterns are ``fnmatch`` patterns, matched case-sensitively against the
+whole name; ``*`` also matches ``/`` (``ci/*`` covers ``ci/a/b``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import grp
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from clients.errors import InvalidArgument, PermissionDenied
+
+#: the identity of the default socket: the server's own user, allowed everything
+OWNER = "owner"
+
+#: every operation a policy can grant (the RPCs, and the batch/stream operations)
+KEY_OPERATIONS: frozenset[str] = frozenset({
+    "create_key", "import_key", "get_key", "get_public_key", "rotate_key",
+    "set_min_decryption_version", "delete_key_version", "delete_key",
+    "sign", "verify", "encrypt", "decrypt", "mac", "verify_mac",
+})
+#: operations on no particular key: granted by any rule listing them
+#: (``list_keys`` answers only the names the identity's list_keys patterns match)
+KEYLESS_OPERATIONS: frozenset[str] = frozenset({
+    "get_import_key", "list_keys", "get_stats", "watch_stats",
+})
+OPERATIONS: frozenset[str] = KEY_OPERATIONS | KEYLESS_OPERATIONS
+
+_IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class PolicyError(InvalidArgument):
+    """The policy file is invalid: the server refuses to start with it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    operations: frozenset[str]
+    keys: tuple[str, ...]  # fnmatch patterns
+
+    def covers(self, operation: str, key: str | None) -> bool:
+        if operation not in self.operations:
+            return False
+        if key is None:
+            return True
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.keys)
+
+
+@dataclass(frozen=True, slots=True)
+class SocketBinding:
+    """A Unix listener bound to an identity; its file's owner/group/mode guard it."""
+
+    path: str
+    identity: str
+    mode: int = 0o600
+    group: int | None = None  # gid the socket file (and its directory) belong to
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str
+    grants: tuple[Grant, ...] = ()
+    sockets: tuple[SocketBinding, ...] = ()
+    tls: tuple[str, ...] = ()  # certificate identities (SAN URI, else CN)
+
+
+@dataclass(frozen=True)
+class Policy:
+    identities: Mapping[str, Identity] = field(default_factory=dict)
+    source: str = "the built-in policy (owner only)"
+
+    # --- decisions ------------------------------------------------------------------
+
+    def allows(self, identity: str, operation: str, key: str | None) -> bool:
+        if identity == OWNER:
+            return True
+        ident = self.identities.get(identity)
+        if ident is None:
+            return False
+        return any(g.covers(operation, key) for g in ident.grants)
+
+    def check(self, identity: str, operation: str, key: str | None) -> None:
+        """Raise :class:`PermissionDenied` unless ``identity`` may do this."""
+        if not self.allows(identity, operation, key):
+            target = f" on key {key[:140]!r}" if key is not None else ""
+            raise PermissionDenied(
+                f"identity {identity!r} may not {operation}{target} ({self.source})"
+            )
+
+    def tls_identity(self, subject: str) -> str:
+        """The identity a verified certificate subject (SAN URI or CN) maps to."""
+        for ident in self.identities.values():
+            if subject in ident.tls:
+                return ident.name
+        # unknown subjects get a name of their own, with no grants
+        return f"tls:{subject}"
+
+    @property
+    def sockets(self) -> tuple[SocketBinding, ...]:
+        return tuple(s for i in self.identities.values() for s in i.sockets)
+
+    # --- loading ----------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str) -> Policy:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise PolicyError(f"cannot read the policy file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise PolicyError(f"the policy file {path} is not valid TOML: {e}") from None
+        return cls.from_dict(data, source=f"policy {path}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "policy") -> Policy:
+        _only(data, {"identities"}, "the policy")
+        raw = data.get("identities", {})
+        if not isinstance(raw, dict):
+            raise PolicyError("[identities] must be a table of identities")
+        identities: dict[str, Identity] = {}
+        tls_seen: dict[str, str] = {}
+        for name, body in raw.items():
+            ident = _identity(name, body)
+            for subject in ident.tls:
+                if subject in tls_seen:
+                    raise PolicyError(
+                        f"certificate identity {subject!r} is given to both "
+                        f"{tls_seen[subject]!r} and {name!r}")
+                tls_seen[subject] = name
+            identities[name] = ident
+        paths = [s.path for i in identities.values() for s in i.sockets]
+        if len(set(paths)) != len(paths):
+            raise PolicyError("a socket path is bound to more than one identity")
+        return cls(identities, source)
+
+
+def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    # a typo in a security policy must not silently grant or deny something
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise PolicyError(
+            f"unknown field(s) {', '.join(unknown)} in {where}; allowed: "
+            f"{', '.join(sorted(allowed))}")
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PolicyError(f"{where} must be a list of strings")
+    return tuple(value)
+
+
+def _identity(name: str, body: Any) -> Identity:
+    where = f"[identities.{name}]"
+    if not _IDENTITY_NAME.fullmatch(name):
+        raise PolicyError(
+            f"identity name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ -")
+    if name == OWNER:
+        raise PolicyError(
+            f"{OWNER!r} is the server's own user (the default socket); it is always allowed "
+            "everything and cannot be configured")
+    if not isinstance(body, dict):
+        raise PolicyError(f"{where} must be a table")
+    _only(body, {"tls", "sockets", "allow"}, where)
+    tls = _strings(body.get("tls", []), f"{where} tls")
+    grants = tuple(_grant(g, f"{where} allow") for g in _tables(body.get("allow", []),
+                                                                 f"{where} allow"))
+    sockets = tuple(_socket(name, s, f"{where} sockets")
+                    for s in _tables(body.get("sockets", []), f"{where} sockets"))
+    return Identity(name, grants, sockets, tls)
+
+
+def _tables(value: Any, where: str) -> Iterable[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise PolicyError(f"{where} must be an array of tables ([[...]])")
+    return value
+
+
+def _grant(body: dict[str, Any], where: str) -> Grant:
+    _only(body, {"operations", "keys"}, where)
+    ops = _strings(body.get("operations", []), f"{where} operations")
+    if not ops:
+        raise PolicyError(f"{where}: list at least one operation (or \"*\")")
+    expanded: set[str] = set()
+    for op in ops:
+        if op == "*":
+            expanded |= OPERATIONS
+        elif op in OPERATIONS:
+            expanded.add(op)
+        else:
+            raise PolicyError(
+                f"{where}: unknown operation {op!r}; use \"*\" or: "
+                f"{', '.join(sorted(OPERATIONS))}")
+    keys = _strings(body.get("keys", ["*"] if expanded <= KEYLESS_OPERATIONS else []),
+                    f"{where} keys")
+    if not keys and expanded & KEY_OPERATIONS:
+        raise PolicyError(f"{where}: list the key patterns (\"*\" for every key)")
+    return Grant(frozenset(expanded), keys)
+
+
+def _socket(identity: str, body: dict[str, Any], where: str) -> SocketBinding:
+    _only(body, {"path", "mode", "group"}, where)
+    path = body.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise PolicyError(f"{where}: path must be an absolute path")
+    mode_text = body.get("mode", "0600")
+    try:
+        mode = int(mode_text, 8) if isinstance(mode_text, str) else -1
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777 or mode & 0o111:
+        raise PolicyError(
+            f"{where}: mode must be an octal string such as \"0660\" (no execute bits)")
+    group = body.get("group")
+    gid: int | None = None
+    if group is not None:
+        gid = _gid(group, where)
+    elif mode & 0o070:
+        raise PolicyError(f"{where}: a group-accessible mode needs a group")
+    return SocketBinding(path, identity, mode, gid)
+
+
+def _gid(group: Any, where: str) -> int:
+    if isinstance(group, int) and not isinstance(group, bool) and group >= 0:
+        return group
+    if isinstance(group, str):
+        try:
+            return grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise PolicyError(f"{where}: no group named {group!r} on this system") from None
+    raise PolicyError(f"{where}: group must be a group name or a gid")

@@ -1,0 +1,600 @@
+"""The secretvault gRPC server: listeners, health, reflection, draining.
+
+:func:`run` is what ``secretvault serve`` calls: it opens the vault, prints
+one start-up summary, serves until SIGTERM or SIGINT, then drains in-flight
+calls, zeroes and unmaps every secret page, and returns 0.
+
+:func:`create_server` is the embeddable form (tests, benchmarks): it returns
+a started :class:`VaultServer`, a context manager that always stops.
+
+Listeners (see ``docs/access-control.md``):
+
+* the **default Unix socket** (``VaultConfig.socket``), mode 0600, owned by
+  the serving user, in a directory the server creates 0700 (or checks is not
+  writable by others).  Its identity is the server's own user: allowed
+  everything;
+* **more Unix sockets**, each bound to one policy identity and guarded by its
+  file's owner, group and mode (``[[identities.NAME.sockets]]`` in the policy,
+  or :attr:`ServerConfig.listeners`).  Each listener is its own
+  ``grpc.Server``: grpcio does not tell a handler which socket a call came
+  in on, nor the peer's credentials (``context.peer()`` is ``"unix:"``), so
+  separate servers are how a call's identity is known;
+* optionally **TCP** with TLS, or mutual TLS when a client CA is given (the
+  client certificate's SAN URI, else CN, is the identity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from types import FrameType, TracebackType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from clients.errors import FailedPrecondition, InvalidArgument, VaultError
+from vault.app import BACKENDS, Vault, VaultConfig, open_vault
+from vault.audit import AuditLog
+from vault.interceptors import Authenticator, Edge, EdgeInterceptor
+from vault.metrics import Metrics, split_host_port
+from vault.policy import OWNER, Policy, SocketBinding
+from vault.sealing import Argon2Params
+from vault.servicers import (
+    MAX_BATCH_OPERATIONS,
+    SERVICE_NAMES,
+    CryptoServicer,
+    KeyServicer,
+    StatsServicer,
+    generic_handlers,
+)
+from vault.stats import OperationCounters, StatsSource
+
+log = logging.getLogger("secretvault.server")
+
+#: a Unix listener bound to a policy identity (same record the policy file yields)
+UnixListener = SocketBinding
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``secretvault serve`` configures.  Field names are stable.
+
+    The default socket is ``vault.socket``; the data directory, backend and
+    unseal material are in :class:`~vault.app.VaultConfig`.
+    """
+
+    #: the vault itself: data directory, default socket path, backend, unseal
+    vault: VaultConfig = field(default_factory=VaultConfig)
+    #: serve the default Unix socket (``vault.socket``); False: TCP only
+    unix_socket: bool = True
+    #: more Unix sockets, each bound to a policy identity (added to those the
+    #: policy file declares)
+    listeners: tuple[UnixListener, ...] = ()
+    #: ``HOST:PORT`` to also listen on TCP (port 0 picks one); needs tls_cert/tls_key
+    tcp: str | None = None
+    #: PEM server certificate chain and private key for TCP
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: PEM CA bundle: when set, TCP requires a client certificate it signed
+    #: (mutual TLS) and the certificate's SAN URI, else CN, is the identity
+    client_ca: str | None = None
+    #: the TOML policy file; None: only the server's own user may do anything
+    policy_file: str | None = None
+    #: audit log path; None or "-": stderr
+    audit_log: str | None = None
+    #: keep serving when the audit log cannot be written (default: fail closed)
+    audit_fail_open: bool = False
+    #: ``HOST:PORT`` of the Prometheus endpoint; None: no metrics endpoint.
+    #: Use 127.0.0.1 (loopback) unless something else must scrape it.
+    metrics: str | None = None
+    #: largest request message accepted (bytes); RESOURCE_EXHAUSTED beyond
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: most operations in one BatchRequest; RESOURCE_EXHAUSTED beyond
+    max_batch_operations: int = MAX_BATCH_OPERATIONS
+    #: seconds in-flight calls get to finish on SIGTERM before being cancelled
+    grace_seconds: float = 10.0
+    #: handler threads shared by all listeners (each open stream holds one)
+    workers: int = 64
+
+    def validate(self) -> None:
+        if not self.unix_socket and not self.tcp:
+            raise InvalidArgument("nothing to listen on: enable the Unix socket or give --tcp")
+        if self.tcp is not None:
+            try:
+                split_host_port(self.tcp)
+            except ValueError as e:
+                raise InvalidArgument(f"--tcp: {e}") from None
+            if not (self.tls_cert and self.tls_key):
+                raise InvalidArgument(
+                    "TCP needs TLS: give --tls-cert and --tls-key (and --client-ca for "
+                    "mutual TLS); plain-text TCP is not offered")
+        elif self.tls_cert or self.tls_key or self.client_ca:
+            raise InvalidArgument("TLS files were given without --tcp HOST:PORT")
+        if self.metrics is not None:
+            try:
+                split_host_port(self.metrics)
+            except ValueError as e:
+                raise InvalidArgument(f"metrics address: {e}") from None
+        if not 1024 <= self.max_message_bytes <= 1 << 30:
+            raise InvalidArgument("max_message_bytes must be between 1 KiB and 1 GiB")
+        if not 1 <= self.max_batch_operations <= 1_000_000:
+            raise InvalidArgument("max_batch_operations must be between 1 and 1,000,000")
+        if self.grace_seconds < 0 or self.workers < 1:
+            raise InvalidArgument("grace_seconds must be >= 0 and workers >= 1")
+
+
+# --- Unix socket safety -------------------------------------------------------------------
+
+
+def _dir_mode(mode: int) -> int:
+    """The socket directory's mode: only as open as the socket needs to be reached."""
+    if mode & 0o007:
+        return 0o711
+    if mode & 0o070:
+        return 0o710
+    return 0o700
+
+
+def prepare_socket_dir(path: str, mode: int = 0o600, group: int | None = None) -> None:
+    """Create the socket's directory safely, or check the existing one.
+
+    A directory others can write to would let them replace our socket with
+    theirs (and collect requests, messages included), so it is refused.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    want = _dir_mode(mode)
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        parent = os.path.dirname(directory)
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+        try:
+            os.mkdir(directory, want)
+        except FileExistsError:  # created meanwhile: check it like any other
+            return prepare_socket_dir(path, mode, group)
+        os.chmod(directory, want)  # mkdir's mode is filtered by the umask
+        if group is not None:
+            os.chown(directory, -1, group)
+        return
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise FailedPrecondition(
+            f"the socket directory {directory} is not a directory (or is a symlink)")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise FailedPrecondition(
+            f"the socket directory {directory} belongs to uid {st.st_uid}, not to this "
+            f"server (uid {os.geteuid()}) or root: choose another --socket")
+    if st.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
+        raise FailedPrecondition(
+            f"the socket directory {directory} is writable by others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}): another user could replace the socket. Use a "
+            "directory only the server's user can write, e.g. /run/secretvault or "
+            "$XDG_RUNTIME_DIR/secretvault")
+
+
+def clear_stale_socket(path: str) -> None:
+    """Remove a socket left by a dead server; refuse to touch a live one."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FailedPrecondition(f"{path} exists and is not a socket: refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        # nothing listens: the socket file outlived its server
+        os.unlink(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise FailedPrecondition(f"cannot check whether {path} is in use: {e.strerror}") from None
+    finally:
+        probe.close()
+    raise FailedPrecondition(
+        f"another server is already listening on {path}: stop it or choose another --socket")
+
+
+def _bind_unix(server: grpc.Server, listener: UnixListener) -> None:
+    path = listener.path
+    prepare_socket_dir(path, listener.mode, listener.group)
+    clear_stale_socket(path)
+    # grpc creates the socket file when the port is added; the umask makes it
+    # 0600 from its first instant (the mode is then widened, never narrowed,
+    # and the directory already keeps strangers out)
+    old = os.umask(0o177)
+    try:
+        port = server.add_insecure_port(f"unix:{path}")
+    except RuntimeError as e:
+        raise FailedPrecondition(f"cannot listen on {path}: {e}") from None
+    finally:
+        os.umask(old)
+    if port == 0 or not os.path.exists(path):
+        raise FailedPrecondition(f"cannot listen on {path}")
+    if listener.group is not None:
+        os.chown(path, -1, listener.group)
+    os.chmod(path, listener.mode)
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Listener:
+    name: str  # "unix:/path" or "tcp:host:port"
+    server: grpc.Server
+    identity: str  # the fixed identity, or "mutual TLS" / "TLS"
+    path: str | None = None
+
+
+class VaultServer:
+    """A running server: every listener, one vault.  Use as a context manager."""
+
+    def __init__(self, config: ServerConfig, vault: Vault, *, owns_vault: bool) -> None:
+        self.config = config
+        self.vault = vault
+        self._owns_vault = owns_vault
+        self.policy = Policy.load(config.policy_file) if config.policy_file else Policy()
+        self.counters = OperationCounters()
+        self.stats = StatsSource(vault.allocator.statistics, vault.keyring.counts_by_type,
+                                 self.counters)
+        self.metrics = Metrics(self.stats) if config.metrics else None
+        self.metrics_address: tuple[str, int] | None = None
+        self.audit = AuditLog(config.audit_log, fail_open=config.audit_fail_open)
+        self.edge = Edge(self.policy, self.audit, self.counters, self.metrics)
+        self.stopping = threading.Event()
+        self.health = health.HealthServicer()
+        self.listeners: list[_Listener] = []
+        self.tcp_port: int | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.workers, thread_name_prefix="secretvault-rpc")
+        self._handlers = generic_handlers(
+            KeyServicer(vault.keyring),
+            CryptoServicer(vault.keyring, max_batch=config.max_batch_operations),
+            StatsServicer(self.stats, self.stopping),
+        )
+        self._stop_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._stop_started = False
+
+    # --- start -------------------------------------------------------------------------
+
+    def _new_server(self, listener: str, identity: str | None,
+                    extra: list[tuple[str, int]] | None = None) -> grpc.Server:
+        limit = self.config.max_message_bytes
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", limit),
+            # a batch's answers can outgrow its question (ciphertexts carry a
+            # nonce and a tag); the client's own receive limit still applies
+            ("grpc.max_send_message_length", 4 * limit),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.server(
+            self._executor,
+            interceptors=[EdgeInterceptor(self.edge, Authenticator(listener, identity,
+                                                                   self.policy))],
+            options=options + (extra or []),
+        )
+        server.add_generic_rpc_handlers(self._handlers)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+        return server
+
+    def _unix_listeners(self) -> list[UnixListener]:
+        out: list[UnixListener] = []
+        if self.config.unix_socket:
+            out.append(UnixListener(self.config.vault.socket, OWNER, 0o600, None))
+        out.extend(self.config.listeners)
+        out.extend(self.policy.sockets)
+        paths = [os.path.abspath(u.path) for u in out]
+        if len(set(paths)) != len(paths):
+            raise InvalidArgument("two listeners share one socket path")
+        return out
+
+    def start(self) -> VaultServer:
+        try:
+            for u in self._unix_listeners():
+                name = f"unix:{u.path}"
+                server = self._new_server(name, u.identity)
+                _bind_unix(server, u)
+                self.listeners.append(_Listener(name, server, u.identity, u.path))
+            if self.config.tcp:
+                self._start_tcp()
+            for item in self.listeners:
+                item.server.start()
+            for name in ("", *SERVICE_NAMES):
+                self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if self.metrics is not None and self.config.metrics:
+                self.metrics_address = self.metrics.serve(self.config.metrics)
+        except BaseException:
+            self.stop(0)
+            raise
+        return self
+
+    def _start_tcp(self) -> None:
+        c = self.config
+        assert c.tcp and c.tls_cert and c.tls_key
+
+        def read(path: str, what: str) -> bytes:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as e:
+                raise InvalidArgument(f"cannot read the {what} {path}: {e.strerror}") from None
+
+        cert, key = read(c.tls_cert, "TLS certificate"), read(c.tls_key, "TLS key")
+        ca = read(c.client_ca, "client CA") if c.client_ca else None
+        creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                            require_client_auth=ca is not None)
+        host, port = split_host_port(c.tcp)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        name = f"tcp:{address}"
+        server = self._new_server(name, None)
+        try:
+            bound = server.add_secure_port(address, creds)
+        except RuntimeError as e:
+            raise FailedPrecondition(f"cannot listen on {address}: {e}") from None
+        if bound == 0:
+            raise FailedPrecondition(f"cannot listen on {address}")
+        self.tcp_port = bound
+        self.listeners.append(_Listener(f"tcp:{host}:{bound}", server,
+                                        "mutual TLS" if ca else "TLS"))
+
+    # --- stop ----------------------------------------------------------------------------
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, drain (up to ``grace`` seconds), zero and unmap.  Idempotent."""
+        with self._stop_lock:
+            if self._stop_started:
+                wait = True
+            else:
+                self._stop_started = wait = False
+        if wait:
+            self._stopped.wait()
+            return
+        try:
+            grace = self.config.grace_seconds if grace is None else grace
+            self.health.enter_graceful_shutdown()
+            self.edge.draining.set()  # new calls: UNAVAILABLE (ShuttingDown)
+            self.stopping.set()  # watches end now instead of holding the drain up
+            events = [item.server.stop(grace) for item in self.listeners]
+            for e in events:
+                e.wait()
+            # handlers of calls cancelled at the end of the grace period may
+            # still be unwinding: let them leave the keyring first
+            done = threading.Thread(target=self._executor.shutdown, kwargs={"wait": True},
+                                    daemon=True)
+            done.start()
+            done.join(timeout=max(5.0, grace))
+            if self.metrics is not None:
+                self.metrics.close()
+            if self._owns_vault:
+                # zeroes every slot and unmaps every secret region
+                self.vault.close()
+            self.audit.close()
+            for item in self.listeners:
+                if item.path:
+                    _remove_socket(item.path)
+        finally:
+            self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> VaultServer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _remove_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def create_server(config: ServerConfig, *, vault: Vault | None = None) -> VaultServer:
+    """A started server.  Opens the vault unless one is given (then it is not closed)."""
+    config.validate()
+    owns = vault is None
+    if vault is None:
+        vault = open_vault(config.vault)
+    try:
+        server = VaultServer(config, vault, owns_vault=owns)
+    except BaseException:
+        if owns:
+            vault.close()
+        raise
+    return server.start()
+
+
+# --- the start-up summary -------------------------------------------------------------------
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def summary(server: VaultServer) -> str:
+    """The one start-up summary, as text."""
+    v = server.vault
+    s = v.allocator.statistics()
+    lines = ["secretvault is serving"]
+    if s.protection == "secretmem":
+        lines.append(f"  backend      {s.backend}: keys live in secret memory (memfd_secret), "
+                     "out of the kernel's direct map")
+    else:
+        lines.append(f"  backend      {s.backend}: a MODEL for measurement and development")
+        lines.append("  !!! WARNING  keys are NOT in secret memory: they are in ordinary locked "
+                     "memory. Do not use this backend in production.")
+    ml = s.memlock
+    if ml.cap_ipc_lock:
+        limit = "not enforced (CAP_IPC_LOCK)"
+    elif ml.soft < 0:
+        limit = "unlimited"
+    else:
+        limit = f"{_bytes(ml.soft)} (locked now {_bytes(ml.locked)})"
+    lines.append(f"  memlock      {limit}")
+    room = ", ".join(f"{n:,} {t}" for t, n in ml.headroom_keys if n is not None)
+    lines.append(f"  headroom     {room or 'unlimited'} more keys")
+    counts = v.keyring.counts_by_type()
+    lines.append(f"  keys         {sum(counts.values())} loaded")
+    lines.append(f"  store        {v.config.store_path}")
+    for item in server.listeners:
+        lines.append(f"  listening    {item.name} (identity: {item.identity})")
+    lines.append(f"  policy       {server.policy.source}")
+    fail = "fail open" if server.audit.fail_open else "fail closed"
+    lines.append(f"  audit        {server.audit.where} ({fail})")
+    if server.metrics_address:
+        host, port = server.metrics_address
+        lines.append(f"  metrics      http://{host}:{port}/metrics")
+    if v.created_key_file:
+        lines.append(f"  unseal key   created {v.created_key_file} (mode 0600)")
+        lines.append("  !!! WARNING  the unseal key sits next to the store it unseals: in "
+                     "production keep it elsewhere (another volume, a secret manager) and "
+                     "pass --unseal-key-file")
+    return "\n".join(lines)
+
+
+# --- run ---------------------------------------------------------------------------------
+
+
+def run(config: ServerConfig) -> int:
+    """Serve until SIGTERM or SIGINT, then drain, zero secret memory, and return 0.
+
+    Raises :class:`~clients.errors.VaultError` (a one-line message naming
+    the fix) when the server cannot start.  Must be called from the main
+    thread (it installs the signal handlers, and restores them on return).
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
+                            "%(message)s", stream=sys.stderr)
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server = create_server(config)
+        with server:
+            print(summary(server), file=sys.stderr, flush=True)
+            while not stop.wait(1.0):
+                pass
+            name = signal.Signals(received[0]).name if received else "stop"
+            print(f"secretvault: {name}: draining in-flight calls (up to "
+                  f"{config.grace_seconds:g} s), then zeroing secret memory", file=sys.stderr,
+                  flush=True)
+        print("secretvault: stopped; secret memory zeroed and unmapped", file=sys.stderr,
+              flush=True)
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# --- python -m vault.server (development and tests; users run `secretvault serve`) ---------
+
+
+def _parse(argv: Sequence[str] | None) -> ServerConfig:
+    p = argparse.ArgumentParser(prog="python -m vault.server",
+                                description="Run the secretvault server (the user-facing "
+                                "command is `secretvault serve`).")
+    p.add_argument("--socket")
+    p.add_argument("--data-dir")
+    p.add_argument("--backend", choices=BACKENDS, default="memfd_secret")
+    p.add_argument("--unseal-key-file")
+    p.add_argument("--passphrase-file")
+    p.add_argument("--argon2-ops", type=int)
+    p.add_argument("--argon2-mem", type=int)
+    p.add_argument("--policy")
+    p.add_argument("--audit-log")
+    p.add_argument("--audit-fail-open", action="store_true")
+    p.add_argument("--metrics")
+    p.add_argument("--tcp")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--client-ca")
+    p.add_argument("--no-unix-socket", action="store_true")
+    p.add_argument("--grace", type=float, default=10.0)
+    p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--no-harden", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    vc = VaultConfig()
+    changes: dict[str, object] = {"backend": a.backend, "harden": not a.no_harden}
+    if a.socket:
+        changes["socket"] = a.socket
+    if a.data_dir:
+        changes["data_dir"] = a.data_dir
+    if a.unseal_key_file:
+        changes["unseal_key_file"] = a.unseal_key_file
+    if a.passphrase_file:
+        changes["passphrase_file"] = a.passphrase_file
+    if a.argon2_ops or a.argon2_mem:
+        d = Argon2Params()
+        changes["kdf"] = Argon2Params(a.argon2_ops or d.ops, a.argon2_mem or d.mem)
+    vc = replace(vc, **changes)  # type: ignore[arg-type]
+    return ServerConfig(
+        vault=vc, unix_socket=not a.no_unix_socket, tcp=a.tcp, tls_cert=a.tls_cert,
+        tls_key=a.tls_key, client_ca=a.client_ca, policy_file=a.policy,
+        audit_log=a.audit_log, audit_fail_open=a.audit_fail_open, metrics=a.metrics,
+        grace_seconds=a.grace, max_message_bytes=a.max_message_bytes,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = _parse(argv)
+    try:
+        return run(config)
+    except VaultError as e:
+        print(f"secretvault: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            print(f"secretvault: permission denied: {e.filename or e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "ServerConfig",
+    "UnixListener",
+    "VaultServer",
+    "create_server",
+    "main",
+    "run",
+    "summary",
+]

@@ -1,0 +1,370 @@
+"""The gRPC servicers: decode the request, call the keyring, encode the reply.
+
+Nothing here checks policy, writes audit lines or maps errors to status
+codes: the edge interceptor (``vault.interceptors``) does all of that, once,
+for every method.  A servicer raises :class:`~clients.errors.VaultError`
+for anything wrong with the request.
+
+Batch and stream forms run each operation through the same functions as the
+unary calls; a failed operation becomes an ``OperationError`` carrying the
+status its unary call would have returned, and the others still run.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import message as _message
+from google.protobuf import message_factory
+
+from clients import framing
+from clients._proto.secretvault.v1 import (
+    crypto_pb2,
+    crypto_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    stats_pb2,
+    stats_pb2_grpc,
+)
+from clients.errors import InvalidArgument, RequestTooLarge
+from vault import errors
+from vault.crypto import KeyType
+from vault.keyring import KeyInfo, Keyring
+from vault.stats import StatsSource, to_proto
+
+#: the most operations one BatchRequest may carry (documented in crypto.proto)
+MAX_BATCH_OPERATIONS = 10_000
+#: ListKeys page size: default and maximum (documented in keys.proto)
+MAX_PAGE_SIZE = 1000
+
+KEY_TYPES: dict[int, KeyType] = {
+    keys_pb2.KEY_TYPE_ED25519: KeyType.ED25519,
+    keys_pb2.KEY_TYPE_X25519: KeyType.X25519,
+    keys_pb2.KEY_TYPE_XCHACHA20_POLY1305: KeyType.XCHACHA20_POLY1305,
+    keys_pb2.KEY_TYPE_HMAC_SHA256: KeyType.HMAC_SHA256,
+}
+KEY_TYPE_NUMBERS: dict[KeyType, Any] = {v: k for k, v in KEY_TYPES.items()}
+
+FORMATS: dict[int, str] = {
+    keys_pb2.PUBLIC_KEY_FORMAT_UNSPECIFIED: "raw",
+    keys_pb2.PUBLIC_KEY_FORMAT_RAW: "raw",
+    keys_pb2.PUBLIC_KEY_FORMAT_PEM: "pem",
+    keys_pb2.PUBLIC_KEY_FORMAT_OPENSSH: "openssh",
+    keys_pb2.PUBLIC_KEY_FORMAT_JWK: "jwk",
+}
+
+
+# --- decoding ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """Stands in for a request message that did not parse.
+
+    grpcio answers INTERNAL ("Exception deserializing request!") when a
+    deserializer raises, which would blame the server for the client's
+    bytes; so the deserializers return this instead and the edge turns it
+    into INVALID_ARGUMENT.
+    """
+
+    type_name: str
+    reason: str
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(
+            f"the request is not a valid {self.type_name} message: {self.reason}")
+
+
+def _safe_parser(cls: type[_message.Message]) -> Callable[[bytes], Any]:
+    type_name = cls.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except Exception as e:  # any failure to parse is about the client's bytes
+            return Malformed(type_name, type(e).__name__)
+
+    return parse
+
+
+def _key_type(number: int) -> KeyType:
+    if number == keys_pb2.KEY_TYPE_UNSPECIFIED:
+        raise InvalidArgument("the key type is required (ed25519, x25519, "
+                              "xchacha20-poly1305 or hmac-sha256)")
+    kt = KEY_TYPES.get(number)
+    if kt is None:
+        raise InvalidArgument(f"unknown key type number {number}")
+    return kt
+
+
+def _version(number: int) -> int | None:
+    """0 means 'the primary version' wherever the API takes a version."""
+    return number or None
+
+
+def _token_version(token: bytes) -> int:
+    """The key version in a token's header (the keyring has already checked it)."""
+    _, _, version = framing.HEADER.unpack_from(token)
+    assert isinstance(version, int)
+    return version
+
+
+def key_to_proto(info: KeyInfo) -> keys_pb2.Key:
+    key = keys_pb2.Key(
+        name=info.name,
+        type=KEY_TYPE_NUMBERS[info.type],
+        primary_version=info.primary_version,
+        min_decryption_version=info.min_decryption_version,
+        labels=dict(info.labels),
+    )
+    key.create_time.FromNanoseconds(int(info.created * 1e9))
+    for v in info.versions:
+        kv = key.versions.add(version=v.version, public_key=v.public_key or b"",
+                              damaged=v.damaged or "")
+        kv.create_time.FromNanoseconds(int(v.created * 1e9))
+    return key
+
+
+def _page_token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode("ascii")
+
+
+def _after(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode("ascii")).decode()
+    except (ValueError, UnicodeError):
+        raise InvalidArgument("page_token is not one returned by ListKeys") from None
+
+
+# --- KeyService ---------------------------------------------------------------
+
+
+class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
+    def __init__(self, keyring: Keyring) -> None:
+        self._ring = keyring
+
+    def CreateKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+        info = self._ring.create(request.name, _key_type(request.type), dict(request.labels))
+        return key_to_proto(info)
+
+    def GetImportKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return keys_pb2.GetImportKeyResponse(public_key=self._ring.import_public_key)
+
+    def ImportKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+        info = self._ring.import_wrapped(
+            request.name, _key_type(request.type), request.wrapped_key, dict(request.labels)
+        )
+        return key_to_proto(info)
+
+    def GetKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return key_to_proto(self._ring.get(request.name))
+
+    def GetPublicKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+        fmt = FORMATS.get(request.format)
+        if fmt is None:
+            raise InvalidArgument(f"unknown public key format number {request.format}")
+        info = self._ring.get(request.name)
+        version = request.version or info.primary_version
+        public = self._ring.public_key(request.name, version, fmt)
+        return keys_pb2.GetPublicKeyResponse(
+            public_key=public,
+            version=version,
+            format=request.format or keys_pb2.PUBLIC_KEY_FORMAT_RAW,
+            type=KEY_TYPE_NUMBERS[info.type],
+        )
+
+    def ListKeys(self, request: Any, context: grpc.ServicerContext) -> Any:
+        size = min(request.page_size or MAX_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _after(request.page_token) if request.page_token else None
+        keys = self._ring.list(request.prefix)
+        if after is not None:
+            keys = [k for k in keys if k.name > after]
+        page = keys[:size]
+        token = _page_token(page[-1].name) if len(keys) > size else ""
+        return keys_pb2.ListKeysResponse(keys=[key_to_proto(k) for k in page],
+                                         next_page_token=token)
+
+    def RotateKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return key_to_proto(self._ring.rotate(request.name))
+
+    def SetMinDecryptionVersion(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return key_to_proto(self._ring.set_min_decryption_version(request.name, request.version))
+
+    def DeleteKeyVersion(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if request.version == 0:
+            raise InvalidArgument("give the version to delete (versions start at 1)")
+        return key_to_proto(self._ring.delete_version(request.name, request.version))
+
+    def DeleteKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._ring.delete(request.name)
+        return keys_pb2.DeleteKeyResponse()
+
+
+# --- CryptoService --------------------------------------------------------------
+
+
+class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
+    def __init__(self, keyring: Keyring, *, max_batch: int = MAX_BATCH_OPERATIONS) -> None:
+        self._ring = keyring
+        self._max_batch = max_batch
+        self._ops: dict[str, Callable[[Any], Any]] = {
+            "sign": self._sign,
+            "verify": self._verify,
+            "encrypt": self._encrypt,
+            "decrypt": self._decrypt,
+            "mac": self._mac,
+            "verify_mac": self._verify_mac,
+        }
+
+    # the unary forms and the per-operation functions are the same code
+
+    def _sign(self, r: Any) -> crypto_pb2.SignResponse:
+        version, sig = self._ring.sign(r.key, r.message)
+        return crypto_pb2.SignResponse(signature=sig, key_version=version)
+
+    def _verify(self, r: Any) -> crypto_pb2.VerifyResponse:
+        valid = self._ring.verify(r.key, r.message, r.signature)
+        return crypto_pb2.VerifyResponse(valid=valid, key_version=_token_version(r.signature))
+
+    def _encrypt(self, r: Any) -> crypto_pb2.EncryptResponse:
+        version, ct = self._ring.encrypt(r.key, r.plaintext, r.associated_data)
+        return crypto_pb2.EncryptResponse(ciphertext=ct, key_version=version)
+
+    def _decrypt(self, r: Any) -> crypto_pb2.DecryptResponse:
+        version, pt = self._ring.decrypt(r.key, r.ciphertext, r.associated_data)
+        return crypto_pb2.DecryptResponse(plaintext=pt, key_version=version)
+
+    def _mac(self, r: Any) -> crypto_pb2.MacResponse:
+        version, tag = self._ring.mac(r.key, r.message)
+        return crypto_pb2.MacResponse(mac=tag, key_version=version)
+
+    def _verify_mac(self, r: Any) -> crypto_pb2.VerifyMacResponse:
+        valid = self._ring.verify_mac(r.key, r.message, r.mac)
+        return crypto_pb2.VerifyMacResponse(valid=valid, key_version=_token_version(r.mac))
+
+    def Sign(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._sign(request)
+
+    def Verify(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._verify(request)
+
+    def Encrypt(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._encrypt(request)
+
+    def Decrypt(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._decrypt(request)
+
+    def Mac(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._mac(request)
+
+    def VerifyMac(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._verify_mac(request)
+
+    def run(self, op: Any) -> crypto_pb2.OperationResult:
+        """One operation of a batch or stream; its failure is its own result."""
+        kind = op.WhichOneof("op")
+        try:
+            if kind is None:
+                raise InvalidArgument(
+                    f"operation {op.id} has no operation set (sign, verify, encrypt, "
+                    "decrypt, mac or verify_mac)")
+            response = self._ops[kind](getattr(op, kind))
+        except Exception as e:
+            code, name, message = errors.describe(e, f"batch operation {kind}")
+            return crypto_pb2.OperationResult(id=op.id, error=crypto_pb2.OperationError(
+                code=errors.code_number(code), error=name, message=message))
+        result = crypto_pb2.OperationResult(id=op.id)
+        getattr(result, kind).CopyFrom(response)
+        return result
+
+    def Batch(self, request: Any, context: grpc.ServicerContext) -> Any:
+        n = len(request.operations)
+        if n > self._max_batch:
+            raise RequestTooLarge(
+                f"a batch carries at most {self._max_batch} operations; got {n}: split it")
+        results = []
+        for op in request.operations:
+            # past the deadline (or cancelled) the answer would be thrown away
+            if not context.is_active():
+                break
+            results.append(self.run(op))
+        return crypto_pb2.BatchResponse(results=results)
+
+    def Stream(self, request_iterator: Iterable[Any], context: grpc.ServicerContext) -> Any:
+        for op in request_iterator:
+            yield self.run(op)
+
+
+# --- StatsService ---------------------------------------------------------------
+
+
+class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
+    def __init__(self, source: StatsSource, stopping: threading.Event) -> None:
+        self._source = source
+        self._stopping = stopping
+
+    def GetStats(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return to_proto(self._source.snapshot())
+
+    def WatchStats(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        interval = request.interval_seconds
+        if math.isnan(interval) or interval < 0:
+            raise InvalidArgument(f"interval_seconds must be positive; got {interval}")
+        interval = min(max(interval or 1.0, 0.1), 3600.0)
+        while context.is_active():
+            yield to_proto(self._source.snapshot())
+            # a drain ends the watch at once instead of holding shutdown up
+            if self._stopping.wait(interval):
+                return
+
+
+# --- registration -------------------------------------------------------------------
+
+_SERVICES = (
+    (keys_pb2.DESCRIPTOR.services_by_name["KeyService"], "keys"),
+    (crypto_pb2.DESCRIPTOR.services_by_name["CryptoService"], "crypto"),
+    (stats_pb2.DESCRIPTOR.services_by_name["StatsService"], "stats"),
+)
+
+#: the full names of the vault's services (health and reflection list them)
+SERVICE_NAMES: tuple[str, ...] = tuple(s.full_name for s, _ in _SERVICES)
+
+_HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def generic_handlers(
+    keys: KeyServicer, crypto: CryptoServicer, stats: StatsServicer
+) -> list[grpc.GenericRpcHandler]:
+    """Method handlers for the three services, with deserializers that never raise.
+
+    Built from the service descriptors, so a method added to the .proto is
+    served (or fails loudly here, if the servicer lacks it) after
+    regeneration.
+    """
+    servicers: dict[str, object] = {"keys": keys, "crypto": crypto, "stats": stats}
+    out: list[grpc.GenericRpcHandler] = []
+    for service, which in _SERVICES:
+        servicer = servicers[which]
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+        for method in service.methods:
+            request_cls = message_factory.GetMessageClass(method.input_type)
+            response_cls = message_factory.GetMessageClass(method.output_type)
+            factory = _HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
+            handlers[method.name] = factory(
+                getattr(servicer, method.name),
+                request_deserializer=_safe_parser(request_cls),
+                response_serializer=response_cls.SerializeToString,
+            )
+        out.append(grpc.method_handlers_generic_handler(service.full_name, handlers))
+    return out

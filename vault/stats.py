@@ -1,0 +1,134 @@
+"""What the vault reports about itself: one frozen record, several renderings.
+
+:class:`VaultStats` joins the allocator's :class:`~backends.SecretMemoryStats`
+(secret-memory accounting, memlock, memcg, direct map), the key counts by
+type and the operation counters.  The gRPC ``Stats`` message
+(:func:`to_proto`) and the Prometheus metrics (``vault.metrics``) are both
+built from it, so they can never disagree about what they describe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from backends import SecretMemoryStats
+from clients._proto.secretvault.v1 import stats_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class OperationCount:
+    operation: str  # "sign", "create_key", ...
+    result: str  # "ok" or the gRPC status code name
+    count: int
+
+
+class OperationCounters:
+    """Operations served, by operation and result; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def record(self, operation: str, result: str, n: int = 1) -> None:
+        key = (operation, result)
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + n
+
+    def snapshot(self) -> tuple[OperationCount, ...]:
+        with self._lock:
+            items = sorted(self._counts.items())
+        return tuple(OperationCount(op, result, n) for (op, result), n in items)
+
+
+@dataclass(frozen=True, slots=True)
+class VaultStats:
+    memory: SecretMemoryStats
+    keys_by_type: tuple[tuple[str, int], ...]
+    operations: tuple[OperationCount, ...]
+
+
+class StatsSource:
+    """Takes a consistent-enough snapshot of everything at once."""
+
+    def __init__(
+        self,
+        memory: Callable[[], SecretMemoryStats],
+        key_counts: Callable[[], Mapping[str, int]],
+        counters: OperationCounters,
+    ) -> None:
+        self._memory = memory
+        self._key_counts = key_counts
+        self.counters = counters
+
+    def snapshot(self) -> VaultStats:
+        return VaultStats(
+            memory=self._memory(),
+            keys_by_type=tuple(sorted(self._key_counts().items())),
+            operations=self.counters.snapshot(),
+        )
+
+
+def to_proto(s: VaultStats) -> stats_pb2.Stats:
+    m = s.memory
+    ml = m.memlock
+    memlock = stats_pb2.Memlock(locked=ml.locked, cap_ipc_lock=ml.cap_ipc_lock)
+    # -1 is RLIMIT_INFINITY: the optional fields stay absent ("unlimited")
+    if ml.soft >= 0:
+        memlock.soft = ml.soft
+    if ml.hard >= 0:
+        memlock.hard = ml.hard
+    if ml.headroom_bytes is not None:
+        memlock.headroom_bytes = ml.headroom_bytes
+    for key_type, n in ml.headroom_keys:
+        if n is not None:
+            memlock.headroom_keys[key_type] = n
+    dm = m.direct_map
+    direct_map = stats_pb2.DirectMap(
+        source=dm.source,
+        level2_splits=dm.level2_splits,
+        level3_splits=dm.level3_splits,
+        directmap_4k=dm.directmap_4k,
+        directmap_2m=dm.directmap_2m,
+        directmap_1g=dm.directmap_1g,
+        directmap_4k_delta=dm.directmap_4k_delta,
+        directmap_2m_delta=dm.directmap_2m_delta,
+        directmap_1g_delta=dm.directmap_1g_delta,
+    )
+    if dm.distinct_2m_regions is not None:
+        direct_map.distinct_2m_regions = dm.distinct_2m_regions
+    if dm.distinct_1g_regions is not None:
+        direct_map.distinct_1g_regions = dm.distinct_1g_regions
+    out = stats_pb2.Stats(
+        backend=m.backend,
+        protection=m.protection,
+        regions=m.regions,
+        pages_mapped=m.pages_mapped,
+        pages_resident=m.pages_resident,
+        bytes_locked=m.bytes_locked,
+        key_bytes=m.key_bytes,
+        size_classes=[
+            stats_pb2.SizeClass(size=c.size, pages=c.pages, slots_used=c.slots_used,
+                                slots_free=c.slots_free)
+            for c in m.slots
+        ],
+        memlock=memlock,
+        hibernation_inhibited=m.hibernation_inhibited,
+        direct_map=direct_map,
+        extra=dict(m.extra),
+        keys_by_type=dict(s.keys_by_type),
+        operations=[
+            stats_pb2.OperationCount(operation=o.operation, result=o.result, count=o.count)
+            for o in s.operations
+        ],
+    )
+    if m.memcg is not None:
+        cg = m.memcg
+        memcg = stats_pb2.Memcg(version=cg.version, path=cg.path)
+        for name in ("usage", "limit", "file", "file_mapped", "unevictable"):
+            value = getattr(cg, name)
+            if value is not None:
+                setattr(memcg, name, value)
+        out.memcg.CopyFrom(memcg)
+    return out
