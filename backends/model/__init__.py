@@ -1,0 +1,126 @@
+"""Models of secret memory: physical memory, the direct map, two designs.
+
+The review of "secretmem: use PMD-size pages to amortize direct map
+fragmentation" (v16) weighed a pool of 2 MiB pages against allocating page
+by page.  These models answer it with numbers:
+
+* :class:`PhysicalMemory` -- a buddy allocator with migrate types, per-CPU
+  lists, kernel-like fallback and a CMA area;
+* :class:`DirectMap` -- 1 GiB/2 MiB/4 KiB entries that split one level at a
+  time and never merge, with the kernel's counters;
+* :class:`BackgroundWorkload` -- the rest of the machine, seeded;
+* :class:`Machine` -- all of it plus processes, rlimits and memcgs;
+* :class:`PageByPageDesign` / :class:`PooledPmdDesign` -- the merged design
+  and the v16 pool;
+* :class:`PageModelBackend` / :class:`PooledPmdModelBackend` -- the same, as
+  real backends (``page-model``, ``pooled-pmd-model``) the vault can run on,
+  with locked ordinary memory and ``protection="model"``.
+
+``scenarios``, ``report`` and ``validate`` build on these.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from backends.model._backend import ModelBackend, inherited_memlock_limit
+from backends.model._directmap import DirectMap
+from backends.model._machine import (
+    DEFAULT_CMA,
+    DEFAULT_MEMLOCK,
+    DEFAULT_MEMORY,
+    Machine,
+    Memcg,
+    ModelProcess,
+    SecretFile,
+    SecretmemDesign,
+)
+from backends.model._pagebypage import PageByPageDesign, PageModelBackend
+from backends.model._physmem import (
+    CMA,
+    MIGRATE_NAMES,
+    MOVABLE,
+    PAGEBLOCK_PAGES,
+    RECLAIMABLE,
+    UNMOVABLE,
+    PhysicalMemory,
+)
+from backends.model._pooled import PooledPmdDesign, PooledPmdModelBackend
+from backends.model._workload import QUIET, BackgroundWorkload, WorkloadConfig
+
+#: the CLI's ``--backend`` values of the two models
+MODEL_BACKENDS: tuple[str, ...] = (PageByPageDesign.name, PooledPmdDesign.name)
+
+
+def make_model_backend(
+    name: str,
+    *,
+    memory_bytes: int = DEFAULT_MEMORY,
+    cma_bytes: int = DEFAULT_CMA,
+    fallback: bool = False,
+    seed: int = 0,
+    memlock_limit: int | Literal["inherit"] | None = "inherit",
+    workload: WorkloadConfig | None = None,
+    fault_on_allocate: bool = True,
+) -> ModelBackend:
+    """A model backend by its CLI name, from configuration values.
+
+    ``memlock_limit`` is the model process's RLIMIT_MEMLOCK in bytes;
+    ``"inherit"`` (the default) takes this process's own (none with
+    CAP_IPC_LOCK or when unlimited); ``None`` means unlimited.
+    ``cma_bytes`` and ``fallback`` only concern the pooled model; the
+    page-by-page model reserves no CMA area.
+    """
+    limit = inherited_memlock_limit() if memlock_limit == "inherit" else memlock_limit
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"memlock_limit must be a byte count or None, not {limit!r}")
+    if name == PageByPageDesign.name:
+        machine = Machine(memory_bytes=memory_bytes, seed=seed, workload=workload)
+        page = PageByPageDesign(machine)
+        return ModelBackend(
+            page,
+            process=machine.spawn(memlock_limit=limit),
+            fault_on_allocate=fault_on_allocate,
+        )
+    if name == PooledPmdDesign.name:
+        machine = Machine(
+            memory_bytes=memory_bytes, cma_bytes=cma_bytes, seed=seed, workload=workload
+        )
+        pooled = PooledPmdDesign(machine, fallback=fallback)
+        return ModelBackend(
+            pooled,
+            process=machine.spawn(memlock_limit=limit),
+            fault_on_allocate=fault_on_allocate,
+        )
+    raise ValueError(f"unknown model backend {name!r}; expected one of {', '.join(MODEL_BACKENDS)}")
+
+
+__all__ = [
+    "CMA",
+    "DEFAULT_CMA",
+    "DEFAULT_MEMLOCK",
+    "DEFAULT_MEMORY",
+    "MIGRATE_NAMES",
+    "MODEL_BACKENDS",
+    "MOVABLE",
+    "PAGEBLOCK_PAGES",
+    "QUIET",
+    "RECLAIMABLE",
+    "UNMOVABLE",
+    "BackgroundWorkload",
+    "DirectMap",
+    "Machine",
+    "Memcg",
+    "ModelBackend",
+    "ModelProcess",
+    "PageByPageDesign",
+    "PageModelBackend",
+    "PhysicalMemory",
+    "PooledPmdDesign",
+    "PooledPmdModelBackend",
+    "SecretFile",
+    "SecretmemDesign",
+    "WorkloadConfig",
+    "inherited_memlock_limit",
+    "make_model_backend",
+]

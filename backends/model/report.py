@@ -1,0 +1,219 @@
+"""``secretvault model compare``: run the scenarios on both models, tabulate.
+
+Wired into the CLI through :func:`configure_parser` and :func:`run`; also
+runs alone: ``python -m backends.model.report --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from backends.model._machine import DEFAULT_CMA, DEFAULT_MEMORY
+from backends.model.scenarios import SCENARIOS, ModelResult, ScenarioConfig, run_scenario
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``4G``, ``256MiB``, ``512m``, ``1048576`` -> bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 4G or 256M)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def _mib(n: int) -> str:
+    if n >= 1 << 30 and n % (1 << 30) == 0:
+        return f"{n >> 30} GiB"
+    return f"{n / (1 << 20):,.0f} MiB" if n >= 1 << 20 or n == 0 else f"{n >> 10} KiB"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        help="scenario to run (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--keys",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="keys (keyring, churn, tenants) or processes (fork-bomb); default 100000",
+    )
+    parser.add_argument(
+        "--memory",
+        type=parse_size,
+        default=DEFAULT_MEMORY,
+        metavar="SIZE",
+        help="simulated RAM (default 4G)",
+    )
+    parser.add_argument(
+        "--cma",
+        type=parse_size,
+        default=DEFAULT_CMA,
+        metavar="SIZE",
+        help="the pooled model's CMA area, reserved at boot (default 256M)",
+    )
+    parser.add_argument(
+        "--fallback",
+        action="store_true",
+        help="also run the pooled model with the order-0 fallback proposed in review",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the background workload")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="write a chart of level-2 splits against secret pages (.png or .svg)",
+    )
+
+
+def compare(
+    scenarios: Sequence[str], models: Sequence[str], cfg: ScenarioConfig
+) -> list[ModelResult]:
+    return [run_scenario(s, m, cfg) for s in scenarios for m in models]
+
+
+_COLUMNS = (
+    "scenario",
+    "model",
+    "secret pages",
+    "L2 splits",
+    "L3 splits",
+    "pages/split",
+    "DirectMap4k",
+    "DirectMap2M",
+    "DirectMap1G",
+    "pool waste",
+    "failures",
+    "memcg over-charge",
+)
+
+
+def _row(r: ModelResult) -> list[str]:
+    pps = r.pages_per_split
+    return [
+        r.scenario,
+        r.model,
+        f"{r.faults:,}" + (f" of {r.pages_requested:,}" if r.faults != r.pages_requested else ""),
+        f"{r.level2_splits:,}",
+        f"{r.level3_splits:,}",
+        "-" if pps is None else f"{pps:,.0f}",
+        _mib(r.directmap_4k),
+        _mib(r.directmap_2m),
+        _mib(r.directmap_1g),
+        _mib(r.peak_pool_waste_bytes),
+        f"{r.allocation_failures:,}",
+        _mib(r.peak_memcg_overcharge_bytes)
+        + (f" (x{r.worst_memcg_charge_ratio:,.0f})" if r.worst_memcg_charge_ratio > 1.05 else ""),
+    ]
+
+
+def markdown_table(results: Sequence[ModelResult]) -> str:
+    lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    lines += ["| " + " | ".join(_row(r)) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def print_table(results: Sequence[ModelResult], cfg: ScenarioConfig) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=(
+            f"secret memory models: {_mib(cfg.memory_bytes)} RAM, {_mib(cfg.cma_bytes)} CMA "
+            f"(pooled), N={cfg.keys:,}, seed {cfg.seed}"
+        ),
+        caption=(
+            "secret pages: faults served (of requested); pool waste, over-charge: peaks; "
+            "(xR): worst memcg's charge / use. protection: model (simulation)"
+        ),
+    )
+    for c in _COLUMNS:
+        left = c in ("scenario", "model")
+        table.add_column(c, justify="left" if left else "right", no_wrap=left)
+    for r in results:
+        table.add_row(*_row(r))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # a pipe or a file: do not wrap at 80 columns
+    console.print(table)
+
+
+def plot(results: Sequence[ModelResult], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = list(dict.fromkeys(r.scenario for r in results))
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.6), squeeze=False)
+    styles = {"page-model": "-", "pooled-pmd-model": "--", "pooled-pmd-model+fallback": ":"}
+    for ax, scenario in zip(axes[0], scenarios, strict=True):
+        for r in results:
+            if r.scenario != scenario:
+                continue
+            xs = [p for p, _ in r.series]
+            ys = [s for _, s in r.series]
+            label = r.model
+            if r.allocation_failures:
+                label += f" ({r.allocation_failures:,} failed)"
+            ax.step(xs, ys, where="post", linestyle=styles.get(r.model, "-"), label=label)
+        ax.set_title(scenario)
+        ax.set_xlabel("secret pages requested")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("direct_map_level2_splits")
+    fig.suptitle("Direct-map level-2 splits against secret pages (model)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    scenarios: list[str] = args.scenario or list(SCENARIOS)
+    models = ["page-model", "pooled-pmd-model"]
+    if args.fallback:
+        models.append("pooled-pmd-model+fallback")
+    if args.keys <= 0:
+        print("--keys must be positive", file=sys.stderr)
+        return 2
+    if args.cma >= args.memory:
+        print("--cma must be smaller than --memory", file=sys.stderr)
+        return 2
+    cfg = ScenarioConfig(
+        keys=args.keys, memory_bytes=args.memory, cma_bytes=args.cma, seed=args.seed
+    )
+    results = compare(scenarios, models, cfg)
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    elif args.markdown:
+        print(markdown_table(results))
+    else:
+        print_table(results, cfg)
+    if args.plot:
+        plot(results, args.plot)
+        if not args.json:
+            print(f"chart written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="secretvault model compare",
+        description="Compare the page-by-page and pooled-PMD secret memory models.",
+    )
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
