@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -334,7 +334,7 @@ class VaultClient:
         """What secret memory costs right now (the ``Stats`` message)."""
         return self._call(self._stats.GetStats, stats_pb2.GetStatsRequest(), idempotent=True)
 
-    def watch_stats(self, interval: float = 1.0) -> Iterator[stats_pb2.Stats]:
+    def watch_stats(self, interval: float = 1.0) -> Generator[stats_pb2.Stats, None, None]:
         """A Stats message every ``interval`` seconds until the iterator is closed."""
         calls = self._stats.WatchStats(
             stats_pb2.WatchStatsRequest(interval_seconds=interval), metadata=self._metadata
