@@ -263,8 +263,9 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         code, name, message = errors.describe(exc, where)
         try:
             self._records(audit(code.name))
-        except VaultError:
-            pass  # the call fails anyway; the audit failure is in the server log
+        except VaultError as e:
+            # fail closed: not even an error is answered unaudited
+            code, name, message = errors.describe(e, where)
         errors.abort(context, code, name, message)
 
     def _observe(self, operation: str, start: float) -> None:

@@ -137,7 +137,7 @@ def _page_token(name: str) -> str:
 
 def _after(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode("ascii")).decode()
+        return base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeError):
         raise InvalidArgument("page_token is not one returned by ListKeys") from None
 
