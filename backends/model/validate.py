@@ -1,0 +1,508 @@
+"""Validate the models against the real kernel (root, memfd_secret, x86-64).
+
+Two questions, on one allocation sequence (one region of ``pages`` pages
+touched in order, then ``small_regions`` one-page regions created one after
+another, as the measurements in ``kernel-facts.md`` did):
+
+1. **Does the direct-map model predict the kernel's splits?**  Real secret
+   pages are faulted one at a time; after each touch ``/proc/vmstat`` is
+   read, so every level-2/level-3 split the kernel makes is attributed to the
+   fault that made it.  The physical frames (``/proc/self/pagemap``) are then
+   replayed through :class:`DirectMap`, laid out from ``/proc/iomem`` the way
+   x86 boot code maps RAM, and the model's split for each fault is compared
+   with the kernel's.
+
+2. **Does the buddy model place pages like the kernel?**  The same sequence
+   runs on a simulated machine; pages per split and distinct 2 MiB regions
+   are compared with the kernel's.
+
+What cannot be known, and how it is handled.  The kernel does not tell which
+2 MiB ranges are *already* split when the run starts (no ptdump/kcore here):
+earlier secret memory -- other processes', earlier runs' -- leaves its
+regions split for good, and freed secret pages are reused first, so new
+pages often land in regions split long ago.  The replay therefore treats
+every region as whole unless this run split it, which makes its count an
+*upper bound*, and the per-fault attribution sorts the first touches of a
+2 MiB region into "the kernel split it" and "it was split before the run".
+The checks that can fail are:
+
+* **no unexpected split**: the kernel splits only where the model says a
+  first touch may split -- never on a later touch of a region, never twice
+  for one page -- within the noise allowance;
+* **pre-split within budget**: first touches without a split are at most
+  the 2 MiB granules the kernel mapped at 4 KiB when the run began
+  (``DirectMap4k`` / 2 MiB);
+* **known-whole regions split**: a 2 MiB region inside a 1 GiB range whose
+  level-3 split this run observed was certainly whole (a 1 GiB entry has no
+  2 MiB entries under it), so its first touch *must* split;
+* **bounds**: the kernel's total lies between the replay's upper bound
+  minus that budget and the upper bound plus the noise allowance.
+
+Noise: other kernel activity (BPF, ftrace, module loading, other processes'
+secret memory) splits too.  Idle windows before and after measure its rate;
+the allowance is three times the splits expected at that rate over the
+run, plus one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+
+from backends import _procfs, _sodium
+from backends._memfd import MemfdSecretBackend
+from backends.model._directmap import BYTES_2M, PAGES_PER_1G, PAGES_PER_2M, DirectMap
+from backends.model._machine import GiB, Machine
+from backends.model._pagebypage import PageByPageDesign
+from backends.model._workload import WorkloadConfig
+from clients.errors import SecretMemoryUnavailable
+
+_L2 = "direct_map_level2_splits"
+_L3 = "direct_map_level3_splits"
+
+
+class ValidationUnavailable(RuntimeError):
+    """This machine cannot run the validation; the message says what is missing."""
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseResult:
+    """One allocation phase: kernel, replay and buddy model side by side."""
+
+    name: str
+    pages: int
+    kernel_l2: int  # splits the kernel made during the phase's faults
+    kernel_l3: int
+    predicted_l2: int  # replay of the phase's frames (upper bound)
+    predicted_l3: int
+    split_confirmed: int  # first touches where both split
+    presplit: int  # first touches the model splits, the kernel found split already
+    unexpected: int  # kernel splits the model does not predict
+    unexpected_l3: int  # ... level-3 ones
+    kernel_distinct_2m: int
+    kernel_distinct_1g: int
+    model_distinct_2m: int  # the buddy model, same sequence
+    model_l2: int
+
+    @property
+    def kernel_pages_per_region(self) -> float:
+        return self.pages / self.kernel_distinct_2m if self.kernel_distinct_2m else 0.0
+
+    @property
+    def model_pages_per_region(self) -> float:
+        return self.pages / self.model_distinct_2m if self.model_distinct_2m else 0.0
+
+    @property
+    def kernel_pages_per_split(self) -> float | None:
+        return self.pages / self.kernel_l2 if self.kernel_l2 else None
+
+    @property
+    def model_pages_per_split(self) -> float | None:
+        return self.pages / self.model_l2 if self.model_l2 else None
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    kernel: str
+    phases: tuple[PhaseResult, ...]
+    kernel_l2_total: int  # over the whole run, windows between faults included
+    kernel_l3_total: int
+    directmap_4k_start: int  # bytes
+    directmap_2m_start: int
+    directmap_1g_start: int
+    layout_4k: int  # the replay's boot layout of the same RAM, bytes
+    layout_2m: int
+    layout_1g: int
+    presplit_budget: int  # 2 MiB granules mapped at 4 KiB when the run began
+    known_whole_first_touches: int
+    known_whole_split: int
+    noise_splits: int  # level-2 splits seen in the idle windows
+    noise_seconds: float
+    run_seconds: float
+    tolerance: int
+
+    @property
+    def kernel_l2(self) -> int:
+        return sum(p.kernel_l2 for p in self.phases)
+
+    @property
+    def predicted_l2(self) -> int:
+        return sum(p.predicted_l2 for p in self.phases)
+
+    @property
+    def predicted_l2_lower(self) -> int:
+        return max(0, self.predicted_l2 - self.presplit_budget)
+
+    @property
+    def unexpected(self) -> int:
+        return sum(p.unexpected for p in self.phases)
+
+    @property
+    def unexpected_l3(self) -> int:
+        return sum(p.unexpected_l3 for p in self.phases)
+
+    @property
+    def presplit(self) -> int:
+        return sum(p.presplit for p in self.phases)
+
+    @property
+    def split_confirmed(self) -> int:
+        """First touches of whole regions the kernel split: the rule exercised."""
+        return sum(p.split_confirmed for p in self.phases)
+
+    @property
+    def checks(self) -> tuple[tuple[str, bool], ...]:
+        return (
+            (
+                f"unexpected splits {self.unexpected} <= tolerance {self.tolerance}",
+                self.unexpected <= self.tolerance,
+            ),
+            (
+                f"unexpected level-3 splits {self.unexpected_l3} <= tolerance {self.tolerance}",
+                self.unexpected_l3 <= self.tolerance,
+            ),
+            (
+                f"pre-split first touches {self.presplit} <= budget {self.presplit_budget}",
+                self.presplit <= self.presplit_budget,
+            ),
+            (
+                f"known-whole regions split {self.known_whole_split} of "
+                f"{self.known_whole_first_touches} (tolerance {self.tolerance})",
+                self.known_whole_first_touches - self.known_whole_split <= self.tolerance,
+            ),
+            (
+                f"kernel {self.kernel_l2} within [{self.predicted_l2_lower}, "
+                f"{self.predicted_l2} + {self.tolerance}]",
+                self.predicted_l2_lower <= self.kernel_l2 <= self.predicted_l2 + self.tolerance,
+            ),
+        )
+
+    @property
+    def agrees(self) -> bool:
+        return all(ok for _, ok in self.checks)
+
+    def __str__(self) -> str:
+        mib = 1 << 20
+        lines = [
+            f"direct-map model vs kernel {self.kernel} "
+            f"({self.run_seconds:.2f} s run, noise {self.noise_splits} level-2 splits "
+            f"in {self.noise_seconds:.1f} s idle, tolerance {self.tolerance})",
+            f"  kernel at start: DirectMap4k {self.directmap_4k_start // mib} MiB, "
+            f"2M {self.directmap_2m_start // mib} MiB, 1G {self.directmap_1g_start // mib} MiB; "
+            f"boot layout of its RAM: 4k {self.layout_4k // mib} MiB, "
+            f"2M {self.layout_2m // mib} MiB, 1G {self.layout_1g // mib} MiB",
+        ]
+        for p in self.phases:
+            kps = p.kernel_pages_per_split
+            mps = p.model_pages_per_split
+            lines += [
+                f"  {p.name}: {p.pages} pages",
+                f"    level-2 splits: kernel {p.kernel_l2}, replay {p.predicted_l2} "
+                f"(confirmed {p.split_confirmed}, split before the run {p.presplit}, "
+                f"unexpected {p.unexpected}); level-3: kernel {p.kernel_l3}, "
+                f"replay {p.predicted_l3} (unexpected {p.unexpected_l3})",
+                f"    distinct 2 MiB regions: kernel {p.kernel_distinct_2m} "
+                f"({p.kernel_pages_per_region:.0f} pages/region), buddy model "
+                f"{p.model_distinct_2m} ({p.model_pages_per_region:.0f} pages/region, "
+                f"{p.model_distinct_2m - p.kernel_distinct_2m:+d}); "
+                f"pages/split: kernel {'-' if kps is None else f'{kps:.0f}'}, "
+                f"model {'-' if mps is None else f'{mps:.0f}'}",
+            ]
+        lines.append(
+            f"  totals: kernel {self.kernel_l2} level-2 splits during faults "
+            f"({self.kernel_l2_total} over the whole run), replay "
+            f"[{self.predicted_l2_lower}, {self.predicted_l2}]"
+        )
+        lines += [f"  [{'ok' if ok else 'FAIL'}] {text}" for text, ok in self.checks]
+        return "\n".join(lines)
+
+
+# --- prerequisites -------------------------------------------------------------------
+
+
+def ram_ranges(text: str | None = None) -> list[tuple[int, int]]:
+    """``System RAM`` ranges of /proc/iomem as ``[start_pfn, end_pfn)``.
+
+    Only root sees real addresses; others read zeros (an empty list here).
+    """
+    if text is None:
+        try:
+            with open("/proc/iomem", encoding="ascii") as f:
+                text = f.read()
+        except OSError:
+            return []
+    out: list[tuple[int, int]] = []
+    for line in text.splitlines():
+        if line.startswith(" ") or not line.rstrip().endswith(": System RAM"):
+            continue  # top-level entries only
+        span = line.split(":", 1)[0].strip()
+        lo, _, hi = span.partition("-")
+        start, end = int(lo, 16), int(hi, 16) + 1
+        if end > 1:
+            out.append((start // 4096, end // 4096))
+    return out
+
+
+def missing_prerequisite() -> str | None:
+    """What this machine lacks for the validation, or None."""
+    if platform.machine() != "x86_64":
+        return f"the direct-map model is of x86-64; this is {platform.machine()}"
+    if os.geteuid() != 0:
+        return "root (CAP_SYS_ADMIN) to read physical frames from /proc/self/pagemap"
+    if _L2 not in _procfs.vmstat(_L2):
+        return f"/proc/vmstat has no {_L2} (kernel too old, or not x86)"
+    if not ram_ranges():
+        return "readable System RAM ranges in /proc/iomem"
+    try:
+        MemfdSecretBackend().close()
+    except SecretMemoryUnavailable as e:
+        return f"memfd_secret(2): {e}"
+    return None
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+class _Counters:
+    """The two split counters, read after every fault: one pread, no parsing
+    of the other ~180 lines (``_procfs.vmstat`` costs ~90 us, this ~25)."""
+
+    def __init__(self) -> None:
+        self._fd = os.open("/proc/vmstat", os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self) -> tuple[int, int]:
+        raw = os.pread(self._fd, 1 << 16, 0)
+        return self._field(raw, b"\n" + _L2.encode() + b" "), self._field(
+            raw, b"\n" + _L3.encode() + b" "
+        )
+
+    @staticmethod
+    def _field(raw: bytes, key: bytes) -> int:
+        i = raw.find(key)
+        if i < 0:
+            return 0
+        i += len(key)
+        return int(raw[i : raw.index(b"\n", i)])
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _idle(counters: _Counters, seconds: float) -> tuple[int, float]:
+    a = counters.read()
+    t = time.monotonic()
+    time.sleep(seconds)
+    b = counters.read()
+    return b[0] - a[0], time.monotonic() - t
+
+
+def _touch(address: int) -> None:
+    # one byte written: the first touch faults the page in, which is when
+    # secretmem allocates it and takes it out of the direct map
+    _sodium.sodium_memzero(_sodium.pointer(address), 1)
+
+
+def _buddy_model(
+    pages: int, small_regions: int, seed: int, occupancy: float
+) -> tuple[list[int], list[int], int, int]:
+    """The same sequence on a simulated idle machine: frames and splits."""
+    machine = Machine(
+        memory_bytes=4 * GiB,
+        seed=seed,
+        workload=WorkloadConfig(occupancy=occupancy, ops_per_fault=0.1),
+    )
+    design = PageByPageDesign(machine)
+    proc = machine.spawn(memlock_limit=None)
+    dm = machine.direct_map
+    f = design.mmap(proc, pages)
+    big = [design.fault(f, i) for i in range(pages)]
+    l2_big = dm.level2_splits
+    small = [design.fault(design.mmap(proc, 1), 0) for _ in range(small_regions)]
+    return big, small, l2_big, dm.level2_splits - l2_big
+
+
+def default_pages(*, fresh_regions: int = 16, max_pages: int = 1 << 18) -> int:
+    """Enough pages to reach whole 2 MiB regions past the split ones.
+
+    Freed secret pages are reused first, so a run lands in the regions
+    earlier runs split -- and then the kernel splits nothing and the
+    first-touch rule goes untested.  Every granule already mapped at 4 KiB
+    could absorb at most 512 pages; this many more reach ``fresh_regions``
+    whole regions (capped at ``max_pages``, 1 GiB).
+    """
+    granules = _procfs.meminfo().get("DirectMap4k", 0) // BYTES_2M
+    return min(max_pages, max(8192, (granules + fresh_regions) * PAGES_PER_2M))
+
+
+def validate(
+    *,
+    pages: int | None = None,
+    small_regions: int = 256,
+    idle_seconds: float = 1.0,
+    seed: int = 0,
+) -> ValidationResult:
+    """Run the sequence on real secret memory and on the models; compare.
+
+    ``pages`` defaults to :func:`default_pages`.
+    """
+    missing = missing_prerequisite()
+    if missing is not None:
+        raise ValidationUnavailable(f"the validation needs {missing}")
+    ranges = ram_ranges()
+    if pages is None:
+        pages = default_pages()
+    counters = _Counters()
+    try:
+        return _validate(counters, ranges, pages, small_regions, idle_seconds, seed)
+    finally:
+        counters.close()
+
+
+def _validate(
+    counters: _Counters,
+    ranges: list[tuple[int, int]],
+    pages: int,
+    small_regions: int,
+    idle_seconds: float,
+    seed: int,
+) -> ValidationResult:
+    info = _procfs.meminfo()
+    occupancy = min(0.9, max(0.0, 1 - info.get("MemAvailable", 0) / max(1, info["MemTotal"])))
+    noise_a, secs_a = _idle(counters, idle_seconds)
+    mem0 = _procfs.meminfo()
+    start = counters.read()
+    backend = MemfdSecretBackend()
+    deltas: list[tuple[int, int]] = []  # per fault: (level-2, level-3) splits
+    t0 = time.monotonic()
+    try:
+        big = backend.allocate(pages)
+        prev = counters.read()
+        for i in range(pages):
+            _touch(big.address + i * 4096)
+            cur = counters.read()
+            deltas.append((cur[0] - prev[0], cur[1] - prev[1]))
+            prev = cur
+        smalls = []
+        for _ in range(small_regions):
+            r = backend.allocate(1)
+            smalls.append(r)
+            _touch(r.address)
+            cur = counters.read()
+            deltas.append((cur[0] - prev[0], cur[1] - prev[1]))
+            prev = cur
+        run_seconds = time.monotonic() - t0
+        end = counters.read()
+        frames_big = backend.frames(big)
+        frames_small = [pfn for r in smalls for pfn in backend.frames(r)]
+    finally:
+        backend.close()
+    if len(frames_big) != pages or len(frames_small) != small_regions:
+        raise ValidationUnavailable(
+            "the validation needs every touched page's frame from /proc/self/pagemap; "
+            f"got {len(frames_big)} of {pages} and {len(frames_small)} of {small_regions}"
+        )
+    noise_b, secs_b = _idle(counters, idle_seconds)
+
+    # --- replay through the direct-map model -----------------------------------
+    dm = DirectMap.from_ranges(ranges)
+    layout = (dm.bytes_4k, dm.bytes_2m, dm.bytes_1g)
+    frames = frames_big + frames_small
+    model: list[tuple[int, int]] = []
+    for pfn in frames:
+        l2, l3 = dm.level2_splits, dm.level3_splits
+        dm.invalidate_page(pfn)
+        model.append((dm.level2_splits - l2, dm.level3_splits - l3))
+
+    # 1 GiB ranges whose level-3 split this run saw: whole until then
+    whole_1g: dict[int, int] = {}  # 1 GiB index -> fault index of its split
+    for i, ((_k2, k3), (_m2, m3)) in enumerate(zip(deltas, model, strict=True)):
+        if k3 and m3:
+            whole_1g.setdefault(frames[i] // PAGES_PER_1G, i)
+    known_first = known_split = 0
+    for i, ((k2, _k3), (m2, _m3)) in enumerate(zip(deltas, model, strict=True)):
+        at = whole_1g.get(frames[i] // PAGES_PER_1G)
+        if m2 and at is not None and i >= at:
+            known_first += 1
+            known_split += 1 if k2 else 0
+
+    big_model, small_model, model_l2_big, model_l2_small = _buddy_model(
+        pages, small_regions, seed, occupancy
+    )
+
+    def phase(name: str, lo: int, hi: int, model_frames: list[int], model_l2: int) -> PhaseResult:
+        confirmed = presplit = unexpected = unexpected_l3 = 0
+        for (k2, k3), (m2, m3) in zip(deltas[lo:hi], model[lo:hi], strict=True):
+            if m2:
+                if k2:
+                    confirmed += 1
+                    unexpected += k2 - 1
+                else:
+                    presplit += 1
+            else:
+                unexpected += k2
+            unexpected_l3 += max(0, k3 - m3)
+        d2m, d1g = _procfs.distinct_regions(frames[lo:hi])
+        return PhaseResult(
+            name=name,
+            pages=hi - lo,
+            kernel_l2=sum(k for k, _ in deltas[lo:hi]),
+            kernel_l3=sum(k for _, k in deltas[lo:hi]),
+            predicted_l2=sum(m for m, _ in model[lo:hi]),
+            predicted_l3=sum(m for _, m in model[lo:hi]),
+            split_confirmed=confirmed,
+            presplit=presplit,
+            unexpected=unexpected,
+            unexpected_l3=unexpected_l3,
+            kernel_distinct_2m=d2m,
+            kernel_distinct_1g=d1g,
+            model_distinct_2m=len({p // PAGES_PER_2M for p in model_frames}),
+            model_l2=model_l2,
+        )
+
+    phases = (
+        phase(f"one region of {pages} pages", 0, pages, big_model, model_l2_big),
+        phase(
+            f"{small_regions} one-page regions",
+            pages,
+            pages + small_regions,
+            small_model,
+            model_l2_small,
+        ),
+    )
+    noise_seconds = secs_a + secs_b
+    noise = noise_a + noise_b
+    expected_noise = noise / noise_seconds * run_seconds if noise_seconds else 0.0
+    return ValidationResult(
+        kernel=platform.release(),
+        phases=phases,
+        kernel_l2_total=end[0] - start[0],
+        kernel_l3_total=end[1] - start[1],
+        directmap_4k_start=mem0.get("DirectMap4k", 0),
+        directmap_2m_start=mem0.get("DirectMap2M", 0),
+        directmap_1g_start=mem0.get("DirectMap1G", 0),
+        layout_4k=layout[0],
+        layout_2m=layout[1],
+        layout_1g=layout[2],
+        presplit_budget=mem0.get("DirectMap4k", 0) // BYTES_2M,
+        known_whole_first_touches=known_first,
+        known_whole_split=known_split,
+        noise_splits=noise,
+        noise_seconds=noise_seconds,
+        run_seconds=run_seconds,
+        tolerance=math.ceil(3 * expected_noise) + 1,
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        result = validate(pages=int(sys.argv[1]) if len(sys.argv) > 1 else None)
+    except ValidationUnavailable as e:
+        print(e, file=sys.stderr)
+        sys.exit(77)
+    print(result)
+    sys.exit(0 if result.agrees else 1)
