@@ -248,7 +248,8 @@ def _socket(identity: str, body: dict[str, Any], where: str) -> SocketBinding:
     gid: int | None = None
     if group is not None:
         gid = _gid(group, where)
-    elif mode & 0o070:
+    elif mode & 0o070 and not mode & 0o007:
+        # otherwise the server's own primary group would get in, by accident
         raise PolicyError(f"{where}: a group-accessible mode needs a group")
     return SocketBinding(path, identity, mode, gid)
 
