@@ -53,6 +53,14 @@ IMPORT_BYTES: dict[KeyType, tuple[int, int]] = {
     KeyType.HMAC_SHA256: (16, 128),
 }
 
+#: how many bytes a sealed version of each type may hold once opened: the
+#: slot form for fixed-size keys, any importable length for HMAC.  A stored
+#: record outside this range is damaged, and is refused before a slot is
+#: sized from it.
+STORED_BYTES: dict[KeyType, tuple[int, int]] = {
+    kt: IMPORT_BYTES[kt] if kt is KeyType.HMAC_SHA256 else (n, n) for kt, n in SLOT_BYTES.items()
+}
+
 OPERATIONS: dict[str, KeyType] = {
     "sign": KeyType.ED25519,
     "verify": KeyType.ED25519,

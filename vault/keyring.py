@@ -33,6 +33,7 @@ from clients.errors import (
     KeyNotFound,
     StoreSealed,
     VersionNotFound,
+    WrongKeyType,
     WrongPassphrase,
 )
 from clients.framing import Kind
@@ -264,8 +265,18 @@ class Keyring:
         if key_type is None:
             return _Version(v.version, v.created, v.public_key, None, 0,
                             f"unknown key type {rec.type!r}")
-        # the sealed length is the key's length (HMAC keys vary)
-        slot = self._alloc.allocate(max(1, len(v.sealed) - na.AEAD_XCHACHA_ABYTES))
+        # the sealed length is the key's length (HMAC keys vary); a corrupted
+        # length must damage this record only, not size a slot (a length past
+        # the largest slot class would abort the whole unseal)
+        length = len(v.sealed) - na.AEAD_XCHACHA_ABYTES
+        lo, hi = crypto.STORED_BYTES[key_type]
+        if not lo <= length <= hi:
+            return _Version(
+                v.version, v.created, v.public_key, None, 0,
+                f"sealed record holds {length} bytes; a {key_type.value} key is "
+                + (str(lo) if lo == hi else f"{lo} to {hi}") + " bytes",
+            )
+        slot = self._alloc.allocate(length)
         ad = version_ad(self._store_id, rec.name, v.version, rec.type)
         try:
             length = self._kek.unseal_into(slot, v.nonce, v.sealed, ad)
@@ -314,8 +325,22 @@ class Keyring:
             if self._closed:
                 raise StoreSealed("the keyring is closed")
             key = self._get(name)
-            crypto.require(key.type, wanted, op, name)
+            try:
+                crypto.require(key.type, wanted, op, name)
+            except WrongKeyType:
+                # the stored type is part of the sealed record's associated
+                # data: when the version asked for failed to unseal, the type
+                # itself may be what was tampered with, so say that instead
+                self._raise_if_damaged(key, version)
+                raise
             yield self._version(key, version, decrypting=decrypting)
+
+    @staticmethod
+    def _raise_if_damaged(key: _Key, version: int | None) -> None:
+        n = key.primary if version is None else version
+        v = key.versions.get(n)
+        if v is not None and v.damaged is not None:
+            raise IntegrityError(f"key {key.name!r} version {n}: {v.damaged}")
 
     def get(self, name: str) -> KeyInfo:
         with self._rw.read():
@@ -338,6 +363,11 @@ class Keyring:
         return self._import_public
 
     # --- mutations ------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        """Mutations after close would reach a freed KEK slot: refuse them."""
+        if self._closed:
+            raise StoreSealed("the keyring is closed")
 
     def _seal_new(self, key_type: KeyType, name: str, version: int, slot: Slot, length: int,
                   public: bytes | None) -> VersionRecord:
@@ -407,6 +437,7 @@ class Keyring:
         fill: Callable[[], tuple[Slot, bytes | None, int]],
     ) -> KeyInfo:
         with self._mutate:
+            self._require_open()
             if name in self._keys:
                 raise KeyExists(f"a key named {name!r} already exists")
             slot, public, length = fill()
@@ -426,6 +457,7 @@ class Keyring:
     def rotate(self, name: str) -> KeyInfo:
         """A new primary version; older ones stay for decrypt and verify."""
         with self._mutate:
+            self._require_open()
             key = self._get(name)
             n = max(key.versions, default=0) + 1
             kt = key.type
@@ -443,6 +475,7 @@ class Keyring:
 
     def set_min_decryption_version(self, name: str, version: int) -> KeyInfo:
         with self._mutate:
+            self._require_open()
             key = self._get(name)
             if not 1 <= version <= key.primary:
                 raise InvalidArgument(
@@ -457,6 +490,7 @@ class Keyring:
     def delete_version(self, name: str, version: int) -> KeyInfo:
         """Remove a version's sealed record, then zero its slot."""
         with self._mutate:
+            self._require_open()
             key = self._get(name)
             v = key.versions.get(version)
             if v is None:
@@ -476,6 +510,7 @@ class Keyring:
     def delete(self, name: str) -> None:
         """Remove every sealed record of the key, then zero every slot."""
         with self._mutate:
+            self._require_open()
             key = self._get(name)
             self._store.delete_key(name)
             with self._rw.write():
@@ -493,6 +528,10 @@ class Keyring:
             v = key.versions.get(n)
             if v is None:
                 raise VersionNotFound(f"key {name!r} has no version {n}")
+            if v.damaged is not None and key.type.asymmetric:
+                # the stored public key is not authenticated on its own: a
+                # version that failed to unseal must not vouch for it
+                raise IntegrityError(f"key {name!r} version {n}: {v.damaged}")
             return encode_public_key(
                 key.type.value, v.public or b"", fmt, comment=f"{name}#v{n}", kid=f"{name}#v{n}"
             )
@@ -519,10 +558,13 @@ class Keyring:
             return v.version, framing.frame(Kind.AEAD, v.version, payload)
 
     def decrypt(self, name: str, ciphertext: bytes, aad: bytes = b"") -> tuple[int, bytes]:
-        """Decrypt an XChaCha20-Poly1305 ciphertext or an X25519 sealed box."""
-        with self._rw.read():
-            kt = self._get(name).type
-        if kt is KeyType.X25519:
+        """Decrypt an XChaCha20-Poly1305 ciphertext or an X25519 sealed box.
+
+        The token's own kind picks the operation (not the stored key type,
+        which a tampered store could change): a mismatch is a WrongKeyType,
+        or an IntegrityError when that version failed to unseal.
+        """
+        if ciphertext[:3] == framing.MAGIC + Kind.SEALED_BOX.value:
             version, box = framing.unframe(Kind.SEALED_BOX, ciphertext)
             if aad:
                 raise InvalidArgument("sealed boxes take no associated data")

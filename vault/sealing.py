@@ -22,6 +22,7 @@ import json
 import os
 import stat
 import struct
+import tempfile
 from dataclasses import dataclass
 
 from backends import Slot, SlotAllocator
@@ -87,19 +88,34 @@ def read_key_file(path: str, slot: Slot) -> None:
 
 
 def create_key_file(path: str, allocator: SlotAllocator) -> None:
-    """Write 32 fresh random bytes to a new 0600 file, from secret memory."""
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    """Write 32 fresh random bytes to a new 0600 file, from secret memory.
+
+    The file appears under ``path`` only once complete: the bytes are written
+    and fsynced under a temporary name, then hard-linked into place (which,
+    like ``O_EXCL``, fails if ``path`` exists).  A process killed half-way
+    leaves at most a stray temporary file, never a short key file that the
+    next start would refuse forever.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".unseal-key.", dir=directory)  # 0600
     try:
-        with allocator.allocate(KEK_BYTES) as slot:
-            na.randombytes_buf(slot.ptr, KEK_BYTES)
-            if os.writev(fd, [na.ffi.buffer(slot.ptr, KEK_BYTES)]) != KEK_BYTES:
-                raise OSError("short write")
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    os.close(fd)
+        try:
+            with allocator.allocate(KEK_BYTES) as slot:
+                na.randombytes_buf(slot.ptr, KEK_BYTES)
+                if os.writev(fd, [na.ffi.buffer(slot.ptr, KEK_BYTES)]) != KEK_BYTES:
+                    raise OSError("short write")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+    # the new directory entry must survive a power cut too
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def version_ad(store_id: bytes, name: str, version: int, key_type: str) -> bytes:

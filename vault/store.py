@@ -140,7 +140,9 @@ class SQLiteStore:
 
     def get_meta(self, key: str) -> bytes | None:
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            row = self._db.execute(
+                "SELECT CAST(value AS BLOB) FROM meta WHERE key = ?", (key,)
+            ).fetchone()
         return None if row is None else bytes(row[0])
 
     def init_meta(self, items: Mapping[str, bytes]) -> None:
@@ -211,8 +213,12 @@ class SQLiteStore:
                 "FROM keys ORDER BY name"
             ).fetchall()
             versions: dict[str, list[VersionRecord]] = {}
+            # CAST: a blob rewritten as TEXT (corruption, or an edit by hand)
+            # must reach the keyring as bytes that fail authentication, not
+            # fail the whole load with a UTF-8 decoding error
             for name, version, created, public, nonce, sealed in self._db.execute(
-                "SELECT name, version, created, public_key, nonce, sealed "
+                "SELECT name, version, created, CAST(public_key AS BLOB), "
+                "CAST(nonce AS BLOB), CAST(sealed AS BLOB) "
                 "FROM key_versions ORDER BY name, version"
             ):
                 versions.setdefault(name, []).append(
