@@ -1,0 +1,277 @@
+"""Wrong unseal material, corrupted records and tampered associated data.
+
+Each failure must be a clear error that names the key (or says the
+passphrase is wrong), change nothing, and leave the rest of the keyring
+serving.  Tampering is done the way an attacker with the file would: with
+SQLite directly, beside the store's own connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from backends import SlotAllocator
+from clients import framing
+from clients.errors import IntegrityError, WrongPassphrase
+from clients.framing import Kind
+from tests.unit.vault._support import PASSPHRASE, open_ring
+from vault.keyring import Keyring
+from vault.sealing import UnsealSource, create_key_file
+from vault.store import SQLiteStore
+
+
+def _sql(path: str, *statements: str) -> None:
+    db = sqlite3.connect(path)  # no foreign keys here: an attacker's edit
+    for s in statements:
+        db.execute(s)
+    db.commit()
+    db.close()
+
+
+def _dump(path: str) -> list[str]:
+    db = sqlite3.connect(path)
+    lines = list(db.iterdump())
+    db.close()
+    return lines
+
+
+def _populate(ring: Keyring) -> dict[str, bytes]:
+    """One key of each type (two versions of 'sig'), and a token made by each."""
+    ring.create("sig", "ed25519")
+    ring.rotate("sig")
+    ring.create("sig2", "ed25519")
+    ring.create("enc", "xchacha20-poly1305")
+    ring.create("mac", "hmac-sha256")
+    ring.create("box", "x25519")
+    return {
+        "sig": ring.sign("sig", b"m")[1],
+        "sig2": ring.sign("sig2", b"m")[1],
+        "enc": ring.encrypt("enc", b"pt")[1],
+        "mac": ring.mac("mac", b"m")[1],
+    }
+
+
+def _rest_works(ring: Keyring, tokens: dict[str, bytes], skip: set[str]) -> None:
+    if "sig" not in skip:
+        assert ring.verify("sig", b"m", tokens["sig"])
+    if "sig2" not in skip:
+        assert ring.verify("sig2", b"m", tokens["sig2"])
+    if "enc" not in skip:
+        assert ring.decrypt("enc", tokens["enc"]) == (1, b"pt")
+    if "mac" not in skip:
+        assert ring.verify_mac("mac", b"m", tokens["mac"])
+    if "box" not in skip:
+        ring.public_key("box")
+
+
+# --- wrong unseal material ------------------------------------------------------
+
+
+def test_wrong_passphrase_changes_nothing(
+    allocator: SlotAllocator, store: SQLiteStore, store_path: str
+) -> None:
+    ring = open_ring(allocator, store)
+    tokens = _populate(ring)
+    ring.close()
+    store.close()
+    before_dump = _dump(store_path)
+    before_file = hashlib.sha256(Path(store_path).read_bytes()).hexdigest()
+
+    s = SQLiteStore(store_path)
+    with pytest.raises(WrongPassphrase, match="passphrase does not unseal this store"):
+        open_ring(allocator, s, UnsealSource(passphrase=b"not the passphrase"))
+    with pytest.raises(WrongPassphrase, match="unsealed with a passphrase, but a keyfile"):
+        open_ring(allocator, s, UnsealSource(key_file="/nonexistent"))
+    s.close()
+    assert _dump(store_path) == before_dump
+    assert hashlib.sha256(Path(store_path).read_bytes()).hexdigest() == before_file
+
+    s = SQLiteStore(store_path)
+    ring = open_ring(allocator, s)
+    _rest_works(ring, tokens, set())
+    ring.close()
+    s.close()
+
+
+def test_wrong_key_file(tmp_path: Path, allocator: SlotAllocator, store: SQLiteStore) -> None:
+    right, wrong = str(tmp_path / "right.key"), str(tmp_path / "wrong.key")
+    create_key_file(right, allocator)
+    create_key_file(wrong, allocator)
+    ring = open_ring(allocator, store, UnsealSource(key_file=right))
+    ring.create("k", "ed25519")
+    ring.close()
+    with pytest.raises(WrongPassphrase, match="keyfile does not unseal this store"):
+        open_ring(allocator, store, UnsealSource(key_file=wrong))
+    with pytest.raises(WrongPassphrase, match="unsealed with a keyfile, but a passphrase"):
+        open_ring(allocator, store, UnsealSource(passphrase=PASSPHRASE))
+    ring = open_ring(allocator, store, UnsealSource(key_file=right))
+    assert ring.sign("k", b"m")[0] == 1
+    ring.close()
+
+
+# --- corrupted and tampered records ----------------------------------------------------
+
+Tamper = Callable[[str], None]
+
+
+def _flip_sealed(path: str) -> None:
+    db = sqlite3.connect(path)
+    (sealed,) = db.execute(
+        "SELECT sealed FROM key_versions WHERE name = 'enc' AND version = 1"
+    ).fetchone()
+    bad = bytearray(sealed)
+    bad[len(bad) // 2] ^= 0x01
+    db.execute(
+        "UPDATE key_versions SET sealed = ? WHERE name = 'enc' AND version = 1", (bytes(bad),)
+    )
+    db.commit()
+    db.close()
+
+
+CASES: dict[str, tuple[Tamper, str, Callable[[Keyring, dict[str, bytes]], object], str]] = {
+    # id: (tamper, damaged key, operation on it, expected message fragment)
+    "flipped-ciphertext-bit": (
+        _flip_sealed,
+        "enc",
+        lambda r, t: r.decrypt("enc", t["enc"]),
+        "key 'enc' version 1: sealed record failed authentication",
+    ),
+    "flipped-nonce": (
+        lambda p: _sql(p, "UPDATE key_versions SET nonce = zeroblob(24) WHERE name = 'mac'"),
+        "mac",
+        lambda r, t: r.mac("mac", b"m"),
+        "key 'mac' version 1: sealed record failed authentication",
+    ),
+    "truncated-record": (
+        lambda p: _sql(p, "UPDATE key_versions SET sealed = substr(sealed, 1, 20) "
+                          "WHERE name = 'enc'"),
+        "enc",
+        lambda r, t: r.encrypt("enc", b"m"),
+        "key 'enc' version 1: sealed record holds 4 bytes; a xchacha20-poly1305 key is 32",
+    ),
+    "extended-record": (
+        # longer than any slot: must damage this record only, not abort the unseal
+        lambda p: _sql(p, "UPDATE key_versions SET sealed = CAST(sealed || zeroblob(400) "
+                          "AS BLOB) WHERE name = 'mac'"),
+        "mac",
+        lambda r, t: r.verify_mac("mac", b"m", t["mac"]),
+        "key 'mac' version 1: sealed record holds 432 bytes",
+    ),
+    "record-rewritten-as-text": (
+        # blob || blob is TEXT in SQLite: not valid UTF-8, and not a blob any more
+        lambda p: _sql(p, "UPDATE key_versions SET sealed = sealed || zeroblob(1) "
+                          "WHERE name = 'mac'"),
+        "mac",
+        lambda r, t: r.verify_mac("mac", b"m", t["mac"]),
+        "key 'mac' version 1: sealed record failed authentication",
+    ),
+    "renamed-key": (
+        # the record of 'sig2' moved under a new name, consistently in both tables
+        lambda p: _sql(p, "UPDATE keys SET name = 'sig3' WHERE name = 'sig2'",
+                          "UPDATE key_versions SET name = 'sig3' WHERE name = 'sig2'"),
+        "sig3",
+        lambda r, t: r.sign("sig3", b"m"),
+        "key 'sig3' version 1: sealed record failed authentication",
+    ),
+    "swapped-names": (
+        lambda p: _sql(
+            p,
+            # sig v2's record now claims to be sig2 v1, and the other way round
+            "UPDATE key_versions SET name = 'tmp', version = 1 "
+            "WHERE name = 'sig' AND version = 2",
+            "UPDATE key_versions SET name = 'sig', version = 2 WHERE name = 'sig2'",
+            "UPDATE key_versions SET name = 'sig2' WHERE name = 'tmp'",
+        ),
+        "sig2",
+        lambda r, t: r.sign("sig2", b"m"),
+        "key 'sig2' version 1: sealed record failed authentication",
+    ),
+    "swapped-versions": (
+        lambda p: _sql(
+            p,
+            "UPDATE key_versions SET version = 99 WHERE name = 'sig' AND version = 1",
+            "UPDATE key_versions SET version = 1 WHERE name = 'sig' AND version = 2",
+            "UPDATE key_versions SET version = 2 WHERE name = 'sig' AND version = 99",
+        ),
+        "sig",
+        lambda r, t: r.sign("sig", b"m"),
+        "key 'sig' version 2: sealed record failed authentication",
+    ),
+    "type-changed-to-another-type": (
+        # an Ed25519 key relabelled HMAC: the caller still asks for a signature
+        lambda p: _sql(p, "UPDATE keys SET type = 'hmac-sha256' WHERE name = 'sig2'"),
+        "sig2",
+        lambda r, t: r.sign("sig2", b"m"),
+        "key 'sig2' version 1:",
+    ),
+    "type-changed-same-size": (
+        # a 32-byte XChaCha key relabelled HMAC (the same length): used as HMAC
+        lambda p: _sql(p, "UPDATE keys SET type = 'hmac-sha256' WHERE name = 'enc'"),
+        "enc",
+        lambda r, t: r.mac("enc", b"m"),
+        "key 'enc' version 1: sealed record failed authentication",
+    ),
+    "type-changed-decrypt": (
+        # an XChaCha key relabelled X25519: decrypt of its ciphertext
+        lambda p: _sql(p, "UPDATE keys SET type = 'x25519' WHERE name = 'enc'"),
+        "enc",
+        lambda r, t: r.decrypt("enc", t["enc"]),
+        "key 'enc' version 1:",
+    ),
+    "unknown-type": (
+        lambda p: _sql(p, "UPDATE keys SET type = 'rsa' WHERE name = 'mac'"),
+        "mac",
+        lambda r, t: r.mac("mac", b"m"),
+        "key 'mac' version 1: unknown key type 'rsa'",
+    ),
+    "public-key-replaced": (
+        lambda p: _sql(p, "UPDATE key_versions SET public_key = zeroblob(32) "
+                          "WHERE name = 'box'"),
+        "box",
+        lambda r, t: r.public_key("box"),
+        "key 'box' version 1: stored public key does not match",
+    ),
+}
+
+
+#: keys a case touches besides the one it checks
+AFFECTED = {"renamed-key": {"sig2", "sig3"}, "swapped-names": {"sig", "sig2"}}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_damaged_record_names_the_key_and_the_rest_serves(
+    allocator: SlotAllocator, store: SQLiteStore, store_path: str, case: str
+) -> None:
+    tamper, damaged, operation, message = CASES[case]
+    ring = open_ring(allocator, store)
+    tokens = _populate(ring)
+    ring.close()
+    tamper(store_path)
+
+    ring = open_ring(allocator, store)  # opens: one bad record does not stop the vault
+    with pytest.raises(IntegrityError) as info:
+        operation(ring, tokens)
+    assert message in str(info.value)
+    # the damage is reported by get/list as well
+    assert any(v.damaged for v in ring.get(damaged).versions)
+    # every other key still works
+    _rest_works(ring, tokens, AFFECTED.get(case, {damaged}))
+    # ...and so do new keys
+    ring.create("fresh", "ed25519")
+    assert ring.verify("fresh", b"m", ring.sign("fresh", b"m")[1])
+    ring.close()
+
+
+def test_a_signature_token_cannot_be_replayed_as_another_version(
+    allocator: SlotAllocator, store: SQLiteStore
+) -> None:
+    ring = open_ring(allocator, store)
+    _populate(ring)
+    _, sig = framing.unframe(Kind.SIGNATURE, ring.sign("sig", b"m")[1])
+    assert not ring.verify("sig", b"m", framing.frame(Kind.SIGNATURE, 1, sig))
+    ring.close()

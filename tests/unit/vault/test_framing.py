@@ -1,0 +1,41 @@
+"""Token framing: every signature, ciphertext and MAC carries its key version."""
+
+from __future__ import annotations
+
+import pytest
+
+from clients.errors import MalformedCiphertext
+from clients.framing import HEADER_SIZE, Kind, frame, unframe
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_round_trip(kind: Kind) -> None:
+    for version in (1, 2, 0xFFFFFFFF):
+        token = frame(kind, version, b"payload")
+        assert unframe(kind, token) == (version, b"payload")
+
+
+def test_layout() -> None:
+    assert HEADER_SIZE == 7
+    assert frame(Kind.SIGNATURE, 0x01020304, b"\xff") == b"SVS\x01\x02\x03\x04\xff"
+    assert frame(Kind.AEAD, 1, b"")[:3] == b"SVA"
+    assert frame(Kind.SEALED_BOX, 1, b"")[:3] == b"SVB"
+    assert frame(Kind.MAC, 1, b"")[:3] == b"SVM"
+
+
+def test_wrong_kind_names_both() -> None:
+    with pytest.raises(MalformedCiphertext, match="expected a signature, got a MAC"):
+        unframe(Kind.SIGNATURE, frame(Kind.MAC, 1, b"x"))
+    with pytest.raises(MalformedCiphertext, match="unknown kind b'Z'"):
+        unframe(Kind.AEAD, b"SVZ\x00\x00\x00\x01")
+
+
+@pytest.mark.parametrize("token", [b"", b"SV", b"SVS\x00\x00\x00", b"XXS\x00\x00\x00\x01abc"])
+def test_short_or_foreign(token: bytes) -> None:
+    with pytest.raises(MalformedCiphertext, match="starts with 'SV'"):
+        unframe(Kind.SIGNATURE, token)
+
+
+def test_version_zero_does_not_exist() -> None:
+    with pytest.raises(MalformedCiphertext, match="versions start at 1"):
+        unframe(Kind.MAC, b"SVM\x00\x00\x00\x00" + bytes(32))

@@ -1,0 +1,112 @@
+"""SQLiteStore: the schema's rules, WAL + synchronous=FULL, integrity checks."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from clients.errors import KeyExists, KeyNotFound, StoreError, VersionNotFound
+from vault.store import KeyRecord, SQLiteStore, VersionRecord
+
+
+def _v(n: int, created: float = 1.0) -> VersionRecord:
+    return VersionRecord(n, created, None, bytes([n]) * 24, bytes([n]) * 48)
+
+
+def _k(name: str, kind: str = "hmac-sha256") -> KeyRecord:
+    return KeyRecord(name, kind, 1.0, 1, 1, {"l": "v"})
+
+
+def test_durability_settings(store: SQLiteStore, store_path: str) -> None:
+    assert stat.S_IMODE(os.stat(store_path).st_mode) == 0o600
+    (mode,) = store._db.execute("PRAGMA journal_mode").fetchone()
+    (sync,) = store._db.execute("PRAGMA synchronous").fetchone()
+    assert mode == "wal"
+    assert sync == 2  # FULL: the WAL is fsynced at every commit
+    # journal_mode=WAL is a property of the file: another connection sees it
+    other = sqlite3.connect(store_path)
+    assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    other.close()
+
+
+def test_meta_is_written_once(store: SQLiteStore) -> None:
+    assert store.get_meta("store_id") is None
+    store.init_meta({"store_id": b"x" * 16, "format": b"1"})
+    assert store.get_meta("store_id") == b"x" * 16
+    with pytest.raises(sqlite3.IntegrityError):
+        store.init_meta({"store_id": b"y" * 16})
+    assert store.get_meta("store_id") == b"x" * 16
+
+
+def test_key_lifecycle(store: SQLiteStore, store_path: str) -> None:
+    store.create_key(_k("a"), _v(1))
+    store.create_key(_k("b", "ed25519"), VersionRecord(1, 2.0, b"p" * 32, b"n" * 24, b"s" * 80))
+    with pytest.raises(KeyExists):
+        store.create_key(_k("a"), _v(1))
+    store.add_version("a", _v(2))
+    store.add_version("a", _v(3))
+    with pytest.raises(KeyNotFound):
+        store.add_version("zz", _v(2))
+    store.set_min_decryption_version("a", 2)
+    with pytest.raises(KeyNotFound):
+        store.set_min_decryption_version("zz", 2)
+    store.delete_version("a", 1)
+    with pytest.raises(VersionNotFound):
+        store.delete_version("a", 1)
+    assert store.count() == 3
+
+    reopened = SQLiteStore(store_path)
+    a, b = list(reopened.load())
+    assert (a.name, a.type) == ("a", "hmac-sha256")
+    assert (a.primary_version, a.min_decryption_version) == (3, 2)
+    assert a.labels == {"l": "v"}
+    assert [v.version for v in a.versions] == [2, 3]
+    assert a.versions[0] == _v(2)
+    assert b.versions[0].public_key == b"p" * 32
+    assert reopened.integrity_check() == []
+
+    reopened.delete_key("a")
+    with pytest.raises(KeyNotFound):
+        reopened.delete_key("a")
+    assert [r.name for r in reopened.load()] == ["b"]
+    assert reopened.count() == 1
+    reopened.close()
+
+
+def test_failed_transaction_leaves_nothing(store: SQLiteStore) -> None:
+    store.create_key(_k("a"), _v(1))
+    # a duplicate version aborts the add: the primary version stays 1
+    with pytest.raises(sqlite3.IntegrityError):
+        store.add_version("a", _v(1))
+    (rec,) = store.load()
+    assert rec.primary_version == 1 and len(rec.versions) == 1
+
+
+def test_integrity_check_finds_a_missing_primary(store: SQLiteStore, store_path: str) -> None:
+    store.create_key(_k("a"), _v(1))
+    db = sqlite3.connect(store_path)
+    db.execute("DELETE FROM key_versions WHERE name = 'a'")
+    db.commit()
+    db.close()
+    assert store.integrity_check() == ["key 'a': primary version 1 has no record"]
+
+
+def test_integrity_check_finds_an_orphan_version(store: SQLiteStore, store_path: str) -> None:
+    store.create_key(_k("a"), _v(1))
+    db = sqlite3.connect(store_path)  # foreign keys are off by default here
+    db.execute("UPDATE key_versions SET name = 'ghost' WHERE name = 'a'")
+    db.commit()
+    db.close()
+    problems = store.integrity_check()
+    assert "foreign key violation in key_versions" in problems
+
+
+def test_not_a_database(tmp_path: os.PathLike[str]) -> None:
+    path = os.path.join(tmp_path, "junk")
+    with open(path, "wb") as f:
+        f.write(b"this is not sqlite" * 500)
+    with pytest.raises(StoreError, match="cannot open the key store"):
+        SQLiteStore(path)
