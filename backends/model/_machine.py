@@ -25,6 +25,9 @@ DEFAULT_MEMORY = 4 * GiB
 DEFAULT_CMA = 256 * MiB
 #: RLIMIT_MEMLOCK of an unprivileged process on the project's machines
 DEFAULT_MEMLOCK = 8 * MiB
+#: low memory kept from the allocator: ZONE_DMA (16 MiB), which holds the
+#: 4 KiB-mapped first megabyte and which ordinary allocations avoid
+RESERVED_LOW = 16 * MiB
 
 
 @dataclass(eq=False)
@@ -91,8 +94,9 @@ class SecretFile:
 class Machine:
     """Physical memory, the direct map and the rest of the system.
 
-    ``memory_bytes`` of RAM from frame 0, the top ``cma_bytes`` reserved as
-    a CMA area at "boot", the direct map in its boot layout, and a seeded
+    ``memory_bytes`` of RAM from frame 0 (its first 16 MiB, ZONE_DMA, kept
+    from the allocator), the top ``cma_bytes`` reserved as a CMA area at
+    "boot", the direct map in its boot layout, and a seeded
     background workload warmed up to its steady state.
     """
 
@@ -106,7 +110,10 @@ class Machine:
         ncpus: int = 2,
     ) -> None:
         self.phys = PhysicalMemory(
-            memory_bytes // PAGE_BYTES, cma_pages=cma_bytes // PAGE_BYTES, ncpus=ncpus
+            memory_bytes // PAGE_BYTES,
+            cma_pages=cma_bytes // PAGE_BYTES,
+            reserved_pages=min(RESERVED_LOW, memory_bytes // 8) // PAGE_BYTES,
+            ncpus=ncpus,
         )
         self.direct_map = DirectMap.boot(self.phys.pages)
         self.boot_directmap = (

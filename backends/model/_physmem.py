@@ -69,7 +69,9 @@ class PhysicalMemory:
     """A zone of ``pages`` frames (rounded down to whole pageblocks).
 
     The CMA area (``cma_pages``, whole pageblocks) sits at the top of the
-    zone, where memblock's top-down reservation puts it at boot.
+    zone, where memblock's top-down reservation puts it at boot.  The first
+    ``reserved_pages`` are never given to the allocator: firmware, the kernel
+    image and the DMA zone, which the kernel uses only as a last resort.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class PhysicalMemory:
         pages: int,
         *,
         cma_pages: int = 0,
+        reserved_pages: int = 0,
         ncpus: int = 2,
         pcp_batch: int = 63,
         pcp_high: int = 378,
@@ -85,12 +88,14 @@ class PhysicalMemory:
         cma_pages -= cma_pages % PAGEBLOCK_PAGES
         if pages <= 0:
             raise ValueError("physical memory needs at least one 2 MiB pageblock")
-        if not 0 <= cma_pages < pages:
-            raise ValueError("the CMA area must be smaller than memory")
+        reserved_pages = -(-reserved_pages // PAGEBLOCK_PAGES) * PAGEBLOCK_PAGES
+        if not 0 <= cma_pages < pages - reserved_pages:
+            raise ValueError("the CMA area must be smaller than the memory left to the allocator")
         self.pages = pages
         self.pageblocks = pages // PAGEBLOCK_PAGES
         self.cma_start = pages - cma_pages
         self.cma_pages = cma_pages
+        self.reserved_pages = reserved_pages
         self.pcp_batch = pcp_batch
         self.pcp_high = pcp_high
         # order + 1 at the head frame of each free buddy block, else 0
@@ -114,11 +119,15 @@ class PhysicalMemory:
         self.cma_migrations = 0
         self.cma_failures = 0
 
+        first_free = reserved_pages // PAGEBLOCK_PAGES
         for pb in range(self.pageblocks):
-            self._pb_type[pb] = CMA if pb * PAGEBLOCK_PAGES >= self.cma_start else MOVABLE
+            if pb < first_free:
+                self._pb_type[pb] = UNMOVABLE  # firmware, kernel image: never freed
+            else:
+                self._pb_type[pb] = CMA if pb * PAGEBLOCK_PAGES >= self.cma_start else MOVABLE
         # Boot frees memory to the list tails, low addresses first, so the
         # head of each list is the lowest block: insert high to low.
-        for pb in range(self.pageblocks - 1, -1, -1):
+        for pb in range(self.pageblocks - 1, first_free - 1, -1):
             self._add_free(pb * PAGEBLOCK_PAGES, MAX_ORDER, self._pb_type[pb])
 
     # --- free-list primitives ------------------------------------------------
@@ -296,7 +305,7 @@ class PhysicalMemory:
             pcp = self._pcp[cpu][self._pb_type[pfn >> PAGEBLOCK_ORDER]]
             pcp.appendleft(pfn)
             if len(pcp) > self.pcp_high:
-                for _ in range(self.pcp_batch):
+                for _ in range(min(self.pcp_batch, len(pcp))):
                     self._free_one(pcp.pop(), 0)  # the oldest, from the tail
             return
         # CMA pages skip the per-CPU lists here, so a chunk being isolated

@@ -62,11 +62,18 @@ class PooledPmdDesign(SecretmemDesign):
         if not self.fallback:
             self.failures += 1
             total = m.phys.cma_chunks
+            busy = m.phys.cma_chunks_free
             raise PoolExhausted(
-                f"pooled-PMD model: the CMA area is drained: all {total} chunks of "
-                f"2 MiB ({total * 2} MiB) are held by {self.files_open} open files, "
-                f"{self.pool_waste_pages() * PAGE_BYTES // (1 << 20)} MiB of them unused; "
-                "the order-0 fallback is off"
+                f"pooled-PMD model: the CMA area is drained: {self.chunks_held} of its "
+                f"{total} chunks of 2 MiB ({total * 2} MiB) are held by {self.files_open} "
+                f"open files, {self.pool_waste_pages() * PAGE_BYTES // (1 << 20)} MiB of "
+                "them unused"
+                + (
+                    f"; {busy} more could not be cleared of movable pages"
+                    if busy
+                    else ""
+                )
+                + "; the order-0 fallback is off"
             )
         pfn = m.phys.alloc(0, UNMOVABLE, f.process.cpu)
         if pfn < 0:
