@@ -57,9 +57,9 @@ def throughput(run: Run, seconds: float, *, max_chunk: int = 1 << 16) -> float:
     return done / elapsed
 
 
-def loop_rate(run: Run) -> Rate:
-    """A :data:`Rate` from a loop of ``n`` operations."""
-    return lambda seconds: throughput(run, seconds)
+def loop_rate(run: Run, ops_per_unit: int = 1) -> Rate:
+    """A :data:`Rate` from a loop of ``n`` units of ``ops_per_unit`` operations."""
+    return lambda seconds: throughput(run, seconds) * ops_per_unit
 
 
 def median(values: Sequence[float]) -> float:

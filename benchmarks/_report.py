@@ -156,7 +156,7 @@ class Report:
         reasons = self.missing_reasons()
         t.add_column("measurement", no_wrap=True)
         t.add_column("figure", justify="right")
-        t.add_column("p50 / p99", justify="right")
+        t.add_column("p50 / p99", justify="right", no_wrap=True)
         t.add_column("peer", no_wrap=True)
         t.add_column("peer figure", justify="right")
         t.add_column("ratio", justify="right")
@@ -212,7 +212,8 @@ class Report:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        colours = {"sv": "#1f77b4", "echo": "#aaaaaa", "crypto": "#2ca02c", "peer": "#d62728"}
+        colours = {"sv": "#1f77b4", "echo": "#aaaaaa", "crypto": "#2ca02c", "peer": "#d62728",
+                   "diag": "#9ecae1"}
         items = [(m.label, m.value, colours.get(k.split(".")[0], "#9467bd"))
                  for k, m in self.measures.items()
                  if not m.missing and m.rounds and m.unit == "ops/s"]
@@ -233,6 +234,7 @@ class Report:
 
         ax.legend(handles=[
             Patch(color=colours["sv"], label="secretvault"),
+            Patch(color=colours["diag"], label="secretvault core in-process (no RPC)"),
             Patch(color=colours["echo"], label="bare grpcio echo"),
             Patch(color=colours["crypto"], label="in-process libsodium"),
             Patch(color=colours["peer"], label="ssh-agent / SoftHSM2"),

@@ -22,12 +22,15 @@ measure's list, in nanoseconds.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -161,53 +164,115 @@ def stream_rate(
     return rate
 
 
-class ServerProcess:
-    """A server in a child process that prints ``READY <port>`` when up.
+#: operations per batch message, and calls or messages in flight for the "32" forms
+BATCH = 100
+WINDOW = 32
 
-    The child's stdin is a pipe we hold: closing it (or our death) tells it
-    to stop, so no server outlives the benchmark.
+
+@dataclass(frozen=True)
+class RpcForm:
+    key: str
+    label: str
+    kind: str  # "unary", "batch" or "stream"
+    window: int
+
+
+RPC_FORMS: tuple[RpcForm, ...] = (
+    RpcForm("unary1", "unary, 1 client", "unary", 1),
+    RpcForm("unary32", f"unary, {WINDOW} in flight", "unary", WINDOW),
+    RpcForm("batch1", f"batch of {BATCH}, 1 client", "batch", 1),
+    RpcForm("batch32", f"batch of {BATCH}, {WINDOW} in flight", "batch", WINDOW),
+    RpcForm("stream1", "bidi stream, 1 in flight", "stream", 1),
+    RpcForm("stream32", f"bidi stream, {WINDOW} in flight", "stream", WINDOW),
+)
+TRANSPORTS: tuple[tuple[str, str], ...] = (("unix", "Unix socket"),
+                                          ("tls", "mutual TLS, 127.0.0.1"))
+
+
+@dataclass(frozen=True)
+class RpcTarget:
+    """What the drivers call, per form kind: a multicallable and its request.
+
+    The echo target is handed the vault's *serialized* requests, so both
+    servers receive the same bytes.
     """
 
-    def __init__(self, argv: list[str], *, name: str, timeout: float = 60.0,
+    unary: Any
+    unary_request: Any
+    batch: Any
+    batch_request: Any
+    stream: Any
+    stream_request: Any
+
+    def rate(self, form: RpcForm, latencies: list[int]) -> Rate:
+        if form.kind == "unary":
+            call, req, ops = self.unary, self.unary_request, 1
+        elif form.kind == "batch":
+            call, req, ops = self.batch, self.batch_request, BATCH
+        else:
+            return stream_rate(self.stream, self.stream_request, form.window, latencies)
+        if form.window == 1:
+            return unary_rate(call, req, latencies, ops_per_call=ops)
+        return inflight_rate(call, req, form.window, latencies, ops_per_call=ops)
+
+
+def echo_target(channel: Any, wire: dict[str, bytes]) -> RpcTarget:
+    """The echo server, sent the vault's serialized requests as raw bytes."""
+    from benchmarks import echo
+
+    u = channel.unary_unary(echo.UNARY)
+    return RpcTarget(u, wire["unary"], u, wire["batch"],
+                     channel.stream_stream(echo.STREAM), wire["stream"])
+
+
+class ServerProcess:
+    """A server in a child process, ready when a line of its output matches.
+
+    stdout and stderr are merged and drained continuously by a thread (a
+    server that logs must never block on a full pipe); the last lines are
+    kept for error messages.  The child's stdin is a pipe we hold: the echo
+    server stops when it closes; any server gets SIGTERM on :meth:`stop`.
+    """
+
+    def __init__(self, argv: list[str], *, name: str, ready: str, timeout: float = 60.0,
                  env: dict[str, str] | None = None, cwd: str | None = None) -> None:
         self.name = name
+        self._tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._ready = threading.Event()
+        self._pattern = re.compile(ready)
+        self.port = 0
         self.proc: subprocess.Popen[str] | None = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             env=env,
             cwd=cwd,
         )
-        self.port = self._wait_ready(timeout)
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self._reader.join(1.0)
+                why = (f"exited with status {self.proc.returncode}"
+                       if self.proc.poll() is not None else f"not ready within {timeout:.0f} s")
+                self.stop()
+                raise PeerMissing(f"{name} {why}: {self.tail()}")
 
-    def _wait_ready(self, timeout: float) -> int:
+    def _drain(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        result: list[str] = []
+        for line in self.proc.stdout:
+            self._tail.append(line.rstrip())
+            if not self._ready.is_set():
+                m = self._pattern.search(line)
+                if m:
+                    self.port = int(m.group(1)) if m.groups() else 0
+                    self._ready.set()
 
-        def read() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                if line.startswith("READY"):
-                    result.append(line)
-                    return
-
-        t = threading.Thread(target=read, daemon=True)
-        t.start()
-        t.join(timeout)
-        if not result:
-            self.stop()
-            err = self.stderr_tail()
-            raise PeerMissing(f"{self.name} did not start within {timeout:.0f} s: {err}")
-        parts = result[0].split()
-        return int(parts[1]) if len(parts) > 1 else 0
-
-    def stderr_tail(self) -> str:
-        if self.proc is None or self.proc.stderr is None or self.proc.poll() is None:
-            return "(still running)"
-        lines = self.proc.stderr.read().strip().splitlines()
-        return " | ".join(lines[-3:]) if lines else f"exit status {self.proc.returncode}"
+    def tail(self, lines: int = 4) -> str:
+        return " | ".join(list(self._tail)[-lines:]) or "(no output)"
 
     @property
     def pid(self) -> int:
@@ -220,16 +285,15 @@ class ServerProcess:
             return
         if proc.poll() is None:
             if proc.stdin is not None:
-                try:
+                with contextlib.suppress(OSError):
                     proc.stdin.close()
-                except OSError:
-                    pass
             proc.terminate()
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self._reader.join(5.0)
         self.proc = None
 
     def __enter__(self) -> ServerProcess:
@@ -244,15 +308,22 @@ class ServerProcess:
         self.stop()
 
 
-def start_echo(workdir: Path, tls_dir: Path) -> tuple[ServerProcess, str]:
-    """The echo server on ``workdir/echo.sock`` and a TLS port; (process, socket)."""
-    sock = str(workdir / "echo.sock")
+def child_env() -> tuple[dict[str, str], str]:
+    """(environment, cwd) for a child Python that imports this repository."""
     repo = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    return env, repo
+
+
+def start_echo(workdir: Path, tls_dir: Path) -> tuple[ServerProcess, str]:
+    """The echo server on ``workdir/echo.sock`` and a TLS port; (process, socket)."""
+    sock = str(workdir / "echo.sock")
+    env, repo = child_env()
     proc = ServerProcess(
         [sys.executable, "-m", "benchmarks.echo", "--unix", sock, "--tls-dir", str(tls_dir)],
         name="echo server",
+        ready=r"^READY (\d+)",
         env=env,
         cwd=repo,
     )

@@ -19,6 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+#: the client certificate's identity (its first SAN URI is what a policy names)
+CLIENT_URI = "spiffe://secretvault.bench/client"
+CLIENT_CN = "bench-client"
+
 
 @dataclass(frozen=True)
 class TlsFiles:
@@ -63,8 +67,8 @@ def make_tls_files(directory: Path) -> TlsFiles:
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(cn: str, usage: x509.ObjectIdentifier, san: bool) -> tuple[x509.Certificate,
-                                                                        ec.EllipticCurvePrivateKey]:
+    def leaf(cn: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName]
+             ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         key = ec.generate_private_key(ec.SECP256R1())
         b = (
             x509.CertificateBuilder()
@@ -77,17 +81,16 @@ def make_tls_files(directory: Path) -> TlsFiles:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
-        if san:
-            b = b.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
+        b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
         return b.sign(ca_key, hashes.SHA256()), key
 
-    server, server_key = leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH, True)
-    client, client_key = leaf("bench-client", ExtendedKeyUsageOID.CLIENT_AUTH, False)
+    server, server_key = leaf(
+        "localhost", ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    client, client_key = leaf(
+        CLIENT_CN, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.UniformResourceIdentifier(CLIENT_URI)]
+    )
     files = TlsFiles(
         ca_cert=directory / "ca.pem",
         server_cert=directory / "server.pem",
