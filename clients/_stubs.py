@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from clients._proto.secretvault.v1 import (
     crypto_pb2,
     crypto_pb2_grpc,
@@ -115,6 +117,23 @@ class AioStatsStub(Protocol):
     def WatchStats(
         self, request: stats_pb2.WatchStatsRequest, *, metadata: Metadata = ...
     ) -> AioStreaming[stats_pb2.Stats]: ...
+
+
+class HealthCheck(Protocol):
+    def __call__(
+        self,
+        request: health_pb2.HealthCheckRequest,
+        *,
+        timeout: float | None = ...,
+        metadata: Metadata = ...,
+        wait_for_ready: bool | None = ...,
+    ) -> health_pb2.HealthCheckResponse: ...
+
+
+def health_check(channel: Any) -> HealthCheck:
+    """The standard ``grpc.health.v1.Health/Check`` (the server always serves it)."""
+    check: HealthCheck = health_pb2_grpc.HealthStub(channel).Check
+    return check
 
 
 def sync_stubs(channel: Any) -> tuple[KeyStub, CryptoStub, StatsStub]:

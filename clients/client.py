@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from clients import _errors, _stubs, _wire, local
 from clients._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
@@ -84,6 +85,7 @@ class VaultClient:
             channel = grpc.intercept_channel(channel, *interceptors)
         self._channel = channel
         self._keys, self._crypto, self._stats = _stubs.sync_stubs(channel)
+        self._health = _stubs.health_check(channel)
         self._closed = False
 
     # --- lifecycle ---------------------------------------------------------------
@@ -110,11 +112,23 @@ class VaultClient:
     # --- the one call path: retries and error mapping --------------------------------
 
     def _ready(self, wait: float) -> bool:
-        """Whether the channel connects within ``wait`` seconds."""
+        """Whether the channel connects within ``wait`` seconds.
+
+        A health check sent with ``wait_for_ready`` stays queued in the
+        client until a connection is up (or ``wait`` ends): any answer, even
+        an error status, proves one was.  (``grpc.channel_ready_future`` would
+        do, but its polling thread can fail noisily when the channel closes
+        right after.)
+        """
         try:
-            grpc.channel_ready_future(self._raw_channel).result(timeout=wait)
-        except grpc.FutureTimeoutError:
-            return False
+            self._health(
+                health_pb2.HealthCheckRequest(),
+                timeout=wait,
+                metadata=self._metadata,
+                wait_for_ready=True,
+            )
+        except grpc.RpcError as e:
+            return _errors.status_name(e.code()) not in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
         return True
 
     def _call(self, rpc: _stubs.UnaryUnary[Req, T], request: Req, *, idempotent: bool) -> T:
