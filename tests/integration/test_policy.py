@@ -265,3 +265,25 @@ def test_policy_file_mistakes_are_refused() -> None:
     p = Policy.from_dict({"identities": {"x": {"allow": [{"operations": ["get_stats"]}]}}})
     assert p.allows("x", "get_stats", None) and not p.allows("x", "sign", "k")
     assert p.allows("owner", "delete_key", "anything") and not p.allows("y", "get_stats", None)
+
+
+def test_the_example_policy_is_valid() -> None:
+    import tomllib
+    from pathlib import Path
+
+    doc = tomllib.loads((Path(__file__).parents[2] / "docs" / "policy.example.toml")
+                        .read_text())
+    # the example names groups (ci, app, monitoring) this machine may not have
+    for ident in doc["identities"].values():
+        for sock in ident.get("sockets", []):
+            sock["group"] = os.getgid()
+    p = Policy.from_dict(doc)
+    assert p.allows("ci-signer", "sign", "ci/release/a")
+    assert not p.allows("ci-signer", "sign", "jwt/a")
+    assert p.tls_identity("spiffe://example.org/ci/signer") == "ci-signer"
+    assert p.tls_identity("token-issuer.internal") == "token-issuer"
+    assert p.allows("app", "rotate_key", "app/data-key")
+    assert not p.allows("app", "rotate_key", "app/other")
+    assert p.allows("monitoring", "watch_stats", None)
+    assert not p.allows("monitoring", "get_key", "app/data-key")
+    assert len(p.sockets) == 3
