@@ -68,11 +68,7 @@ class PooledPmdDesign(SecretmemDesign):
                 f"{total} chunks of 2 MiB ({total * 2} MiB) are held by {self.files_open} "
                 f"open files, {self.pool_waste_pages() * PAGE_BYTES // (1 << 20)} MiB of "
                 "them unused"
-                + (
-                    f"; {busy} more could not be cleared of movable pages"
-                    if busy
-                    else ""
-                )
+                + (f"; {busy} more could not be cleared of movable pages" if busy else "")
                 + "; the order-0 fallback is off"
             )
         pfn = m.phys.alloc(0, UNMOVABLE, f.process.cpu)

@@ -144,7 +144,8 @@ class KeyringSim:
 
     def remove(self, page: SimPage) -> None:
         """Delete one key stored in ``page``."""
-        self._partial[page.used].pop(page, None)
+        if page.used < self.per_page:  # a full page is in no bucket
+            self._partial[page.used].pop(page, None)
         page.used -= 1
         self.keys -= 1
         if page.used:

@@ -324,39 +324,41 @@ def _buddy_model(
     return big, small, l2_big, dm.level2_splits - l2_big
 
 
-def default_pages(*, fresh_regions: int = 16, max_pages: int = 1 << 18) -> int:
-    """Enough pages to reach whole 2 MiB regions past the split ones.
-
-    Freed secret pages are reused first, so a run lands in the regions
-    earlier runs split -- and then the kernel splits nothing and the
-    first-touch rule goes untested.  Every granule already mapped at 4 KiB
-    could absorb at most 512 pages; this many more reach ``fresh_regions``
-    whole regions (capped at ``max_pages``, 1 GiB).
-    """
-    granules = _procfs.meminfo().get("DirectMap4k", 0) // BYTES_2M
-    return min(max_pages, max(8192, (granules + fresh_regions) * PAGES_PER_2M))
-
-
 def validate(
     *,
     pages: int | None = None,
+    fresh_splits: int = 8,
+    min_pages: int = 8192,
+    max_pages: int = 1 << 18,
     small_regions: int = 256,
     idle_seconds: float = 1.0,
     seed: int = 0,
 ) -> ValidationResult:
     """Run the sequence on real secret memory and on the models; compare.
 
-    ``pages`` defaults to :func:`default_pages`.
+    The large region's size: ``pages`` when given; otherwise its pages are
+    touched until the kernel has made ``fresh_splits`` level-2 splits (at
+    least ``min_pages``, at most ``max_pages``, 1 GiB).  Freed secret pages
+    are reused first, so a fixed size would land again in the regions the
+    previous run split, the kernel would split nothing, and the first-touch
+    rule would go untested; stopping after a few fresh splits exercises it
+    while adding only those few permanent splits per run.
     """
     missing = missing_prerequisite()
     if missing is not None:
         raise ValidationUnavailable(f"the validation needs {missing}")
     ranges = ram_ranges()
-    if pages is None:
-        pages = default_pages()
     counters = _Counters()
     try:
-        return _validate(counters, ranges, pages, small_regions, idle_seconds, seed)
+        return _validate(
+            counters,
+            ranges,
+            (pages, pages) if pages is not None else (min_pages, max_pages),
+            None if pages is not None else fresh_splits,
+            small_regions,
+            idle_seconds,
+            seed,
+        )
     finally:
         counters.close()
 
@@ -364,7 +366,8 @@ def validate(
 def _validate(
     counters: _Counters,
     ranges: list[tuple[int, int]],
-    pages: int,
+    size: tuple[int, int],
+    fresh_splits: int | None,
     small_regions: int,
     idle_seconds: float,
     seed: int,
@@ -378,13 +381,20 @@ def _validate(
     deltas: list[tuple[int, int]] = []  # per fault: (level-2, level-3) splits
     t0 = time.monotonic()
     try:
-        big = backend.allocate(pages)
+        least, most = size
+        # untouched pages cost nothing: secretmem allocates at first touch
+        big = backend.allocate(most)
         prev = counters.read()
-        for i in range(pages):
+        made = 0
+        for i in range(most):
+            if fresh_splits is not None and i >= least and made >= fresh_splits:
+                break
             _touch(big.address + i * 4096)
             cur = counters.read()
             deltas.append((cur[0] - prev[0], cur[1] - prev[1]))
+            made += cur[0] - prev[0]
             prev = cur
+        pages = len(deltas)
         smalls = []
         for _ in range(small_regions):
             r = backend.allocate(1)
@@ -395,7 +405,7 @@ def _validate(
             prev = cur
         run_seconds = time.monotonic() - t0
         end = counters.read()
-        frames_big = backend.frames(big)
+        frames_big = backend.frames(big)  # the touched pages, in order
         frames_small = [pfn for r in smalls for pfn in backend.frames(r)]
     finally:
         backend.close()

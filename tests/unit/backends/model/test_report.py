@@ -1,0 +1,93 @@
+"""``secretvault model compare``: options, table, JSON, chart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from backends.model import report
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    report.configure_parser(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("4G", 4 << 30),
+        ("256M", 256 << 20),
+        ("256MiB", 256 << 20),
+        ("512k", 512 << 10),
+        ("4096", 4096),
+    ],
+)
+def test_parse_size(text: str, value: int) -> None:
+    assert report.parse_size(text) == value
+
+
+def test_parse_size_rejects() -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        report.parse_size("lots")
+
+
+def test_defaults() -> None:
+    args = parse()
+    assert args.scenario is None and args.keys == 100_000
+    assert (args.memory, args.cma) == (4 << 30, 256 << 20)
+    assert not args.fallback and args.seed == 0 and args.plot is None
+
+
+SMALL = ("--keys", "1500", "--memory", "512M", "--cma", "16M")
+
+
+def test_table_names_every_scenario_and_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert report.run(parse(*SMALL, "--scenario", "fork-bomb", "--scenario", "keyring")) == 0
+    out = capsys.readouterr().out
+    for word in (
+        "fork-bomb",
+        "keyring",
+        "page-model",
+        "pooled-pmd-model",
+        "L2 splits",
+        "DirectMap4k",
+        "pool waste",
+        "memcg over-charge",
+        "protection: model",
+    ):
+        assert word in out
+    assert "churn" not in out and "+fallback" not in out
+
+
+def test_json_has_the_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert report.run(parse(*SMALL, "--scenario", "fork-bomb", "--fallback", "--json")) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_model = {r["model"]: r for r in rows}
+    assert set(by_model) == {"page-model", "pooled-pmd-model", "pooled-pmd-model+fallback"}
+    assert by_model["pooled-pmd-model"]["allocation_failures"] == 1500 - 8
+    assert by_model["page-model"]["allocation_failures"] == 0
+    assert by_model["pooled-pmd-model"]["level2_splits"] == 0
+
+
+def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "c.png"
+    assert report.run(parse(*SMALL, "--scenario", "tenants", "--plot", str(out))) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "chart written" in capsys.readouterr().err
+
+
+def test_markdown(capsys: pytest.CaptureFixture[str]) -> None:
+    assert report.run(parse(*SMALL, "--scenario", "churn", "--markdown")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| scenario | model |")
+    assert len(lines) == 4
+
+
+def test_bad_sizes_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert report.run(parse("--memory", "64M", "--cma", "64M")) == 2
+    assert report.run(parse("--keys", "0")) == 2
