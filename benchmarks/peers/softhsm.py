@@ -15,7 +15,9 @@ own cost plus the binding's, with no IPC at all.
 SoftHSM reads ``SOFTHSM2_CONF`` in ``C_Initialize``: the token directory is
 a fresh temporary one, initialised with ``softhsm2-util --init-token``
 before the module is (re)initialised, so the benchmark never touches a
-system token store.
+system token store.  The module is loaded once per process, so a new
+:class:`SoftHsm` re-initialises it and the sessions of any older one end:
+use one at a time.
 """
 
 from __future__ import annotations
@@ -161,8 +163,13 @@ class SoftHsm:
 
     def close(self) -> None:
         if self._session is not None:
-            self._session.close()
-            self._session = None
+            session, self._session = self._session, None
+            try:
+                session.close()
+            except _import_pkcs11().SessionHandleInvalid:
+                # a later SoftHsm in this process re-ran C_Finalize and
+                # C_Initialize, which already closed every session of ours
+                pass
             if self._prev_conf is None:
                 os.environ.pop("SOFTHSM2_CONF", None)
             else:

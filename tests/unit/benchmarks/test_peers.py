@@ -166,3 +166,47 @@ def test_percentile_nearest_rank() -> None:
     assert percentile(samples, 50) == 50
     assert percentile(samples, 99) == 99
     assert percentile([7], 99) == 7
+
+
+# --- the secretvault server and the whole run --------------------------------------------
+
+
+@pytest.mark.memfd_secret
+def test_vault_target_serves_verified_signatures_over_both_transports(tmp_path: Path) -> None:
+    from benchmarks._rpc import RPC_FORMS
+    from benchmarks.vault_target import VaultServer
+
+    tls = make_tls_files(tmp_path)
+    # the constructor verifies one unary, batched and streamed signature per transport
+    with VaultServer(tmp_path, tls) as server:
+        for transport in ("unix", "tls"):
+            with server.channel(transport) as ch:
+                target = server.target(ch)
+                for form in RPC_FORMS:
+                    lat: list[int] = []
+                    assert target.rate(form, lat)(0.02) > 0, (transport, form)
+                    assert lat
+    assert not server.socket.exists()  # SIGTERM: drained, socket removed
+
+
+@pytest.mark.memfd_secret
+def test_compare_runs_end_to_end_and_reports_every_target(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from benchmarks.compare import main
+
+    assert main(["--rounds", "1", "--seconds", "0.02", "--keys", "2000", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["targets"]) == 5
+    for t in doc["targets"]:
+        assert t["verdict"] in ("PASS", "MISS", "MISSING")
+    for key in ("sv.unix.unary1", "sv.tls.stream32", "echo.unix.batch32",
+                "crypto.hmac_sha256.secret"):
+        m = doc["measures"][key]
+        assert m["missing"] is None and m["median"] > 0, key
+    assert doc["measures"]["sv.unix.unary1"]["p99_us"] >= doc["measures"]["sv.unix.unary1"][
+        "p50_us"]
+    assert doc["memory"]["keys"] == 2000
+    assert doc["memory"]["pages_resident"] >= 2000 * 64 // 4096
