@@ -322,3 +322,199 @@ def test_seccomp_profile_is_runtime_default_plus_explicit_memfd_secret() -> None
         return sorted(out)
 
     assert without(ours) == without(default)
+
+
+# --- a vault in a container, a client on the host ----------------------------------
+
+
+def cli(*args: str, socket: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """The ``secretvault`` command of this environment, on the host."""
+    exe = Path(sys.executable).with_name("secretvault")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vault.cli"]
+    return subprocess.run(
+        [*cmd, *args], input=stdin, capture_output=True, timeout=60, check=False,
+        env=dict(os.environ, SECRETVAULT_SOCKET=socket),
+    )
+
+
+def verify_independently(public_raw: bytes, message: bytes, token: bytes) -> None:
+    """Ed25519 verification with ``cryptography``, not through the vault."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from clients.local import signature_payload
+
+    _, raw = signature_payload(token)
+    Ed25519PublicKey.from_public_bytes(public_raw).verify(raw, message)  # raises if bad
+
+
+@pytest.mark.memfd_secret
+def test_host_client_signs_through_shared_socket_and_keys_survive_restart(
+    vaults: Vaults, tmp_path: Path
+) -> None:
+    from clients import VaultClient
+
+    vault = vaults.start()
+    vault.wait_serving()
+    # the image's own HEALTHCHECK (gRPC health inside the container)
+    health = podman("healthcheck", "run", vault.name, check=False)
+    assert health.returncode == 0, health.stdout + health.stderr
+
+    message = b"release v1.2.3 sha256:" + bytes(range(32))
+    with VaultClient(vault.socket) as client:
+        key = client.create_key("ci/signer", "ed25519")
+        assert key.primary_version == 1
+        public = client.public_key("ci/signer")
+        token = client.sign("ci/signer", message)
+        assert client.verify("ci/signer", message, token)
+        assert not client.verify("ci/signer", message + b"!", token)
+        stats = client.stats()
+    verify_independently(public.raw, message, token)
+    # keys are in secret memory inside the container, not in a model
+    assert (stats.backend, stats.protection) == ("memfd_secret", "secretmem")
+    assert stats.keys_by_type["ed25519"] == 1
+
+    # the CLI on the host, through the same socket
+    (tmp_path / "msg").write_bytes(message)
+    signed = cli("sign", "ci/signer", "--in", str(tmp_path / "msg"), socket=vault.socket)
+    assert signed.returncode == 0, signed.stderr
+    verify_independently(public.raw, message, signed.stdout)
+    (tmp_path / "sig").write_bytes(signed.stdout)
+    checked = cli("verify", "ci/signer", "--in", str(tmp_path / "msg"),
+                  "--signature", str(tmp_path / "sig"), socket=vault.socket)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    # stop and start the same container: same volumes, same keys
+    podman("stop", "-t", "10", vault.name)
+    assert vault.state()[0] in ("exited", "stopped")
+    podman("start", vault.name)
+    vault.wait_serving()
+    with VaultClient(vault.socket) as client:
+        assert [k.name for k in client.list_keys()] == ["ci/signer"]
+        assert client.public_key("ci/signer").raw == public.raw
+        verify_independently(public.raw, message, client.sign("ci/signer", message))
+
+    # and a new container on the same volumes (an upgrade, a rescheduled pod)
+    podman("rm", "-f", "-t", "10", vault.name)
+    again = vaults.start(vault.data, vault.sockets)
+    again.wait_serving()
+    with VaultClient(again.socket) as client:
+        assert client.public_key("ci/signer").raw == public.raw
+        assert client.verify("ci/signer", message, token)
+
+
+def deny_memfd_secret(profile: Path, errno_ret: int | None) -> Path:
+    """deploy/seccomp.json without its memfd_secret rule: unlisted syscalls
+    get the profile's default (ENOSYS).  With ``errno_ret``, an explicit
+    rule returns that errno instead (EPERM: older Docker-style profiles)."""
+    data = json.loads((REPO / "deploy" / "seccomp.json").read_text())
+    rules = []
+    for rule in data["syscalls"]:
+        names = [n for n in rule["names"] if n != "memfd_secret"]
+        if names:
+            rules.append({**rule, "names": names})
+    if errno_ret is not None:
+        rules.append({"names": ["memfd_secret"], "action": "SCMP_ACT_ERRNO",
+                      "errnoRet": errno_ret})
+    data["syscalls"] = rules
+    profile.write_text(json.dumps(data))
+    return profile
+
+
+@pytest.mark.parametrize(("errno_name", "errno_ret"), [("ENOSYS", None), ("EPERM", 1)])
+def test_seccomp_denying_memfd_secret_refuses_to_start(
+    vaults: Vaults, tmp_path: Path, errno_name: str, errno_ret: int | None
+) -> None:
+    profile = deny_memfd_secret(tmp_path / "deny-memfd-secret.json", errno_ret)
+    vault = vaults.start(seccomp=profile)
+    code = vault.wait_exited()
+    logs = vault.logs()
+    assert code != 0, logs
+    assert "seccomp" in logs and "deploy/seccomp.json" in logs, logs
+    assert errno_name in logs, logs
+    assert not os.path.exists(vault.socket)
+    # it never fell back to ordinary memory: no store was even opened
+    assert not (vault.data / "keys.sqlite3").exists()
+
+
+MEMLOCK_PAGES = 8  # a small RLIMIT_MEMLOCK: 32 KiB
+
+
+@pytest.mark.memfd_secret
+def test_memlock_limit_exhaustion_reports_figures_and_keeps_earlier_keys(
+    vaults: Vaults,
+) -> None:
+    """The arithmetic of deploy/README.md, checked against the real kernel:
+    one page holds the key-encryption key and the import key (32-byte
+    slots), each further page 64 Ed25519 keys, and the mapping is charged
+    to RLIMIT_MEMLOCK whole at mmap time."""
+    from clients import VaultClient
+    from clients.errors import MemlockExceeded
+
+    limit = MEMLOCK_PAGES * PAGE
+    expected = 64 * (MEMLOCK_PAGES - 1)
+    vault = vaults.start(memlock=limit)
+    vault.wait_serving()
+    with VaultClient(vault.socket) as client:
+        before = client.stats()
+        assert before.memlock.soft == limit and not before.memlock.cap_ipc_lock
+        assert before.memlock.headroom_keys["ed25519"] == expected
+
+        created = 0
+        with pytest.raises(MemlockExceeded) as refused:
+            while created <= expected + 64:  # bounded: fails the test, never hangs
+                client.create_key(f"k{created:04d}", "ed25519")
+                created += 1
+        assert created == expected, f"{created} keys fit in {limit} bytes, README: {expected}"
+        error = refused.value
+        assert error.status == "RESOURCE_EXHAUSTED"
+        text = str(error)
+        assert f"RLIMIT_MEMLOCK soft {limit} bytes" in text, text
+        assert f"already locked {limit} bytes" in text, text
+
+        # the refused key does not exist; every earlier key still works
+        assert len(client.list_keys()) == expected
+        message = b"still here"
+        for name in ("k0000", f"k{expected - 1:04d}"):
+            public = client.public_key(name)
+            verify_independently(public.raw, message, client.sign(name, message))
+
+        after = client.stats()
+        assert after.memlock.locked == limit
+        assert after.memlock.HasField("headroom_bytes") and after.memlock.headroom_bytes == 0
+        assert after.memlock.headroom_keys["ed25519"] == 0
+        # the 32-byte class still has room on the page it already holds
+        assert after.memlock.headroom_keys["x25519"] == 126
+        assert after.keys_by_type["ed25519"] == expected
+
+    # the CLI says the same in one line, with a non-zero status
+    out = cli("keys", "create", "one-too-many", "--type", "ed25519", socket=vault.socket)
+    assert out.returncode != 0
+    assert b"memlock" in out.stderr and b"Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.memfd_secret
+def test_memory_cgroup_figures_appear_in_stats(vaults: Vaults) -> None:
+    from clients import VaultClient
+
+    memory = 256 << 20
+    vault = vaults.start(extra=("--memory", str(memory)))
+    vault.wait_serving()
+    with VaultClient(vault.socket) as client:
+        for i in range(3):
+            client.create_key(f"k{i}", "ed25519")
+        client.create_key("box", "x25519")
+        stats = client.stats()
+    assert stats.HasField("memcg"), stats
+    memcg = stats.memcg
+    assert memcg.version in (1, 2)
+    assert memcg.limit == memory
+    assert 0 < memcg.usage < memory
+    # secret pages are charged to the memcg as page cache, mapped and unevictable
+    secret = stats.pages_resident * PAGE
+    assert secret >= 2 * PAGE
+    assert memcg.unevictable >= secret, memcg
+    assert memcg.file_mapped >= secret and memcg.file >= secret, memcg
+
+    shown = cli("stats", "--json", socket=vault.socket)
+    assert shown.returncode == 0, shown.stderr
+    assert int(json.loads(shown.stdout)["memcg"]["limit"]) == memory
