@@ -195,9 +195,10 @@ class Metrics:
 
 
 def split_host_port(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    """``HOST:PORT``, ``[V6]:PORT``, or a bare ``PORT`` (then on loopback, 127.0.0.1)."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT or PORT, got {address!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 

@@ -83,7 +83,8 @@ class ServerConfig:
     #: more Unix sockets, each bound to a policy identity (added to those the
     #: policy file declares)
     listeners: tuple[UnixListener, ...] = ()
-    #: ``HOST:PORT`` to also listen on TCP (port 0 picks one); needs tls_cert/tls_key
+    #: ``HOST:PORT`` (or a bare ``PORT``: 127.0.0.1) to also listen on TCP with TLS
+    #: (port 0 picks one: see VaultServer.tcp_port); needs tls_cert/tls_key
     tcp: str | None = None
     #: PEM server certificate chain and private key for TCP
     tls_cert: str | None = None
@@ -97,8 +98,9 @@ class ServerConfig:
     audit_log: str | None = None
     #: keep serving when the audit log cannot be written (default: fail closed)
     audit_fail_open: bool = False
-    #: ``HOST:PORT`` of the Prometheus endpoint; None: no metrics endpoint.
-    #: Use 127.0.0.1 (loopback) unless something else must scrape it.
+    #: ``HOST:PORT`` (or a bare ``PORT``: loopback, 127.0.0.1) of the Prometheus
+    #: endpoint; None: no metrics endpoint.  Keep it on loopback unless
+    #: something else must scrape it (it has no access control).
     metrics: str | None = None
     #: largest request message accepted (bytes); RESOURCE_EXHAUSTED beyond
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -455,15 +457,14 @@ def summary(server: VaultServer) -> str:
         lines.append("  !!! WARNING  keys are NOT in secret memory: they are in ordinary locked "
                      "memory. Do not use this backend in production.")
     ml = s.memlock
+    soft = "unlimited" if ml.soft < 0 else _bytes(ml.soft)
     if ml.cap_ipc_lock:
-        limit = "not enforced (CAP_IPC_LOCK)"
-    elif ml.soft < 0:
-        limit = "unlimited"
+        limit = f"{soft}, not enforced: the server has CAP_IPC_LOCK"
     else:
-        limit = f"{_bytes(ml.soft)} (locked now {_bytes(ml.locked)})"
+        limit = f"{soft} (locked now {_bytes(ml.locked)})"
     lines.append(f"  memlock      {limit}")
     room = ", ".join(f"{n:,} {t}" for t, n in ml.headroom_keys if n is not None)
-    lines.append(f"  headroom     {room or 'unlimited'} more keys")
+    lines.append(f"  headroom     {room + ' more keys' if room else 'unlimited'}")
     counts = v.keyring.counts_by_type()
     lines.append(f"  keys         {sum(counts.values())} loaded")
     lines.append(f"  store        {v.config.store_path}")

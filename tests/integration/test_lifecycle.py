@@ -214,3 +214,29 @@ def test_the_kernel_keeps_other_users_off_the_sockets(base: str) -> None:
         assert _connect_as_nobody(s.config.vault.socket) == errno.EACCES
         # a socket the policy opened to everyone: the kernel lets nobody connect
         assert _connect_as_nobody(f"{base}/open/vault.sock") == 0
+
+
+@pytest.mark.parametrize("backend", ["memfd_secret", "page-model"])
+def test_startup_summary(base: str, backend: str) -> None:
+    child = Child(base, ["--backend", backend])
+    try:
+        child.wait_ready()
+        child.terminate()
+        assert child.proc.wait(timeout=30) == 0
+        err = child.stderr()
+        summary = err[err.index("secretvault is serving"):err.index("SIGTERM")]
+        if backend == "memfd_secret":
+            assert "keys live in secret memory" in summary
+            assert "NOT in secret memory" not in summary
+        else:
+            assert "!!! WARNING  keys are NOT in secret memory" in summary
+        assert re.search(r"memlock      (unlimited|[\d.]+ [KMG]iB)", summary)
+        assert re.search(r"headroom     (unlimited|[\d,]+ ed25519)", summary)
+        assert f"store        {base}/data/keys.sqlite3" in summary
+        assert f"listening    unix:{child.socket} (identity: owner)" in summary
+        # first start without unseal material: a key file, and a warning about it
+        assert f"unseal key   created {base}/data/unseal.key (mode 0600)" in summary
+        assert "production keep it elsewhere" in summary
+        assert os.stat(f"{base}/data/unseal.key").st_mode & 0o777 == 0o600
+    finally:
+        child.close()
