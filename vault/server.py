@@ -231,6 +231,12 @@ def _bind_unix(server: grpc.Server, listener: UnixListener) -> None:
     if listener.group is not None:
         os.chown(path, -1, listener.group)
     os.chmod(path, listener.mode)
+    dmode = stat.S_IMODE(os.stat(os.path.dirname(os.path.abspath(path))).st_mode)
+    if (listener.mode & 0o060 and not dmode & 0o010) or (listener.mode & 0o006
+                                                         and not dmode & 0o001):
+        log.warning("%s is mode %04o but its directory (mode %04o) does not let those users "
+                    "through: give the listener a directory of its own", path, listener.mode,
+                    dmode)
 
 
 # --- the server ---------------------------------------------------------------------------

@@ -675,3 +675,19 @@ def test_concurrent_calls_from_many_threads(vs: Stubs, batch_keys: None) -> None
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_a_server_bug_is_internal_without_detail(server: VaultServer, vs: Stubs,
+                                                 batch_keys: None,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> object:
+        raise RuntimeError("internal detail /var/lib/secretvault/x")
+
+    monkeypatch.setattr(server.vault.keyring, "sign", broken)
+    code, details, name = code_of(vs.sign, "b/ed")
+    assert (code, name) == (C.INTERNAL, "VaultError")
+    assert "internal detail" not in details and "reference #" in details
+    r = vs.crypto.Batch(crypto_pb2.BatchRequest(operations=_ops()[:1]))
+    assert r.results[0].error.code == 13 and "internal detail" not in r.results[0].error.message
+    monkeypatch.undo()
+    assert vs.sign("b/ed").key_version == 1

@@ -1,0 +1,144 @@
+"""The server edge's pure parts: the error table, the stats record's renderings,
+audit lines, and policy decisions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import grpc
+import pytest
+
+from backends import DirectMapStats, MemlockStats, SecretMemoryStats, SizeClassStats
+from backends._procfs import MemcgReading
+from clients.errors import (
+    BY_NAME,
+    AuditUnavailable,
+    KeyNotFound,
+    MemlockExceeded,
+    PermissionDenied,
+    StoreSealed,
+)
+from vault import errors
+from vault.audit import AuditLog, AuditRecord
+from vault.metrics import families, split_host_port
+from vault.policy import OWNER, Policy
+from vault.stats import OperationCounters, VaultStats, to_proto
+
+
+def test_every_error_class_has_a_status_code() -> None:
+    for name, cls in BY_NAME.items():
+        assert errors.STATUS[cls] == grpc.StatusCode[cls.status], name
+    assert errors.STATUS[KeyNotFound] is grpc.StatusCode.NOT_FOUND
+    assert errors.STATUS[MemlockExceeded] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert errors.STATUS[PermissionDenied] is grpc.StatusCode.PERMISSION_DENIED
+    assert errors.STATUS[StoreSealed] is grpc.StatusCode.FAILED_PRECONDITION
+    assert errors.STATUS[AuditUnavailable] is grpc.StatusCode.UNAVAILABLE
+    assert errors.code_number(grpc.StatusCode.NOT_FOUND) == 5
+
+
+def test_unexpected_exceptions_are_internal_without_detail(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, "secretvault.server"):
+        code, name, message = errors.describe(RuntimeError("secret detail /srv/x"), "sign")
+    assert (code, name) == (grpc.StatusCode.INTERNAL, "VaultError")
+    assert "secret detail" not in message and "reference #" in message
+    assert "secret detail" in caplog.text  # the detail is in the server log only
+    code, name, message = errors.describe(KeyNotFound("no key named 'k'"), "sign")
+    assert (code, name, message) == (grpc.StatusCode.NOT_FOUND, "KeyNotFound",
+                                     "no key named 'k'")
+
+
+def _stats(unlimited: bool) -> VaultStats:
+    memory = SecretMemoryStats(
+        backend="memfd_secret", protection="secretmem", regions=1, pages_mapped=16,
+        pages_resident=3, bytes_locked=65536, key_bytes=96,
+        slots=(SizeClassStats(32, 1, 1, 127), SizeClassStats(64, 1, 1, 63)),
+        memlock=MemlockStats(soft=-1 if unlimited else 8 << 20, hard=-1 if unlimited else
+                             8 << 20, locked=65536, cap_ipc_lock=False,
+                             headroom_bytes=None if unlimited else (8 << 20) - 65536,
+                             headroom_keys=(("ed25519", None if unlimited else 130000),)),
+        memcg=None if unlimited else MemcgReading(1, "/x", 100, None, 10, 5, 5),
+        hibernation_inhibited=True,
+        direct_map=DirectMapStats("kernel", 3, 1, 4096, 2 << 20, 1 << 30, 8192, -8192, 0,
+                                  None if unlimited else 2, None if unlimited else 1),
+        extra=(("pool_waste_pages", 7.0),),
+    )
+    c = OperationCounters()
+    c.record("sign", "ok", 3)
+    c.record("sign", "NOT_FOUND")
+    return VaultStats(memory, (("ed25519", 1), ("x25519", 0)), c.snapshot())
+
+
+def test_stats_proto_leaves_unlimited_figures_absent() -> None:
+    p = to_proto(_stats(unlimited=True))
+    assert not p.memlock.HasField("soft") and not p.memlock.HasField("headroom_bytes")
+    assert dict(p.memlock.headroom_keys) == {}
+    assert not p.HasField("memcg") and not p.direct_map.HasField("distinct_2m_regions")
+    q = to_proto(_stats(unlimited=False))
+    assert q.memlock.soft == 8 << 20 and q.memlock.headroom_keys["ed25519"] == 130000
+    assert q.memcg.usage == 100 and not q.memcg.HasField("limit")
+    assert q.direct_map.distinct_2m_regions == 2 and q.direct_map.directmap_2m_delta == -8192
+    assert [(o.operation, o.result, o.count) for o in q.operations] == \
+        [("sign", "NOT_FOUND", 1), ("sign", "ok", 3)]
+    assert q.extra["pool_waste_pages"] == 7.0 and q.keys_by_type["ed25519"] == 1
+
+
+def test_metrics_and_proto_come_from_the_same_record() -> None:
+    s = _stats(unlimited=False)
+    p = to_proto(s)
+    samples = {(m.name, tuple(sorted(x.labels.items()))): x.value
+               for f in families(s) for m in [f] for x in f.samples}
+    assert samples[("secretvault_secret_memory_pages_mapped", ())] == p.pages_mapped
+    assert samples[("secretvault_memlock_headroom_bytes", ())] == p.memlock.headroom_bytes
+    assert samples[("secretvault_direct_map_splits", (("level", "2"), ("source", "kernel")))] \
+        == p.direct_map.level2_splits
+    assert samples[("secretvault_operations", (("operation", "sign"), ("result", "ok")))] == 3
+    assert samples[("secretvault_keys", (("type", "ed25519"),))] == 1
+
+
+def test_audit_lines(tmp_path: object) -> None:
+    path = os.path.join(str(tmp_path), "audit.log")
+    log = AuditLog(path)
+    log.write([AuditRecord("ci", "unix:/s", "sign", "ci/k", 2, "ok"),
+               AuditRecord("ci", "unix:/s", "sign", None, None, "INVALID_ARGUMENT")])
+    log.close()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    with open(path) as f:
+        lines = [json.loads(x) for x in f]
+    assert [list(x) for x in lines] == [["time", "identity", "listener", "operation", "key",
+                                         "version", "result"]] * 2
+    assert lines[0]["time"].endswith("Z") and lines[0]["version"] == 2
+    with pytest.raises(AuditUnavailable):  # closed: every write fails, closed
+        log.write([AuditRecord("ci", "unix:/s", "sign", "k", 1, "ok")])
+    full = AuditLog("/dev/full", fail_open=True)
+    full.write([AuditRecord("ci", "unix:/s", "sign", "k", 1, "ok")])  # logged, not raised
+    full.close()
+
+
+def test_policy_decisions() -> None:
+    p = Policy.from_dict({"identities": {
+        "ci": {"allow": [{"operations": ["sign"], "keys": ["ci/*", "shared"]}]},
+        "lister": {"allow": [{"operations": ["list_keys"], "keys": ["team/*"]}]},
+    }})
+    assert p.allows(OWNER, "delete_key", "x")
+    assert p.allows("ci", "sign", "ci/a/b") and p.allows("ci", "sign", "shared")
+    assert not p.allows("ci", "sign", "CI/a") and not p.allows("ci", "sign", "shared2")
+    assert not p.allows("ci", "verify", "ci/a") and not p.allows("ghost", "sign", "ci/a")
+    assert p.allows("lister", "list_keys", None)
+    assert p.allows("lister", "list_keys", "team/x") and not p.allows("lister", "list_keys",
+                                                                      "prod/x")
+    with pytest.raises(PermissionDenied, match="identity 'ci' may not verify on key 'ci/a'"):
+        p.check("ci", "verify", "ci/a")
+    assert p.tls_identity("spiffe://unknown") == "tls:spiffe://unknown"
+
+
+def test_host_port() -> None:
+    assert split_host_port("9464") == ("127.0.0.1", 9464)
+    assert split_host_port("0.0.0.0:1") == ("0.0.0.0", 1)
+    assert split_host_port("[::1]:80") == ("::1", 80)
+    for bad in ("", "host:", "host:99999", "a:b"):
+        with pytest.raises(ValueError):
+            split_host_port(bad)
+
