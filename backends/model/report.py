@@ -72,7 +72,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plot",
         metavar="FILE",
-        help="write a chart of level-2 splits against secret pages (.png or .svg)",
+        help="write a chart of level-2 splits and pool waste against secret pages (.png/.svg)",
     )
 
 
@@ -155,24 +155,31 @@ def plot(results: Sequence[ModelResult], path: str) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = list(dict.fromkeys(r.scenario for r in results))
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        2, len(scenarios), figsize=(4.2 * len(scenarios), 6.4), squeeze=False, sharex="col"
+    )
     styles = {"page-model": "-", "pooled-pmd-model": "--", "pooled-pmd-model+fallback": ":"}
-    for ax, scenario in zip(axes[0], scenarios, strict=True):
+    for col, scenario in enumerate(scenarios):
+        top, bottom = axes[0][col], axes[1][col]
         for r in results:
             if r.scenario != scenario:
                 continue
-            xs = [p for p, _ in r.series]
-            ys = [s for _, s in r.series]
             label = r.model
             if r.allocation_failures:
                 label += f" ({r.allocation_failures:,} failed)"
-            ax.step(xs, ys, where="post", linestyle=styles.get(r.model, "-"), label=label)
-        ax.set_title(scenario)
-        ax.set_xlabel("secret pages requested")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+            style = styles.get(r.model, "-")
+            top.step(*zip(*r.series, strict=True), where="post", linestyle=style, label=label)
+            xs = [x for x, _ in r.waste_series]
+            ys = [w / (1 << 20) for _, w in r.waste_series]
+            bottom.step(xs, ys, where="post", linestyle=style, label=r.model)
+        top.set_title(scenario)
+        top.legend(fontsize=7)
+        bottom.set_xlabel("secret pages requested")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("direct_map_level2_splits")
-    fig.suptitle("Direct-map level-2 splits against secret pages (model)")
+    axes[1][0].set_ylabel("pool waste: held, unused (MiB)")
+    fig.suptitle("Direct-map splits and pool waste against secret pages (model)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -202,6 +202,7 @@ class ModelResult:
     peak_memcg_overcharge_bytes: int
     worst_memcg_charge_ratio: float  # peak charged / peak used, worst memcg
     series: tuple[tuple[int, int], ...]  # (pages requested, level-2 splits)
+    waste_series: tuple[tuple[int, int], ...]  # (pages requested, pool waste bytes)
     seconds: float
 
     @property
@@ -224,6 +225,7 @@ class _Run:
         self._every = max(1, expected // max(1, cfg.samples))
         self._next = 0
         self.series: list[tuple[int, int]] = [(0, self.machine.direct_map.level2_splits)]
+        self.waste_series: list[tuple[int, int]] = [(0, 0)]
         self._t0 = time.perf_counter()
 
     def attempt(self, fn: Callable[[], object]) -> bool:
@@ -245,6 +247,9 @@ class _Run:
         point = (self.requested, self.machine.direct_map.level2_splits)
         if self.series[-1] != point:
             self.series.append(point)
+        waste = (self.requested, self.design.pool_waste_pages() * PAGE_BYTES)
+        if self.waste_series[-1] != waste:
+            self.waste_series.append(waste)
 
     def result(self) -> ModelResult:
         self.sample()
@@ -268,6 +273,7 @@ class _Run:
             peak_memcg_overcharge_bytes=self.design.peak_overcharge,
             worst_memcg_charge_ratio=max(ratios, default=1.0),
             series=tuple(self.series),
+            waste_series=tuple(self.waste_series),
             seconds=time.perf_counter() - self._t0,
         )
 
