@@ -74,25 +74,23 @@ def make_model_backend(
     limit = inherited_memlock_limit() if memlock_limit == "inherit" else memlock_limit
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise ValueError(f"memlock_limit must be a byte count or None, not {limit!r}")
-    if name == PageByPageDesign.name:
-        machine = Machine(memory_bytes=memory_bytes, seed=seed, workload=workload)
-        page = PageByPageDesign(machine)
-        return ModelBackend(
-            page,
-            process=machine.spawn(memlock_limit=limit),
-            fault_on_allocate=fault_on_allocate,
+    if name not in MODEL_BACKENDS:
+        raise ValueError(
+            f"unknown model backend {name!r}; expected one of {', '.join(MODEL_BACKENDS)}"
         )
-    if name == PooledPmdDesign.name:
-        machine = Machine(
-            memory_bytes=memory_bytes, cma_bytes=cma_bytes, seed=seed, workload=workload
+    pooled = name == PooledPmdDesign.name
+    machine = Machine(
+        memory_bytes=memory_bytes,
+        cma_bytes=cma_bytes if pooled else 0,
+        seed=seed,
+        workload=workload,
+    )
+    process = machine.spawn(memlock_limit=limit)
+    if pooled:
+        return PooledPmdModelBackend(
+            machine, fallback=fallback, process=process, fault_on_allocate=fault_on_allocate
         )
-        pooled = PooledPmdDesign(machine, fallback=fallback)
-        return ModelBackend(
-            pooled,
-            process=machine.spawn(memlock_limit=limit),
-            fault_on_allocate=fault_on_allocate,
-        )
-    raise ValueError(f"unknown model backend {name!r}; expected one of {', '.join(MODEL_BACKENDS)}")
+    return PageModelBackend(machine, process=process, fault_on_allocate=fault_on_allocate)
 
 
 __all__ = [

@@ -149,7 +149,10 @@ def print_table(results: Sequence[ModelResult], cfg: ScenarioConfig) -> None:
 
 
 def plot(results: Sequence[ModelResult], path: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'secretvault[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
