@@ -31,6 +31,7 @@ from backends.model._machine import (
     DEFAULT_MEMORY,
     Machine,
     Memcg,
+    MiB,
     ModelProcess,
     SecretFile,
     SecretmemDesign,
@@ -47,6 +48,7 @@ from backends.model._physmem import (
 )
 from backends.model._pooled import PooledPmdDesign, PooledPmdModelBackend
 from backends.model._workload import QUIET, BackgroundWorkload, WorkloadConfig
+from clients.errors import InvalidArgument
 
 #: the CLI's ``--backend`` values of the two models
 MODEL_BACKENDS: tuple[str, ...] = (PageByPageDesign.name, PooledPmdDesign.name)
@@ -69,16 +71,24 @@ def make_model_backend(
     ``"inherit"`` (the default) takes this process's own (none with
     CAP_IPC_LOCK or when unlimited); ``None`` means unlimited.
     ``cma_bytes`` and ``fallback`` only concern the pooled model; the
-    page-by-page model reserves no CMA area.
+    page-by-page model reserves no CMA area.  Bad values raise
+    :class:`~clients.errors.InvalidArgument`.
     """
     limit = inherited_memlock_limit() if memlock_limit == "inherit" else memlock_limit
     if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"memlock_limit must be a byte count or None, not {limit!r}")
+        raise InvalidArgument(f"memlock_limit must be a byte count or None, not {limit!r}")
     if name not in MODEL_BACKENDS:
-        raise ValueError(
+        raise InvalidArgument(
             f"unknown model backend {name!r}; expected one of {', '.join(MODEL_BACKENDS)}"
         )
     pooled = name == PooledPmdDesign.name
+    if memory_bytes < 64 * MiB:
+        raise InvalidArgument(f"model memory of {memory_bytes} bytes: give at least 64 MiB")
+    if pooled and not 0 < cma_bytes <= memory_bytes // 2:
+        raise InvalidArgument(
+            f"the pooled model's CMA area of {cma_bytes} bytes must be more than 0 "
+            f"and at most half the model memory ({memory_bytes} bytes)"
+        )
     machine = Machine(
         memory_bytes=memory_bytes,
         cma_bytes=cma_bytes if pooled else 0,

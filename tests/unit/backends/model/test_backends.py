@@ -15,7 +15,7 @@ from backends.model import (
     PooledPmdModelBackend,
     make_model_backend,
 )
-from clients.errors import BackendError, MemlockExceeded, PoolExhausted
+from clients.errors import BackendError, InvalidArgument, MemlockExceeded, PoolExhausted
 
 MiB = 1 << 20
 PAGE = 4096
@@ -45,8 +45,12 @@ def test_names_and_protection() -> None:
         assert isinstance(b, SecretMemoryBackend)
         assert (b.name, b.protection) == (name, "model")
         b.close()
-    with pytest.raises(ValueError, match="unknown model backend 'memfd'"):
+    with pytest.raises(InvalidArgument, match="unknown model backend 'memfd'"):
         make_model_backend("memfd")
+    with pytest.raises(InvalidArgument, match="at least 64 MiB"):
+        make_model_backend("page-model", memory_bytes=MiB)
+    with pytest.raises(InvalidArgument, match="at most half"):
+        make_model_backend("pooled-pmd-model", memory_bytes=256 * MiB, cma_bytes=256 * MiB)
 
 
 def test_default_constructors_boot_their_own_machines() -> None:
@@ -193,5 +197,5 @@ def test_inherited_memlock_limit_follows_this_process(monkeypatch: pytest.Monkey
     assert _backend.inherited_memlock_limit() == 65536
     monkeypatch.setattr(_backend._procfs, "has_cap_ipc_lock", lambda: True)
     assert _backend.inherited_memlock_limit() is None
-    with pytest.raises(ValueError, match="memlock_limit"):
+    with pytest.raises(InvalidArgument, match="memlock_limit"):
         make_model_backend("page-model", memlock_limit=-5)
