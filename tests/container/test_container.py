@@ -518,3 +518,155 @@ def test_memory_cgroup_figures_appear_in_stats(vaults: Vaults) -> None:
     shown = cli("stats", "--json", socket=vault.socket)
     assert shown.returncode == 0, shown.stderr
     assert int(json.loads(shown.stdout)["memcg"]["limit"]) == memory
+
+
+# --- the Kubernetes manifests, played by podman ---------------------------------------
+
+
+def _yaml() -> Any:
+    return pytest.importorskip("yaml", reason="needs PyYAML (the project's test extras)")
+
+
+def statefulset_as_pod(
+    manifest: dict[str, Any], secret: dict[str, Any], *, pod: str, image: str,
+    claim: str, unseal_dir: Path,
+) -> list[dict[str, Any]]:
+    """The StatefulSet's pod as podman 4.3's ``kube play`` can run it.
+
+    Every translation is for a podman limitation, none changes what the pod
+    does: podman plays Pods, not StatefulSets (the volumeClaimTemplate
+    becomes a claim of its own); its secret volumes crash on 4.3 (nil
+    secrets manager), so the Secret's files are written to a host directory;
+    it ignores ``securityContext.seccompProfile``, so the same Localhost
+    profile is named through the older pod annotation.
+    """
+    template = manifest["spec"]["template"]
+    spec = json.loads(json.dumps(template["spec"]))
+    for container in spec["containers"]:
+        container["image"] = image
+    seccomp = spec["securityContext"]["seccompProfile"]
+    assert seccomp["type"] == "Localhost"
+    for volume in spec["volumes"]:
+        if "secret" in volume:
+            assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+            for name, value in secret["stringData"].items():
+                path = unseal_dir / name
+                path.write_text(value)
+                os.chown(path, IMAGE_UID, IMAGE_UID)
+                path.chmod(0o400)
+            del volume["secret"]
+            volume["hostPath"] = {"path": str(unseal_dir), "type": "Directory"}
+    (template_claim,) = manifest["spec"]["volumeClaimTemplates"]
+    spec["volumes"].append(
+        {"name": template_claim["metadata"]["name"], "persistentVolumeClaim": {"claimName": claim}}
+    )
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": claim}, "spec": template_claim["spec"]},
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {
+             "name": pod, "labels": template["metadata"]["labels"],
+             # podman reads one path component after "localhost/", under
+             # --seccomp-profile-root (the test passes the profile's directory)
+             "annotations": {"seccomp.security.alpha.kubernetes.io/pod":
+                             "localhost/" + Path(seccomp["localhostProfile"]).name},
+         },
+         "spec": spec},
+    ]
+
+
+@pytest.mark.memfd_secret
+def test_kubernetes_statefulset_runs_with_sidecar_on_the_socket(
+    vaults: Vaults, image_build: Build
+) -> None:
+    """The StatefulSet's pod under ``podman kube play``: non-root, no
+    capabilities, read-only root, the Localhost seccomp profile, unsealed
+    from the Secret's passphrase; the exec probe (gRPC health) passes; the
+    sidecar creates and uses a key through the emptyDir socket; a new pod on
+    the same claim has the key."""
+    yaml = _yaml()
+    kube = REPO / "deploy" / "kubernetes"
+    (manifest,) = [d for d in yaml.safe_load_all((kube / "secretvault.yaml").read_text()) if d]
+    assert manifest["kind"] == "StatefulSet"
+    secret = yaml.safe_load((kube / "unseal-secret.yaml").read_text())
+
+    root = Path(tempfile.mkdtemp(prefix="kube-", dir=vaults.tmp))
+    profiles = root / "seccomp"
+    localhost = manifest["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]
+    target = profiles / localhost["localhostProfile"]
+    target.parent.mkdir(parents=True)
+    shutil.copy(REPO / "deploy" / "seccomp.json", target)
+    unseal = root / "unseal"
+    unseal.mkdir()
+    os.chown(unseal, IMAGE_UID, IMAGE_UID)
+
+    pod = f"svtest-kube-{uuid.uuid4().hex[:8]}"
+    claim = f"{pod}-data"
+    claim_doc, pod_doc = statefulset_as_pod(
+        manifest, secret, pod=pod, image=image_build.image, claim=claim, unseal_dir=unseal)
+    first, later = root / "first.yaml", root / "later.yaml"
+    first.write_text(yaml.safe_dump_all([claim_doc, pod_doc]))
+    later.write_text(yaml.safe_dump(pod_doc))  # the claim exists by then
+
+    def start(play: Path) -> None:
+        podman("kube", "play", "--seccomp-profile-root", str(target.parent), str(play),
+               timeout=180)
+
+    def stop() -> None:
+        podman("pod", "rm", "-f", "-t", "5", pod, check=False, timeout=120)
+
+    vault, sidecar = f"{pod}-vault", f"{pod}-client"
+    sock = "/run/secretvault/vault/secretvault.sock"
+
+    def wait_healthy() -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            probe = podman("healthcheck", "run", vault, check=False)
+            if probe.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                logs = podman("logs", vault, check=False)
+                raise AssertionError(f"exec probe failing: {probe.stderr}\n{logs.stderr}")
+            time.sleep(0.5)
+
+    try:
+        start(first)
+        wait_healthy()
+        status = podman("exec", vault, "sh", "-c",
+                        "id -u; grep -E '^(CapEff|Seccomp):' /proc/1/status; "
+                        "touch /probe 2>/dev/null && echo writable || echo read-only").stdout
+        assert status.split() == [str(IMAGE_UID), "CapEff:", "0000000000000000",
+                                  "Seccomp:", "2", "read-only"], status
+        logs = podman("logs", vault).stderr + podman("logs", vault).stdout
+        assert "memfd_secret" in logs and "unseal key   created" not in logs, logs
+
+        made = podman("exec", sidecar, "secretvault", "keys", "create", "app/signer",
+                      "--type", "ed25519")
+        assert "created ed25519 key 'app/signer'" in made.stdout, made.stdout
+        public = podman("exec", sidecar, "secretvault", "keys", "public", "app/signer",
+                        "--format", "pem").stdout
+        signed = subprocess.run(
+            ["podman", "exec", "-i", sidecar, "secretvault", "sign", "app/signer", "--json"],
+            input=b"from the sidecar", capture_output=True, timeout=60, check=True,
+        )
+        token = json.loads(signed.stdout)["signature"]
+        stats = json.loads(podman("exec", sidecar, "secretvault", "stats", "--json").stdout)
+        assert stats["protection"] == "secretmem"
+        assert int(stats["memcg"]["limit"]) == 512 << 20  # limits.memory: 512Mi
+        # the sidecar reached it through the emptyDir, at SECRETVAULT_SOCKET
+        podman("exec", sidecar, "sh", "-c",
+               f'test "$SECRETVAULT_SOCKET" = {sock} && test -S {sock}')
+
+        stop()  # the pod goes; the claim stays, as a StatefulSet's PVC does
+        start(later)
+        wait_healthy()
+        again = subprocess.run(
+            ["podman", "exec", "-i", sidecar, "secretvault", "sign", "app/signer", "--json"],
+            input=b"from the sidecar", capture_output=True, timeout=60, check=True,
+        )
+        assert json.loads(again.stdout)["signature"] == token  # Ed25519 is deterministic
+        assert podman("exec", sidecar, "secretvault", "keys", "public", "app/signer",
+                      "--format", "pem").stdout == public
+    finally:
+        stop()
+        podman("volume", "rm", "-f", claim, check=False)
