@@ -85,10 +85,16 @@ class Measure:
     rounds: list[float] = field(default_factory=list)
     latencies_ns: list[int] = field(default_factory=list)
     missing: str | None = None
+    #: CPU time per operation of the process doing the work, per round
+    cpu_us_per_op: list[float] = field(default_factory=list)
 
     @property
     def value(self) -> float:
         return median(self.rounds)
+
+    @property
+    def cpu_us(self) -> float:
+        return median(self.cpu_us_per_op)
 
     @property
     def p50_us(self) -> float:

@@ -100,6 +100,8 @@ class Report:
                     "latency_samples": len(m.latencies_ns),
                     "p50_us": num(m.p50_us),
                     "p99_us": num(m.p99_us),
+                    "cpu_us_per_op": num(m.cpu_us),
+                    "cpu_us_per_op_rounds": m.cpu_us_per_op,
                     "missing": m.missing,
                 }
                 for k, m in self.measures.items()
@@ -155,12 +157,14 @@ class Report:
                         "ratios: median of per-round ratios)", title_justify="left")
         reasons = self.missing_reasons()
         t.add_column("measurement", no_wrap=True)
-        t.add_column("figure", justify="right")
+        t.add_column("figure", justify="right", no_wrap=True)
         t.add_column("p50 / p99", justify="right", no_wrap=True)
+        t.add_column("CPU/op", justify="right", no_wrap=True)
         t.add_column("peer", no_wrap=True)
-        t.add_column("peer figure", justify="right")
-        t.add_column("ratio", justify="right")
-        t.add_column("target", justify="left")
+        t.add_column("peer figure", justify="right", no_wrap=True)
+        t.add_column("peer CPU/op", justify="right", no_wrap=True)
+        t.add_column("ratio", justify="right", no_wrap=True)
+        t.add_column("target", justify="left", no_wrap=True)
         section = None
         for r in self.rows:
             if r.section != section:
@@ -172,8 +176,10 @@ class Report:
                 "  " + r.label,
                 self._figure(r.figure, reasons),
                 _latency(r.figure),
+                _cpu(r.figure),
                 (r.peer_label or r.peer.label) if r.peer else "",
                 self._figure(r.peer, reasons) if r.peer else "",
+                _cpu(r.peer) if r.peer else "",
                 _ratio(r.ratio),
                 _verdict(r),
             )
@@ -182,7 +188,7 @@ class Report:
     def print(self, file: IO[str] | None = None) -> None:
         from rich.console import Console
 
-        console = Console(file=file, width=160)
+        console = Console(file=file, width=200)
         m = self.machine
         console.print(
             f"[bold]Machine:[/bold] {m['cpu']} ({m['cores']} cores), {m['memory_gib']} GiB, "
@@ -196,6 +202,9 @@ class Report:
             f"{' (--quick)' if c['quick'] else ''}, {c['elapsed_s']:.0f} s in all"
         )
         console.print(self.table())
+        console.print("  CPU/op: CPU time per operation of the process doing the work (the "
+                      "server, the agent, or this process for in-process forms), median over "
+                      "rounds; it is far less sensitive to other load than the rate.")
         for i, reason in enumerate(self.missing_reasons(), 1):
             console.print(f"  [red]MISSING[/red] [{i}] {reason}")
         if self.memory_missing:
@@ -272,6 +281,12 @@ def _latency(m: Measure) -> str:
     if m.missing or not m.latencies_ns:
         return ""
     return f"{_us(m.p50_us)} / {_us(m.p99_us)}"
+
+
+def _cpu(m: Measure) -> str:
+    if m.missing or not m.cpu_us_per_op:
+        return ""
+    return _us(m.cpu_us)
 
 
 def _us(v: float) -> str:

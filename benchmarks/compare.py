@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import sys
 import tempfile
 import time
@@ -63,13 +64,16 @@ class Bench:
 
     def __init__(self, log: Callable[[str], None]) -> None:
         self.measures: dict[str, Measure] = {}
-        self._forms: list[tuple[Measure, Rate]] = []
+        self._forms: list[tuple[Measure, Rate, CpuClock]] = []
         self._log = log
 
-    def add(self, key: str, label: str, make: Callable[[list[int]], Rate]) -> Measure:
+    def add(self, key: str, label: str, make: Callable[[list[int]], Rate],
+            cpu: CpuClock = time.process_time) -> Measure:
+        """A form; ``cpu`` reads the CPU seconds of the process doing the work
+        (this one for in-process forms, the server's or agent's otherwise)."""
         m = self.measure(key, label)
         try:
-            self._forms.append((m, make(m.latencies_ns)))
+            self._forms.append((m, make(m.latencies_ns), cpu))
         except PeerMissing as e:
             m.missing = str(e)
         return m
@@ -86,26 +90,48 @@ class Bench:
 
     def run(self, rounds: int, seconds: float) -> None:
         # warm-up: first calls pay for connections, TLS handshakes, caches
-        for m, rate in self._forms:
-            self._once(m, rate, min(0.1, seconds), keep=False)
+        for m, rate, cpu in self._forms:
+            self._once(m, rate, cpu, min(0.1, seconds), keep=False)
         for r in range(rounds):
             t0 = time.monotonic()
-            for m, rate in self._forms:
+            for m, rate, cpu in self._forms:
                 if m.missing is None:
-                    self._once(m, rate, seconds, keep=True)
+                    self._once(m, rate, cpu, seconds, keep=True)
             self._log(f"round {r + 1}/{rounds} done in {time.monotonic() - t0:.1f} s "
                       f"(load {loadavg()})")
 
-    def _once(self, m: Measure, rate: Rate, seconds: float, *, keep: bool) -> None:
+    def _once(self, m: Measure, rate: Rate, cpu: CpuClock, seconds: float, *,
+              keep: bool) -> None:
         try:
+            c0, t0 = cpu(), time.perf_counter()
             value = rate(seconds)
+            c1, t1 = cpu(), time.perf_counter()
         except Exception as e:  # a peer that dies mid-run is reported, not fatal
             m.missing = f"failed during the run: {type(e).__name__}: {str(e)[:200]}"
             return
         if keep:
             m.rounds.append(value)
+            ops = value * (t1 - t0)
+            if ops > 0:
+                m.cpu_us_per_op.append((c1 - c0) / ops * 1e6)
         else:
             m.latencies_ns.clear()
+
+
+CpuClock = Callable[[], float]
+
+
+def process_cpu(pid: int) -> CpuClock:
+    """CPU seconds (user + system, all threads) of another process, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            # the command name (field 2) may contain spaces: split after it
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    return read
 
 
 def _loop(run: Run, ops_per_unit: int = 1) -> Callable[[list[int]], Rate]:
@@ -144,7 +170,7 @@ def _add_peers(bench: Bench, stack: contextlib.ExitStack) -> None:
             for _ in range(n):
                 client.sign(blob, SIGN_MESSAGE)
 
-        bench.add("peer.ssh_agent.ed25519", label, _loop(agent_run))
+        bench.add("peer.ssh_agent.ed25519", label, _loop(agent_run), process_cpu(agent.pid))
     except PeerMissing as e:
         bench.missing("peer.ssh_agent.ed25519", label, str(e))
 
@@ -160,8 +186,8 @@ def _add_peers(bench: Bench, stack: contextlib.ExitStack) -> None:
 
 
 DIAG_LABELS = {
-    "keyring": "Keyring.sign in-process (vault core, no RPC)",
-    "servicer": f"CryptoServicer.Batch of {BATCH} in-process (+ protobuf, no gRPC)",
+    "keyring": "Keyring.sign, in-process, no RPC",
+    "servicer": f"CryptoServicer.Batch of {BATCH}, in-process, no gRPC",
 }
 
 
@@ -185,9 +211,11 @@ def _add_rpc(bench: Bench, stack: contextlib.ExitStack, log: Callable[[str], Non
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sv-bench-")))
     tls = make_tls_files(workdir)
     targets: dict[tuple[str, str], RpcTarget | str] = {}
+    pids: dict[str, int] = {}
     try:
         server = stack.enter_context(vault_target.VaultServer(workdir, tls))
         log(f"secretvault server up (pid {server.pid}): {server.describe()}")
+        pids["sv"] = server.pid
         wire = server.wire_requests()
         for t, _ in TRANSPORTS:
             channel = stack.enter_context(server.channel(t))
@@ -199,6 +227,7 @@ def _add_rpc(bench: Bench, stack: contextlib.ExitStack, log: Callable[[str], Non
     try:
         proc, sock = start_echo(workdir, workdir)
         stack.enter_context(proc)
+        pids["echo"] = proc.pid
         targets[("echo", "unix")] = echo_target(stack.enter_context(unix_channel(sock)), wire)
         targets[("echo", "tls")] = echo_target(
             stack.enter_context(tls_channel(proc.port, tls)), wire)
@@ -215,7 +244,8 @@ def _add_rpc(bench: Bench, stack: contextlib.ExitStack, log: Callable[[str], Non
                 if isinstance(target, str):
                     bench.missing(key, label, target)
                 else:
-                    bench.add(key, label, functools.partial(target.rate, form))
+                    bench.add(key, label, functools.partial(target.rate, form),
+                              process_cpu(pids[who]))
 
 
 # --- rows and targets -------------------------------------------------------------------------

@@ -222,6 +222,11 @@ class SshAgent:
                 raise PeerMissing("ssh-agent did not create its socket within 10 s")
             time.sleep(0.01)
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
     def version(self) -> str:
         out = subprocess.run(
             [_tool("ssh"), "-V"], capture_output=True, text=True, check=False
