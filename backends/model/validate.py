@@ -1,7 +1,7 @@
 """Validate the models against the real kernel (root, memfd_secret, x86-64).
 
-Two questions, on one allocation sequence (one region of ``pages`` pages
-touched in order, then ``small_regions`` one-page regions created one after
+Two questions, on one allocation sequence (one large region touched page
+by page in order, then ``small_regions`` one-page regions created one after
 another, as the measurements in ``kernel-facts.md`` did):
 
 1. **Does the direct-map model predict the kernel's splits?**  Real secret
@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -86,6 +87,10 @@ class PhaseResult:
     kernel_distinct_1g: int
     model_distinct_2m: int  # the buddy model, same sequence
     model_l2: int
+    # median pages in the 2 MiB regions the kernel split during the phase
+    # (whole before it, like every region of the model's fresh machine),
+    # the last two left out: the run stops before filling them
+    kernel_pages_per_fresh_region: float | None
 
     @property
     def kernel_pages_per_region(self) -> float:
@@ -210,6 +215,14 @@ class ValidationResult:
                 f"{p.model_distinct_2m - p.kernel_distinct_2m:+d}); "
                 f"pages/split: kernel {'-' if kps is None else f'{kps:.0f}'}, "
                 f"model {'-' if mps is None else f'{mps:.0f}'}",
+                f"    pages per region the kernel split in this run (median, "
+                f"{max(0, p.split_confirmed - 2)} regions): "
+                + (
+                    "-"
+                    if p.kernel_pages_per_fresh_region is None
+                    else f"{p.kernel_pages_per_fresh_region:.0f} against the model's "
+                    f"{p.model_pages_per_region:.0f}"
+                ),
             ]
         lines.append(
             f"  totals: kernel {self.kernel_l2} level-2 splits during faults "
@@ -455,6 +468,14 @@ def _validate(
                 unexpected += k2
             unexpected_l3 += max(0, k3 - m3)
         d2m, d1g = _procfs.distinct_regions(frames[lo:hi])
+        per_region: dict[int, int] = {}
+        fresh: list[int] = []  # regions the kernel split, in the order it did
+        for pfn, (k2, _), (m2, _) in zip(frames[lo:hi], deltas[lo:hi], model[lo:hi], strict=True):
+            region = pfn // PAGES_PER_2M
+            per_region[region] = per_region.get(region, 0) + 1
+            if k2 and m2:
+                fresh.append(region)
+        counts = [per_region[r] for r in fresh[:-2]]
         return PhaseResult(
             name=name,
             pages=hi - lo,
@@ -470,6 +491,7 @@ def _validate(
             kernel_distinct_1g=d1g,
             model_distinct_2m=len({p // PAGES_PER_2M for p in model_frames}),
             model_l2=model_l2,
+            kernel_pages_per_fresh_region=statistics.median(counts) if counts else None,
         )
 
     phases = (

@@ -11,10 +11,13 @@ and ``docs/models.md``):
   split are within the 2 MiB granules it had at 4 KiB beforehand; the total
   lies within the replay's bounds;
 * the first-touch rule was exercised: the run reached regions the kernel
-  had never split and it split them (the run is sized past the split ones);
-* the buddy model places one large allocation like the kernel: pages per
-  distinct 2 MiB region within a factor of 2 (the kernel fills fresh
-  pageblocks nearly whole; so must the model).
+  had never split and it split them (the run goes on until it has);
+* the buddy model places one large allocation like the kernel: its pages
+  per 2 MiB region within a factor of 2 of the kernel's in the regions the
+  kernel split during the run (whole before it, like the model's fresh
+  machine; the kernel fills them nearly whole, so must the model).  Over
+  the whole run the kernel's figure also counts old regions' holes, which
+  depend on the machine's history: those are reported, not asserted.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ def test_direct_map_model_agrees_with_the_kernel(capsys: pytest.CaptureFixture[s
     assert result.agrees, str(result)
     assert result.split_confirmed > 0, (
         "every region touched was split before the run: the first-touch rule went "
-        "untested (DirectMap4k is too large for the capped run size)\n" + str(result)
+        "untested (1 GiB of secret pages reached no whole region)\n" + str(result)
     )
     big = result.phases[0]
-    ratio = big.model_pages_per_region / big.kernel_pages_per_region
-    assert 0.5 <= ratio <= 2.0, f"buddy model {ratio:.2f}x the kernel's pages per region"
+    assert big.kernel_pages_per_fresh_region is not None, str(result)
+    ratio = big.model_pages_per_region / big.kernel_pages_per_fresh_region
+    assert 0.5 <= ratio <= 2.0, f"buddy model {ratio:.2f}x the kernel's pages per fresh region"

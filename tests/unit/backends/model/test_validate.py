@@ -47,6 +47,7 @@ def phase(**kw: int) -> PhaseResult:
         kernel_distinct_1g=1,
         model_distinct_2m=2,
         model_l2=2,
+        kernel_pages_per_fresh_region=480,
     )
     base.update(kw)
     return PhaseResult(**base)  # type: ignore[arg-type]
