@@ -600,22 +600,29 @@ def _opt(msg: Any, field: str) -> int | None:
 
 
 def _signed(n: int) -> str:
-    return f"{n:+d}" if n else "0"
+    """A change in bytes: "+16.0 MiB", "-2.0 MiB", "no change"."""
+    if not n:
+        return "no change"
+    return ("+" if n > 0 else "-") + _bytes(abs(n))
 
 
 def render_stats(s: Stats) -> Any:
-    """The Stats message as rich tables (a renderable group)."""
+    """The Stats message as rich tables: a heading, then sections side by side
+    as far as the width allows (so ``--watch`` fits a terminal)."""
+    from rich.columns import Columns
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
+    head: list[Any] = []
     parts: list[Any] = []
     style = "bold green" if s.protection == "secretmem" else "bold red"
-    head = Text.assemble(("secretvault", "bold"), f"  backend {s.backend}, protection ",
-                         (s.protection, style))
-    parts.append(head)
+    heading = head
+    heading.append(Text.assemble(("secretvault", "bold"), f"  backend {s.backend}, protection ",
+                                 (s.protection, style)))
     if s.protection != "secretmem":
-        parts.append(Text("keys are NOT in secret memory: this backend is a model", "red"))
+        heading.append(Text("keys are NOT in secret memory: this backend is a model", "red"))
+    heading.append(Text(""))
 
     def kv(title: str, rows: list[tuple[str, str]]) -> Table:
         t = Table(title=title, title_justify="left", show_header=False, box=None,
@@ -626,7 +633,7 @@ def render_stats(s: Stats) -> Any:
             t.add_row(a, b)
         return t
 
-    keys = ", ".join(f"{n} {t}" for t, n in sorted(s.keys_by_type.items())) or "none"
+    keys = ", ".join(f"{n:,} {t}" for t, n in sorted(s.keys_by_type.items()) if n) or "none"
     parts.append(kv("Secret memory", [
         ("keys", keys),
         ("key bytes", _bytes(s.key_bytes)),
@@ -667,9 +674,9 @@ def render_stats(s: Stats) -> Any:
          else f"{dm.source} (simulated)"),
         ("level-2 splits (2 MiB -> 4 KiB)", str(dm.level2_splits)),
         ("level-3 splits (1 GiB -> 2 MiB)", str(dm.level3_splits)),
-        ("DirectMap4k", f"{_bytes(dm.directmap_4k)} ({_signed(dm.directmap_4k_delta)} B)"),
-        ("DirectMap2M", f"{_bytes(dm.directmap_2m)} ({_signed(dm.directmap_2m_delta)} B)"),
-        ("DirectMap1G", f"{_bytes(dm.directmap_1g)} ({_signed(dm.directmap_1g_delta)} B)"),
+        ("DirectMap4k", f"{_bytes(dm.directmap_4k)} ({_signed(dm.directmap_4k_delta)})"),
+        ("DirectMap2M", f"{_bytes(dm.directmap_2m)} ({_signed(dm.directmap_2m_delta)})"),
+        ("DirectMap1G", f"{_bytes(dm.directmap_1g)} ({_signed(dm.directmap_1g_delta)})"),
     ]
     if dm.HasField("distinct_2m_regions"):
         dm_rows.append(("2 MiB regions holding vault pages", str(dm.distinct_2m_regions)))
@@ -692,18 +699,7 @@ def render_stats(s: Stats) -> Any:
     if s.extra:
         parts.append(kv(f"{s.backend} details",
                         [(k, f"{v:g}") for k, v in sorted(s.extra.items())]))
-    return Group(*_spaced(parts))
-
-
-def _spaced(parts: list[Any]) -> list[Any]:
-    from rich.text import Text
-
-    out: list[Any] = []
-    for i, p in enumerate(parts):
-        if i > 1:
-            out.append(Text(""))
-        out.append(p)
-    return out
+    return Group(*head, Columns(parts, padding=(1, 6)))
 
 
 def stats_json(s: Stats) -> dict[str, Any]:
@@ -819,14 +815,18 @@ def _add_model(sub: Any) -> None:
         help="the page-by-page and pooled-PMD models of secret memory",
         description="Questions for the two model backends: how the pooled-PMD (v16) and "
         "page-by-page (merged) designs of secret memory compare.",
+        formatter_class=_Formatter,
     )
-    msub = model.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
+    msub = model.add_subparsers(dest="model_command", metavar="COMMAND", required=True,
+                                parser_class=_Parser, title="commands",
+                                help="'secretvault model COMMAND --help' tells more")
     compare = msub.add_parser(
         "compare",
         help="run the same workloads on both models and report direct-map splits, "
         "memory and failures",
         description="Replay workloads on the pooled-PMD and page-by-page models and report "
         "direct-map splits, memory held and failures side by side.",
+        formatter_class=_Formatter,
     )
     from backends.model import report
 
@@ -961,7 +961,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the vault's Unix socket, for any subcommand (default: "
                         f"${SOCKET_ENV}, else {default_socket_path()})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                parser_class=_Parser)
+                                parser_class=_Parser, title="commands",
+                                help="'secretvault COMMAND --help' tells more")
 
     # serve
     serve = sub.add_parser(
@@ -1043,7 +1044,8 @@ in production keep the unseal material on another machine or medium.
                           "are generated inside it or imported sealed, and only public keys "
                           "can be read back.", formatter_class=_Formatter)
     ksub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True,
-                               parser_class=_Parser)
+                               parser_class=_Parser, title="commands",
+                               help="'secretvault keys COMMAND --help' tells more")
 
     p = _leaf(ksub, "create", cmd_keys_create, "generate a new key inside the vault",
               "Generate a new key, version 1, inside the vault's secret memory. It is "
