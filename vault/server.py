@@ -277,8 +277,10 @@ class VaultServer:
             StatsServicer(self.stats, self.stopping),
         )
         self._stop_lock = threading.Lock()
+        self._finish_lock = threading.Lock()
+        self._drains: list[threading.Event] | None = None
+        self._grace = config.grace_seconds
         self._stopped = threading.Event()
-        self._stop_started = False
 
     # --- start -------------------------------------------------------------------------
 
@@ -369,41 +371,50 @@ class VaultServer:
 
     # --- stop ----------------------------------------------------------------------------
 
-    def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, drain (up to ``grace`` seconds), zero and unmap.  Idempotent."""
+    def begin_stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls now; in-flight calls get ``grace`` seconds.  Returns at once.
+
+        Health turns NOT_SERVING, the listeners close, and a call that still
+        slips in is refused with UNAVAILABLE (``ShuttingDown``).
+        """
         with self._stop_lock:
-            if self._stop_started:
-                wait = True
-            else:
-                self._stop_started = wait = False
-        if wait:
-            self._stopped.wait()
-            return
-        try:
-            grace = self.config.grace_seconds if grace is None else grace
+            if self._drains is not None:
+                return
+            self._grace = self.config.grace_seconds if grace is None else grace
             self.health.enter_graceful_shutdown()
             self.edge.draining.set()  # new calls: UNAVAILABLE (ShuttingDown)
             self.stopping.set()  # watches end now instead of holding the drain up
-            events = [item.server.stop(grace) for item in self.listeners]
-            for e in events:
-                e.wait()
-            # handlers of calls cancelled at the end of the grace period may
-            # still be unwinding: let them leave the keyring first
-            done = threading.Thread(target=self._executor.shutdown, kwargs={"wait": True},
-                                    daemon=True)
-            done.start()
-            done.join(timeout=max(5.0, grace))
-            if self.metrics is not None:
-                self.metrics.close()
-            if self._owns_vault:
-                # zeroes every slot and unmaps every secret region
-                self.vault.close()
-            self.audit.close()
-            for item in self.listeners:
-                if item.path:
-                    _remove_socket(item.path)
-        finally:
-            self._stopped.set()
+            self._drains = [item.server.stop(self._grace) for item in self.listeners]
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, drain (up to ``grace`` seconds), zero and unmap.  Idempotent."""
+        self.begin_stop(grace)
+        with self._finish_lock:  # a second caller waits for the first to finish
+            if self._stopped.is_set():
+                return
+            try:
+                self._finish()
+            finally:
+                self._stopped.set()
+
+    def _finish(self) -> None:
+        for e in self._drains or ():
+            e.wait()
+        # handlers of calls cancelled at the end of the grace period may
+        # still be unwinding: let them leave the keyring first
+        done = threading.Thread(target=self._executor.shutdown, kwargs={"wait": True},
+                                daemon=True)
+        done.start()
+        done.join(timeout=max(5.0, self._grace))
+        if self.metrics is not None:
+            self.metrics.close()
+        if self._owns_vault:
+            # zeroes every slot and unmaps every secret region
+            self.vault.close()
+        self.audit.close()
+        for item in self.listeners:
+            if item.path:
+                _remove_socket(item.path)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
@@ -517,6 +528,7 @@ def run(config: ServerConfig) -> int:
             print(summary(server), file=sys.stderr, flush=True)
             while not stop.wait(1.0):
                 pass
+            server.begin_stop(config.grace_seconds)
             name = signal.Signals(received[0]).name if received else "stop"
             print(f"secretvault: {name}: draining in-flight calls (up to "
                   f"{config.grace_seconds:g} s), then zeroing secret memory", file=sys.stderr,

@@ -240,3 +240,18 @@ def test_startup_summary(base: str, backend: str) -> None:
         assert os.stat(f"{base}/data/unseal.key").st_mode & 0o777 == 0o600
     finally:
         child.close()
+
+
+def test_sigint_stops_cleanly_too(base: str) -> None:
+    import signal
+
+    child = Child(base)
+    try:
+        child.wait_ready()
+        stubs(child.socket).create("k", ED25519)
+        child.proc.send_signal(signal.SIGINT)
+        assert child.proc.wait(timeout=30) == 0
+        assert "SIGINT: draining" in child.stderr()
+        assert not os.path.exists(child.socket)
+    finally:
+        child.close()
