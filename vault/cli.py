@@ -606,9 +606,13 @@ def _signed(n: int) -> str:
     return ("+" if n > 0 else "-") + _bytes(abs(n))
 
 
-def render_stats(s: Stats) -> Any:
-    """The Stats message as rich tables: a heading, then sections side by side
-    as far as the width allows (so ``--watch`` fits a terminal)."""
+def render_stats(s: Stats, *, side_by_side: bool = True) -> Any:
+    """The Stats message as rich tables: a heading, then one table per section.
+
+    ``side_by_side``: the sections flow into as many columns as the width
+    allows (so ``--watch`` fits a terminal); else they are stacked, one
+    under the other (piped output: stable lines for grep and diff).
+    """
     from rich.columns import Columns
     from rich.console import Group
     from rich.table import Table
@@ -699,7 +703,12 @@ def render_stats(s: Stats) -> Any:
     if s.extra:
         parts.append(kv(f"{s.backend} details",
                         [(k, f"{v:g}") for k, v in sorted(s.extra.items())]))
-    return Group(*head, Columns(parts, padding=(1, 6)))
+    if side_by_side:
+        return Group(*head, Columns(parts, padding=(1, 6)))
+    stacked: list[Any] = []
+    for part in parts:
+        stacked += [part, Text("")]
+    return Group(*head, *stacked[:-1])
 
 
 def stats_json(s: Stats) -> dict[str, Any]:
@@ -718,7 +727,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
             if args.json:
                 _print_json(stats_json(s))
             else:
-                _console().print(render_stats(s))
+                console = _console()
+                console.print(render_stats(s, side_by_side=console.is_terminal))
             return EXIT_OK
         updates = vault.watch_stats(args.interval)
         try:
@@ -730,11 +740,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
             from rich.live import Live
 
             console = _console()
+            wide = console.is_terminal
             first = next(updates)
-            with Live(render_stats(first), console=console, auto_refresh=False,
-                      screen=False) as live:
+            with Live(render_stats(first, side_by_side=wide), console=console,
+                      auto_refresh=False, screen=False) as live:
                 for s in updates:
-                    live.update(render_stats(s), refresh=True)
+                    live.update(render_stats(s, side_by_side=wide), refresh=True)
         except KeyboardInterrupt:
             pass
         finally:
