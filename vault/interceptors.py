@@ -260,7 +260,14 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def _fail(self, context: grpc.ServicerContext, exc: BaseException, where: str,
               audit: Callable[[str], list[AuditRecord]]) -> NoReturn:
-        code, name, message = errors.describe(exc, where)
+        if not isinstance(exc, VaultError) and (isinstance(exc, grpc.RpcError)
+                                                or not context.is_active()):
+            # the client went away (cancelled, or past its deadline) and grpc
+            # raised out of the request iterator: nobody to answer, and no bug
+            code, name, message = (grpc.StatusCode.CANCELLED, "VaultError",
+                                   "the call was cancelled or its deadline passed")
+        else:
+            code, name, message = errors.describe(exc, where)
         try:
             self._records(audit(code.name))
         except VaultError as e:

@@ -691,3 +691,21 @@ def test_a_server_bug_is_internal_without_detail(server: VaultServer, vs: Stubs,
     assert r.results[0].error.code == 13 and "internal detail" not in r.results[0].error.message
     monkeypatch.undo()
     assert vs.sign("b/ed").key_version == 1
+
+
+def test_a_client_cancelling_is_not_a_server_error(server: VaultServer, vs: Stubs,
+                                                   batch_keys: None,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    before = len(audit_lines(server))
+    for _ in range(5):
+        q: queue.Queue[Any] = queue.Queue()
+        it = vs.crypto.Stream(iter(q.get, None))
+        q.put(crypto_pb2.Operation(id=1, sign=crypto_pb2.SignRequest(key="b/ed")))
+        assert next(it).id == 1
+        it.cancel()
+        watch = vs.stats.WatchStats(stats_pb2.WatchStatsRequest(interval_seconds=0.1))
+        next(watch)
+        watch.cancel()
+    time.sleep(0.5)
+    assert "internal error" not in caplog.text
+    assert all(line["result"] != "INTERNAL" for line in audit_lines(server)[before:])
