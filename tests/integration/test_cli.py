@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration._support import REPO, cleanup, short_dir, start
+from tests.integration._support import REPO, Pki, cleanup, short_dir, start
 from vault import cli
 from vault.server import VaultServer
 
@@ -599,3 +599,37 @@ def test_serve_refuses_an_unsafe_socket_directory(tmp_path: Path) -> None:
                 str(tmp_path / "data"))
     line = one_line_error(p, "writable by others")
     assert "FailedPrecondition" in line
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+
+def test_connect_over_mutual_tls() -> None:
+    base = short_dir()
+    try:
+        pki = Pki(base)
+        cert, key = pki.issue("server", cn="localhost", server=True)
+        policy = os.path.join(base, "policy.toml")
+        Path(policy).write_text(
+            '[identities.cli]\ntls = ["spiffe://test/cli"]\n[[identities.cli.allow]]\n'
+            'operations = ["create_key", "sign", "verify", "get_key"]\nkeys = ["cli/*"]\n')
+        with start(base, policy_file=policy, tcp="127.0.0.1:0", tls_cert=cert, tls_key=key,
+                   client_ca=pki.ca_path) as s:
+            client_cert, client_key = pki.issue("cli", cn="cli", uri="spiffe://test/cli")
+            where = ["--connect", f"localhost:{s.tcp_port}", "--ca-cert", pki.ca_path]
+            mine = [*where, "--client-cert", client_cert, "--client-key", client_key]
+            assert sv("keys", "create", "cli/k", "--type", "ed25519", *mine).returncode == 0
+            token = sv("sign", "cli/k", *mine, input=b"over TLS")
+            assert token.returncode == 0 and token.stdout[:3] == b"SVS"
+            Path(base, "sig").write_bytes(token.stdout)
+            assert sv("verify", "cli/k", "--signature", str(Path(base, "sig")), *mine,
+                      input=b"over TLS").returncode == 0
+            one_line_error(sv("sign", "prod/k", *mine, input=b"m"), "PermissionDenied",
+                           "policy")
+            # no client certificate: the server refuses the handshake
+            one_line_error(sv("sign", "cli/k", *where, input=b"m"), "ConnectionFailed",
+                           f"localhost:{s.tcp_port}", "--ca-cert")
+            one_line_error(sv("sign", "cli/k", *where, "--client-cert", client_cert,
+                              input=b"m"), "both --client-cert and --client-key")
+    finally:
+        cleanup(base)
