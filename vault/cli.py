@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from clients import framing
 from clients._paths import SOCKET_ENV, default_socket_path
@@ -848,9 +848,16 @@ def _add_model(sub: Any) -> None:
 # --- the parser ------------------------------------------------------------------------------
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
+class _Formatter(argparse.HelpFormatter):
+    """Wraps one-paragraph descriptions; keeps text with line breaks (epilogs) as written."""
+
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32, width=100)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -983,10 +990,10 @@ def build_parser() -> argparse.ArgumentParser:
         "at start-up (backend and protection, memlock limit and headroom in keys, where the "
         "store and socket are) and drains in-flight calls on SIGTERM or Ctrl-C.",
         epilog=f"""\
-unseal material (first match wins):
+where the unseal material comes from (first match wins):
   --unseal-key-file FILE    a 32-byte key file
-  ${PASSPHRASE_ENV}   a passphrase in the environment
   --passphrase-file FILE    a passphrase in a file
+  ${PASSPHRASE_ENV}   a passphrase in the environment
 With none given on the first start, the vault creates an unseal key file
 (mode 0600) in the data directory and says where: fine for trying it out;
 in production keep the unseal material on another machine or medium.
@@ -1227,6 +1234,11 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # grpc's C core logs some failures (a TLS handshake refused...) to fd 2 at
+    # INFO level; the command reports them itself, in one line.  Read when
+    # grpc initialises, so before the first channel; GRPC_VERBOSITY=DEBUG
+    # in the environment still wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -1250,7 +1262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-def _silence_stdout(stream: IO[str] | None = None) -> None:
+def _silence_stdout() -> None:
     # Python flushes stdout again at exit and would report the broken pipe
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())

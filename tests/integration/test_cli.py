@@ -607,6 +607,7 @@ def test_serve_refuses_an_unsafe_socket_directory(tmp_path: Path) -> None:
 def test_connect_over_mutual_tls() -> None:
     base = short_dir()
     try:
+        os.mkdir(os.path.join(base, "rogue"))
         pki = Pki(base)
         cert, key = pki.issue("server", cn="localhost", server=True)
         policy = os.path.join(base, "policy.toml")
@@ -626,9 +627,13 @@ def test_connect_over_mutual_tls() -> None:
                       input=b"over TLS").returncode == 0
             one_line_error(sv("sign", "prod/k", *mine, input=b"m"), "PermissionDenied",
                            "policy")
-            # no client certificate: the server refuses the handshake
-            one_line_error(sv("sign", "cli/k", *where, input=b"m"), "ConnectionFailed",
+            # no client certificate: the server refuses the handshake (a child process,
+            # so anything grpc's C core might log to fd 2 would show)
+            one_line_error(sv_proc("sign", "cli/k", *where, input=b"m"), "ConnectionFailed",
                            f"localhost:{s.tcp_port}", "--ca-cert")
+            rogue = Pki(os.path.join(base, "rogue"))
+            one_line_error(sv_proc("keys", "list", "--connect", f"localhost:{s.tcp_port}",
+                                   "--ca-cert", rogue.ca_path), "ConnectionFailed")
             one_line_error(sv("sign", "cli/k", *where, "--client-cert", client_cert,
                               input=b"m"), "both --client-cert and --client-key")
     finally:
