@@ -736,21 +736,24 @@ def cmd_stats(args: argparse.Namespace) -> int:
                 # one JSON object per line, for tools that follow the stream
                 for s in updates:
                     print(json.dumps(stats_json(s), sort_keys=True), flush=True)
-                return EXIT_OK
-            from rich.live import Live
+            else:
+                from rich.live import Live
 
-            console = _console()
-            wide = console.is_terminal
-            first = next(updates)
-            with Live(render_stats(first, side_by_side=wide), console=console,
-                      auto_refresh=False, screen=False) as live:
-                for s in updates:
-                    live.update(render_stats(s, side_by_side=wide), refresh=True)
+                console = _console()
+                wide = console.is_terminal
+                first = next(updates, None)
+                if first is not None:
+                    with Live(render_stats(first, side_by_side=wide), console=console,
+                              auto_refresh=False, screen=False) as live:
+                        for s in updates:
+                            live.update(render_stats(s, side_by_side=wide), refresh=True)
         except KeyboardInterrupt:
-            pass
+            return EXIT_OK  # Ctrl-C: how a watch is meant to end
         finally:
             updates.close()
-    return EXIT_OK
+    # the server ends watches when it begins to drain
+    raise CliError("the vault ended the stats stream: it is shutting down",
+                   "run 'secretvault stats --watch' again once it is back")
 
 
 # --- serve --------------------------------------------------------------------------------

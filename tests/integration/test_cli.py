@@ -638,3 +638,26 @@ def test_connect_over_mutual_tls() -> None:
                               input=b"m"), "both --client-cert and --client-key")
     finally:
         cleanup(base)
+
+
+def test_watch_ends_in_one_line_when_the_vault_stops(base: str) -> None:
+    s = Serve(base)
+    try:
+        s.ready()
+        watch = subprocess.Popen([*command(), "stats", "--watch", "--json", "--interval", "0.2",
+                                  "--socket", s.socket],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+        try:
+            assert watch.stdout is not None and watch.stderr is not None
+            json.loads(watch.stdout.readline())
+            assert s.stop() == 0
+            assert watch.wait(timeout=30) == 2
+            line = watch.stderr.read().decode().strip()
+            assert line.startswith("secretvault: error: the vault ended the stats stream")
+            assert "(fix: " in line and "\n" not in line
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+                watch.wait()
+    finally:
+        s.kill()
