@@ -211,16 +211,27 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, edge: Edge, authenticator: Authenticator) -> None:
         self._edge = edge
         self._auth = authenticator
+        # the wrapped handler of each method, built on its first call
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(details)
         method = details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = continuation(details)
         if handler is None:
             return None
+        wrapped = self._wrap(method, handler)
+        if method in METHODS or method in (BATCH, STREAM):
+            self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if method == BATCH:
             return grpc.unary_unary_rpc_method_handler(
                 self._batch(handler.unary_unary),
