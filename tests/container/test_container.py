@@ -669,4 +669,79 @@ def test_kubernetes_statefulset_runs_with_sidecar_on_the_socket(
                       "--format", "pem").stdout == public
     finally:
         stop()
-        podman("volume", "rm", "-f", claim, check=False)
+        for _ in range(10):  # the pod's containers may still hold it for a moment
+            if podman("volume", "rm", "-f", claim, check=False).returncode == 0:
+                break
+            time.sleep(1)
+
+
+# --- compose, played by podman-compose ---------------------------------------------
+
+
+@pytest.mark.memfd_secret
+@pytest.mark.skipif(
+    shutil.which("podman-compose") is None,
+    reason="needs podman-compose (installed by scripts/install-container-deps)",
+)
+def test_compose_runs_vault_with_limits_and_client_on_socket_volume(
+    vaults: Vaults, image_build: Build
+) -> None:
+    """deploy/compose.yaml as written: seccomp profile, read-only root, no
+    published port, memlock 8 MiB and memory 512m, the passphrase from a compose
+    secret, and the client service on the named socket volume."""
+    yaml = _yaml()
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
+    service = compose["services"]["vault"]
+    memlock = service["ulimits"]["memlock"]["soft"]
+
+    project = f"svtest{uuid.uuid4().hex[:8]}"
+    work = Path(tempfile.mkdtemp(prefix="compose-", dir=vaults.tmp))
+    for name in ("compose.yaml", "seccomp.json"):
+        shutil.copy(REPO / "deploy" / name, work / name)
+    secret = work / "unseal-passphrase"
+    secret.write_text("a compose test passphrase")
+    os.chown(secret, IMAGE_UID, IMAGE_UID)
+    secret.chmod(0o400)
+    env = dict(os.environ, SECRETVAULT_IMAGE=image_build.image)
+
+    def compose_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["podman-compose", "-p", project, *args], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=180, check=False)
+
+    vault, client = f"{project}_vault_1", f"{project}_client_1"
+    try:
+        up = compose_cmd("up", "-d", "vault")
+        assert up.returncode == 0, up.stdout + up.stderr
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while podman("healthcheck", "run", vault, check=False).returncode != 0:
+            assert time.monotonic() < deadline, podman("logs", vault, check=False).stderr
+            time.sleep(0.5)
+        logs = podman("logs", vault).stderr + podman("logs", vault).stdout
+        assert "unseal key   created" not in logs, logs  # the compose secret unsealed it
+
+        # the client service, through the named socket volume
+        up = compose_cmd("up", "-d", "client")
+        assert up.returncode == 0, up.stdout + up.stderr
+        code = podman("wait", client).stdout.strip()
+        shown = podman("logs", client, check=False)
+        assert code == "0", shown.stdout + shown.stderr
+        assert "memfd_secret" in shown.stdout and "secretmem" in shown.stdout, shown.stdout
+
+        made = podman("exec", vault, "secretvault", "keys", "create", "c", "--type", "ed25519")
+        assert "created ed25519 key 'c'" in made.stdout
+        stats = json.loads(podman("exec", vault, "secretvault", "stats", "--json").stdout)
+        assert int(stats["memlock"]["soft"]) == memlock
+        assert int(stats["memlock"]["headroom_keys"]["ed25519"]) == 64 * (memlock // PAGE - 1) - 1
+        assert int(stats["memcg"]["limit"]) == 512 << 20
+        inspect = json.loads(podman("inspect", vault).stdout)[0]
+        assert inspect["HostConfig"]["ReadonlyRootfs"] is True
+        assert not inspect["HostConfig"].get("PortBindings")
+        assert inspect["Config"]["User"] == f"{IMAGE_UID}:{IMAGE_UID}"
+    finally:
+        # rm -v first: the client's anonymous volume (the image's VOLUME it
+        # does not mount) outlives podman-compose's down otherwise
+        podman("rm", "-f", "-v", "-t", "5", vault, client, check=False)
+        compose_cmd("down", "-v", "-t", "5")
+        podman("volume", "rm", "-f", f"{project}_vault-data", f"{project}_vault-socket",
+               check=False)
+        podman("network", "rm", "-f", f"{project}_default", check=False)
