@@ -92,8 +92,7 @@ def _unseal_source(
     if config.passphrase is not None:
         return UnsealSource(passphrase=config.passphrase), None
     if config.passphrase_file:
-        with open(config.passphrase_file, "rb") as f:
-            return UnsealSource(passphrase=f.read().rstrip(b"\r\n")), None
+        return UnsealSource(passphrase_file=config.passphrase_file), None
     env = os.environ.get(PASSPHRASE_ENV)
     if env:
         return UnsealSource(passphrase=env.encode()), None

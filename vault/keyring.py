@@ -176,7 +176,7 @@ class Keyring:
                 f"this store is unsealed with a {kind}, but a {source.kind} was given"
             )
         kdf_params = None
-        if source.passphrase is not None:
+        if source.kind == "passphrase":
             raw = store.get_meta("kdf")
             if raw is None:
                 raise IntegrityError("the store's Argon2id parameters are missing")
@@ -208,7 +208,7 @@ class Keyring:
             "kek_source": source.kind.encode(),
         }
         kdf = None
-        if source.passphrase is not None:
+        if source.kind == "passphrase":
             salt = na.random_bytes(na.PWHASH_SALTBYTES)
             kdf = (params, salt)
             meta["kdf"] = params.to_json(salt)

@@ -6,7 +6,9 @@ The KEK is 32 bytes in a secret slot.  It comes from one of:
   slot (a read from an ordinary fd into a secret buffer is a plain user
   copy: no Python object ever holds the bytes);
 * a **passphrase**, stretched with Argon2id into the slot; the salt and
-  cost parameters are stored with the store.
+  cost parameters are stored with the store.  A passphrase *file* is read
+  straight into a secret slot too; one from the environment is, unavoidably,
+  already in ordinary memory.
 
 A random check value sealed under the KEK at initialisation tells a wrong
 passphrase (or key file) from a corrupted record, before anything changes.
@@ -51,18 +53,27 @@ class Argon2Params:
 
 @dataclass(frozen=True, slots=True)
 class UnsealSource:
-    """Where the KEK comes from: exactly one of the two."""
+    """Where the KEK comes from: exactly one of the three.
+
+    ``passphrase_file`` is read straight into secret memory (trailing
+    newline dropped), so the passphrase never becomes a Python object;
+    ``passphrase`` (from the environment or the API) already is one.
+    """
 
     passphrase: bytes | None = None
     key_file: str | None = None
+    passphrase_file: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.passphrase is None) == (self.key_file is None):
-            raise InvalidArgument("give exactly one of a passphrase or a key file")
+        given = [x for x in (self.passphrase, self.key_file, self.passphrase_file) if x is not None]
+        if len(given) != 1:
+            raise InvalidArgument(
+                "give exactly one of a passphrase, a passphrase file or a key file"
+            )
 
     @property
     def kind(self) -> str:
-        return "passphrase" if self.passphrase is not None else "keyfile"
+        return "keyfile" if self.key_file is not None else "passphrase"
 
 
 def read_key_file(path: str, slot: Slot) -> None:
@@ -118,6 +129,33 @@ def create_key_file(path: str, allocator: SlotAllocator) -> None:
         os.close(dfd)
 
 
+MAX_PASSPHRASE_BYTES = 256
+
+
+def read_passphrase_file(path: str, slot: Slot) -> int:
+    """Read a passphrase file straight into ``slot``; returns its length.
+
+    One trailing newline (``\\n`` or ``\\r\\n``) is not part of the passphrase.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size > slot.size:
+            raise InvalidArgument(
+                f"the passphrase file {path} is {size} bytes; at most {slot.size} are allowed"
+            )
+        n = os.readv(fd, [na.ffi.buffer(slot.ptr, slot.size)])
+    finally:
+        os.close(fd)
+    ptr = slot.ptr
+    for end in (b"\n"[0], b"\r"[0]):
+        if n and ptr[n - 1] == end:
+            n -= 1
+    if n == 0:
+        raise InvalidArgument(f"the passphrase file {path} is empty")
+    return n
+
+
 def version_ad(store_id: bytes, name: str, version: int, key_type: str) -> bytes:
     """Associated data of a sealed version: length-prefixed, unambiguous."""
     fields = [b"secretvault/v1 key", store_id, name.encode(), key_type.encode()]
@@ -138,6 +176,14 @@ class Kek:
         try:
             if source.key_file is not None:
                 read_key_file(source.key_file, slot)
+            elif source.passphrase_file is not None:
+                assert kdf is not None
+                params, salt = kdf
+                with allocator.allocate(MAX_PASSPHRASE_BYTES) as pw_slot:
+                    n = read_passphrase_file(source.passphrase_file, pw_slot)
+                    na.crypto_pwhash_argon2id(
+                        slot.ptr, KEK_BYTES, pw_slot.ptr, n, salt, params.ops, params.mem
+                    )
             else:
                 assert source.passphrase is not None and kdf is not None
                 params, salt = kdf

@@ -36,6 +36,27 @@ def test_unseal_source_takes_exactly_one() -> None:
     assert UnsealSource(key_file="/k").kind == "keyfile"
 
 
+def test_passphrase_file_is_read_into_secret_memory(
+    allocator: SlotAllocator, tmp_path: Path
+) -> None:
+    """A passphrase file gives the same KEK as the passphrase (newline dropped)."""
+    pf = tmp_path / "pw"
+    pf.write_bytes(PASSPHRASE + b"\r\n")
+    source = UnsealSource(passphrase_file=str(pf))
+    assert source.kind == "passphrase"
+    from_file = Kek.derive(allocator, source, (FAST_KDF, SALT))
+    direct = Kek.derive(allocator, UnsealSource(passphrase=PASSPHRASE), (FAST_KDF, SALT))
+    assert _kek_bytes(from_file) == _kek_bytes(direct)
+    from_file.close()
+    direct.close()
+    pf.write_bytes(b"x" * 300)
+    with pytest.raises(InvalidArgument, match="at most 256"):
+        Kek.derive(allocator, source, (FAST_KDF, SALT))
+    pf.write_bytes(b"\n")
+    with pytest.raises(InvalidArgument, match="empty"):
+        Kek.derive(allocator, source, (FAST_KDF, SALT))
+
+
 def test_argon2_params_round_trip() -> None:
     params, salt = Argon2Params.from_json(FAST_KDF.to_json(SALT))
     assert (params, salt) == (FAST_KDF, SALT)
