@@ -464,7 +464,10 @@ def test_read_cut_after_sending_is_retried(proxy: CuttingProxy, vault: VaultClie
     counter = ArmCut(proxy, "GetKey")
     with VaultClient(proxy.path, retry=FAST, interceptors=[counter]) as c:
         assert c.get_key(name).name == name
-        assert counter.calls["GetKey"] == 2 and proxy.cuts == 1
+        # retried after the cut; a reconnect still in progress on a loaded
+        # machine may cost another attempt, but never more than the policy's
+        assert 2 <= counter.calls["GetKey"] <= FAST.max_attempts
+        assert proxy.cuts == 1
 
 
 # --- TLS and mutual TLS -----------------------------------------------------------------------
