@@ -120,7 +120,9 @@ def run_clients(path: str, seconds: float, latencies: dict[str, list[float]],
         ch.close()
 
 
-def test_32_clients_no_errors_no_secret_memory_growth(child: Child) -> None:
+def test_32_clients_no_errors_no_secret_memory_growth(
+    child: Child, capsys: pytest.CaptureFixture[str]
+) -> None:
     v = stubs(child.socket)
     v.create("load/ed", ED25519)
     v.create("load/aead", AEAD)
@@ -138,14 +140,16 @@ def test_32_clients_no_errors_no_secret_memory_growth(child: Child) -> None:
     after = v.get_stats()
 
     every = sorted(x for xs in latencies.values() for x in xs)
-    print(f"\n{CLIENTS} clients for {elapsed:.1f} s: {len(every)} calls, {len(errors)} errors")
-    print(f"{'call':<12}{'n':>9}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, xs in [*sorted(latencies.items()), ("all", every)]:
-        q = statistics.quantiles(xs, n=100, method="inclusive") if len(xs) > 1 else xs * 99
-        print(f"{name:<12}{len(xs):>9}{q[49] * 1e3:>10.2f}{q[98] * 1e3:>10.2f}")
-    print(f"secret memory: pages_mapped {before.pages_mapped} -> {after.pages_mapped}, "
-          f"key_bytes {before.key_bytes} -> {after.key_bytes}, "
-          f"regions {before.regions} -> {after.regions}")
+    with capsys.disabled():  # the figures are the point: show them on a passing run
+        print(f"\n{CLIENTS} clients for {elapsed:.1f} s: {len(every)} calls, "
+              f"{len(errors)} errors")
+        print(f"{'call':<12}{'n':>9}{'p50 ms':>10}{'p99 ms':>10}")
+        for name, xs in [*sorted(latencies.items()), ("all", every)]:
+            q = statistics.quantiles(xs, n=100, method="inclusive") if len(xs) > 1 else xs * 99
+            print(f"{name:<12}{len(xs):>9}{q[49] * 1e3:>10.2f}{q[98] * 1e3:>10.2f}")
+        print(f"secret memory: pages_mapped {before.pages_mapped} -> {after.pages_mapped}, "
+              f"key_bytes {before.key_bytes} -> {after.key_bytes}, "
+              f"regions {before.regions} -> {after.regions}")
 
     assert errors == [], "\n".join(errors[:10])
     assert len(every) > CLIENTS  # every client really ran
