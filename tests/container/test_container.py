@@ -73,10 +73,16 @@ def _missing() -> str | None:
     return None
 
 
-MISSING = _missing()
 pytestmark = [pytest.mark.container]
-if MISSING is not None:
-    pytestmark.append(pytest.mark.skip(reason=f"container tests need podman with runc: {MISSING}"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _container_runtime() -> None:
+    """Probe podman only when a container test runs, not at collection
+    (``podman info`` is slow, and ``-m 'not container'`` should not pay it)."""
+    missing = _missing()
+    if missing is not None:
+        pytest.skip(f"container tests need podman with runc: {missing}")
 
 
 # --- podman helpers ---------------------------------------------------------------

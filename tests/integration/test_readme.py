@@ -115,7 +115,7 @@ def test_the_readme_test_command_is_what_ci_runs() -> None:
     assert len(sh) == 2, "the quick start has two commands: install-and-serve, then the tests"
     assert sh[1].strip() == "./scripts/test"
     ci = (REPO / ".ci" / "run").read_text()
-    assert "exec ./scripts/test\n" in ci
+    assert "\n./scripts/test\n" in ci and "git clone" in ci
     assert os.access(REPO / "scripts" / "test", os.X_OK)
 
 
