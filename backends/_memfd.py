@@ -88,25 +88,27 @@ class MemfdSecretBackend:
         return region
 
     def free(self, region: Region) -> None:
+        # unmap under the lock: statistics() scans mappings under it, and a
+        # scan of a region unmapped mid-way fails (mincore: ENOMEM)
         with self._lock:
             if self._regions.pop(region.address, None) is None:
                 raise BackendError(f"region at {region.address:#x} is not this backend's")
-        _sys.munmap(region.address, region.length)
+            _sys.munmap(region.address, region.length)
 
     def frames(self, region: Region) -> list[int]:
         """Physical frames of the region's resident pages (root only)."""
         return _procfs.pagemap(region.address, region.pages)[1]
 
     def statistics(self) -> BackendStats:
-        with self._lock:
-            regions = list(self._regions.values())
         resident = 0
         frames: list[int] = []
-        for r in regions:
-            # mincore, not pagemap's present bit: a hardened (non-dumpable)
-            # process that is not root cannot open its own pagemap
-            resident += _sys.mincore(r.address, r.length)
-            frames.extend(_procfs.pagemap(r.address, r.pages)[1])
+        with self._lock:  # no region is unmapped while it is scanned
+            regions = list(self._regions.values())
+            for r in regions:
+                # mincore, not pagemap's present bit: a hardened (non-dumpable)
+                # process that is not root cannot open its own pagemap
+                resident += _sys.mincore(r.address, r.length)
+                frames.extend(_procfs.pagemap(r.address, r.pages)[1])
         return BackendStats(
             backend=self.name,
             protection=self.protection,
@@ -123,6 +125,6 @@ class MemfdSecretBackend:
         with self._lock:
             regions = list(self._regions.values())
             self._regions.clear()
-        for r in regions:
-            _sys.munmap(r.address, r.length)
+            for r in regions:
+                _sys.munmap(r.address, r.length)
 

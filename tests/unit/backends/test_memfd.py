@@ -120,3 +120,36 @@ def test_probe_leaves_no_fd_behind() -> None:
     b.allocate(1)
     assert secret_fds() == before
     b.close()
+
+
+def test_statistics_is_safe_against_a_concurrent_free() -> None:
+    """A stats scan never meets a region unmapped under it (mincore ENOMEM)."""
+    import threading
+    import time
+
+    from backends import SlotAllocator
+
+    alloc = SlotAllocator(
+        MemfdSecretBackend(), min_region_pages=1, max_region_pages=1, reserve_regions=0
+    )
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            slots = [alloc.allocate(256) for _ in range(64)]  # 4 one-page regions
+            for s in slots:
+                s.free()
+
+    t = threading.Thread(target=churn)
+    t.start()
+    calls = 0
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            alloc.statistics()
+            calls += 1
+    finally:
+        stop.set()
+        t.join()
+        alloc.close()
+    assert calls > 10
