@@ -102,6 +102,10 @@ class RequestTooLarge(ResourceExhausted):
     """A batch or message beyond the server's configured limits."""
 
 
+class StoreFull(ResourceExhausted):
+    """The key store's disk is full: nothing was written."""
+
+
 # --- FAILED_PRECONDITION ----------------------------------------------------------
 
 
@@ -139,6 +143,10 @@ class Unavailable(VaultError):
 
 class ShuttingDown(Unavailable):
     """The server is draining and accepts no new calls."""
+
+
+class StoreBusy(Unavailable):
+    """The key store is locked by another process: nothing was written; retry."""
 
 
 class AuditUnavailable(Unavailable):

@@ -67,12 +67,17 @@ def describe(exc: BaseException, where: str) -> tuple[grpc.StatusCode, str, str]
     returned message says only that reference.
     """
     if isinstance(exc, VaultError):
-        return status_of(exc), type(exc).__name__, str(exc)
+        code = status_of(exc)
+        if code is not grpc.StatusCode.INTERNAL:
+            return code, type(exc).__name__, str(exc)
+        # an INTERNAL-status VaultError (BackendError, StoreError, SlotFreed)
+        # is the server's failure, not the client's: its detail (paths,
+        # errno texts, SQLite messages) stays in the log like any other bug's
     ref = next(_references)
     log.error("internal error #%d in %s", ref, where, exc_info=exc)
     return (
         grpc.StatusCode.INTERNAL,
-        "VaultError",
+        type(exc).__name__ if isinstance(exc, VaultError) else "VaultError",
         f"internal error (reference #{ref} in the server log)",
     )
 

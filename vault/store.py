@@ -21,7 +21,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from clients.errors import KeyExists, KeyNotFound, StoreError, VersionNotFound
+from clients.errors import (
+    KeyExists,
+    KeyNotFound,
+    StoreBusy,
+    StoreError,
+    StoreFull,
+    VersionNotFound,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +124,11 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            # deleted records are overwritten with zeros, not just unlinked
+            # from the b-tree (Debian's SQLite happens to default to this;
+            # others do not)
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open the key store {path}: {e}") from None
@@ -124,19 +136,35 @@ class SQLiteStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction, committed durably, or rolled back and mapped to a
+        typed error (constraint violations propagate for the caller to name)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
+                self._db.execute("BEGIN IMMEDIATE")
                 try:
+                    yield self._db
                     self._db.execute("COMMIT")
-                except sqlite3.DatabaseError as e:
-                    self._db.execute("ROLLBACK")
-                    raise StoreError(f"commit to the key store failed: {e}") from None
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.DatabaseError as e:
+                raise _store_error(e) from None
+
+    def _scrub_wal(self) -> None:
+        """Checkpoint and truncate the WAL after a deletion.
+
+        secure_delete zeroes the record in the database pages, but the WAL
+        still holds earlier images of those pages until it is checkpointed
+        and truncated: only then is the sealed copy gone from disk files.
+        """
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.DatabaseError as e:
+                raise _store_error(e) from None
 
     def get_meta(self, key: str) -> bytes | None:
         with self._lock:
@@ -198,6 +226,7 @@ class SQLiteStore:
             )
             if cur.rowcount == 0:
                 raise VersionNotFound(f"key {name!r} has no version {version}")
+        self._scrub_wal()
 
     def delete_key(self, name: str) -> None:
         with self._tx() as db:
@@ -205,6 +234,7 @@ class SQLiteStore:
             cur = db.execute("DELETE FROM keys WHERE name = ?", (name,))
             if cur.rowcount == 0:
                 raise KeyNotFound(f"no key named {name!r}")
+        self._scrub_wal()
 
     def load(self) -> Iterator[KeyRecord]:
         with self._lock:
@@ -269,3 +299,12 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _store_error(e: sqlite3.DatabaseError) -> StoreError | StoreFull | StoreBusy:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return StoreFull("the key store's disk is full; nothing was written")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreBusy("the key store is locked by another process; nothing was written")
+    return StoreError(f"the key store failed: {e}")

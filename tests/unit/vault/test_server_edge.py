@@ -50,6 +50,18 @@ def test_unexpected_exceptions_are_internal_without_detail(
                                      "no key named 'k'")
 
 
+def test_internal_vault_errors_keep_their_detail_in_the_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from clients.errors import StoreError
+
+    with caplog.at_level(logging.ERROR, "secretvault.server"):
+        code, name, message = errors.describe(
+            StoreError("the key store failed: disk I/O error at /srv/db"), "create_key")
+    assert (code, name) == (grpc.StatusCode.INTERNAL, "StoreError")
+    assert "/srv/db" not in message and "reference #" in message
+    assert "/srv/db" in caplog.text
+
+
 def _stats(unlimited: bool) -> VaultStats:
     memory = SecretMemoryStats(
         backend="memfd_secret", protection="secretmem", regions=1, pages_mapped=16,

@@ -110,3 +110,65 @@ def test_not_a_database(tmp_path: os.PathLike[str]) -> None:
         f.write(b"this is not sqlite" * 500)
     with pytest.raises(StoreError, match="cannot open the key store"):
         SQLiteStore(path)
+
+
+def _on_disk(store_path: str) -> bytes:
+    data = b""
+    for suffix in ("", "-wal", "-journal"):
+        if os.path.exists(store_path + suffix):
+            with open(store_path + suffix, "rb") as f:
+                data += f.read()
+    return data
+
+
+@pytest.mark.parametrize("what", ["key", "version"])
+def test_deletion_removes_the_sealed_copy_from_disk(
+    store: SQLiteStore, store_path: str, what: str
+) -> None:
+    """After a deletion no file of the store holds the sealed record."""
+    marker = b"\xa5SEALED-RECORD-MARKER\x5a" * 3
+
+    def version(n: int) -> VersionRecord:
+        return VersionRecord(n, 1.0, None, b"n" * 24, marker + bytes([n]))
+
+    store.create_key(_k("gone"), version(1))
+    store.add_version("gone", version(2))
+    assert marker + b"\x01" in _on_disk(store_path)
+    if what == "key":
+        store.delete_key("gone")
+        assert marker not in _on_disk(store_path)
+    else:
+        store.delete_version("gone", 1)
+        assert marker + b"\x01" not in _on_disk(store_path)
+        assert marker + b"\x02" in _on_disk(store_path)
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [(sqlite3.SQLITE_FULL, "StoreFull"), (sqlite3.SQLITE_BUSY, "StoreBusy"),
+     (sqlite3.SQLITE_IOERR, "StoreError")],
+)
+def test_sqlite_failures_map_to_typed_errors(code: int, error: str) -> None:
+    from vault.store import _store_error
+
+    e = sqlite3.OperationalError("boom")
+    e.sqlite_errorcode = code  # type: ignore[attr-defined]
+    assert type(_store_error(e)).__name__ == error
+
+
+def test_a_locked_store_is_store_busy_and_changes_nothing(
+    store: SQLiteStore, store_path: str
+) -> None:
+    from clients.errors import StoreBusy
+
+    other = sqlite3.connect(store_path, isolation_level=None)
+    other.execute("PRAGMA busy_timeout=0")
+    other.execute("BEGIN EXCLUSIVE")
+    store._db.execute("PRAGMA busy_timeout=50")
+    try:
+        with pytest.raises(StoreBusy):
+            store.create_key(_k("blocked"), _v(1))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert [k.name for k in store.load()] == []
