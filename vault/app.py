@@ -63,9 +63,15 @@ class Vault:
     created_key_file: str | None = None
 
     def close(self) -> None:
-        self.keyring.close()
-        self.store.close()
-        self.allocator.close()
+        """Zero and unmap secret memory even if closing the keyring or the
+        store fails part-way."""
+        try:
+            self.keyring.close()
+        finally:
+            try:
+                self.store.close()
+            finally:
+                self.allocator.close()
 
 
 def make_backend(config: VaultConfig) -> SecretMemoryBackend:
@@ -93,7 +99,11 @@ def _unseal_source(
         return UnsealSource(passphrase=config.passphrase), None
     if config.passphrase_file:
         return UnsealSource(passphrase_file=config.passphrase_file), None
-    env = os.environ.get(PASSPHRASE_ENV)
+    # Taken out of the environment, so children and /proc/PID/environ
+    # readers of later copies do not see it.  The bytes of the initial
+    # environment block and this str cannot be wiped: prefer a passphrase
+    # file or a key file, which are read straight into secret memory.
+    env = os.environ.pop(PASSPHRASE_ENV, None)
     if env:
         return UnsealSource(passphrase=env.encode()), None
     key_file = os.path.join(config.data_dir, KEY_FILE_NAME)

@@ -1,8 +1,10 @@
 """A vault server process for the residue test (tests/security/test_residue.py).
 
-Run as ``python -m tests.security.residue_server DATA_DIR [--leak]``.  It opens
-a vault the way the real server does (``open_vault``: hardened process,
-memfd_secret backend, SQLite store, Argon2id passphrase), then talks over
+Run as ``python -m tests.security.residue_server DATA_DIR PASSPHRASE_FILE
+[--leak]``.  It opens a vault the way the real server does (``open_vault``:
+hardened process, memfd_secret backend, SQLite store, Argon2id passphrase
+read from a file straight into secret memory — this process never holds the
+passphrase in a Python object, and the test looks for it), then talks over
 stdin/stdout, one JSON object per line:
 
 1. prints ``{"import_public": hex}``;
@@ -32,7 +34,6 @@ from clients.framing import Kind
 from vault.app import VaultConfig, open_vault
 from vault.sealing import Argon2Params
 
-PASSPHRASE = b"residue-test passphrase"
 KDF = Argon2Params(ops=1, mem=8 << 20)
 ROUNDS = 1500
 NAMES = {
@@ -73,10 +74,10 @@ def _exercise(vault_keyring: object, rounds: int) -> int:
 
 
 def main() -> int:
-    data_dir = sys.argv[1]
-    leak = "--leak" in sys.argv[2:]
+    data_dir, passphrase_file = sys.argv[1], sys.argv[2]
+    leak = "--leak" in sys.argv[3:]
     config = VaultConfig(
-        data_dir=data_dir, backend="memfd_secret", passphrase=PASSPHRASE, kdf=KDF
+        data_dir=data_dir, backend="memfd_secret", passphrase_file=passphrase_file, kdf=KDF
     )
     vault = open_vault(config)
     _send({"import_public": vault.keyring.import_public_key.hex()})

@@ -48,6 +48,8 @@ from vault.sealing import Argon2Params
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = "tests.security.residue_server"
+#: known to the test only: the server reads it from a file into secret memory
+PASSPHRASE = b"rt-7f3a9c1e5b2d4086-e0d9c8b7a6f5"
 #: mappings the kernel refuses to /proc/PID/mem; anything else must be readable
 UNREADABLE_OK = ("/secretmem (deleted)", "[vvar]", "[vvar_vclock]", "[vsyscall]")
 CHUNK = 8 << 20
@@ -197,8 +199,6 @@ def _kek(data_dir: Path) -> bytes:
     (raw,) = db.execute("SELECT CAST(value AS BLOB) FROM meta WHERE key = 'kdf'").fetchone()
     db.close()
     params, salt = Argon2Params.from_json(raw)
-    from tests.security.residue_server import PASSPHRASE
-
     return nacl.pwhash.argon2id.kdf(32, PASSPHRASE, salt, opslimit=params.ops, memlimit=params.mem)
 
 
@@ -212,8 +212,11 @@ class Run:
 
 def run_server(tmp_path: Path, keys: Keys, *, leak: bool) -> Run:
     data_dir = tmp_path / ("leak" if leak else "vault")
+    passphrase_file = tmp_path / ("leak.pw" if leak else "vault.pw")
+    passphrase_file.write_bytes(PASSPHRASE + b"\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", SERVER, str(data_dir), *(["--leak"] if leak else [])],
+        [sys.executable, "-m", SERVER, str(data_dir), str(passphrase_file),
+         *(["--leak"] if leak else [])],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdin is not None and proc.stdout is not None
@@ -232,6 +235,7 @@ def run_server(tmp_path: Path, keys: Keys, *, leak: bool) -> Run:
         ready = json.loads(line)
         forms = keys.forms()
         forms["vault KEK"] = _kek(data_dir)
+        forms["unseal passphrase"] = PASSPHRASE
         patterns = _patterns(forms)
         scan = scan_process(proc.pid, patterns)
         files = scan_files(data_dir, patterns)
