@@ -96,6 +96,12 @@ class SecretMemoryBackend(Protocol):
         """Unmap a region; its pages are zeroed by the kernel (or the model)."""
         ...
 
+    def touch(self, address: int) -> None:
+        """The slot allocator is about to use the page at ``address`` for
+        the first time.  The kernel faults a secret page by itself on the
+        first write; a model records the fault here."""
+        ...
+
     def statistics(self) -> BackendStats: ...
 
     def close(self) -> None:

@@ -95,6 +95,10 @@ class MemfdSecretBackend:
                 raise BackendError(f"region at {region.address:#x} is not this backend's")
             _sys.munmap(region.address, region.length)
 
+    def touch(self, address: int) -> None:
+        """Nothing to do: the first write faults the page in, allocating it
+        and removing it from the direct map (mm/secretmem.c)."""
+
     def frames(self, region: Region) -> list[int]:
         """Physical frames of the region's resident pages (root only)."""
         return _procfs.pagemap(region.address, region.pages)[1]

@@ -183,6 +183,8 @@ class SlotAllocator:
             index = state.free_pages.pop()
         else:
             index = state.next_untouched
+            # may fail (a model's pool exhausted): before any state changes
+            self.backend.touch(state.region.address + index * PAGE_SIZE)
             state.next_untouched += 1
         state.pages_in_use += 1
         page = _Page(state, index, cls, list(range(0, PAGE_SIZE - cls + 1, cls)))

@@ -65,6 +65,9 @@ class _LockedAnonymous:
         self._regions[region.address] = region
         return region
 
+    def touch(self, address: int) -> None:
+        """mlock already faulted every page in."""
+
     def free(self, region: Region) -> None:
         del self._regions[region.address]
         _sys.munmap(region.address, region.length)

@@ -85,6 +85,9 @@ def make_backend(config: VaultConfig) -> SecretMemoryBackend:
             memory_bytes=config.model_memory_bytes,
             cma_bytes=config.model_cma_bytes,
             fallback=config.model_fallback,
+            # faults are recorded as the slot allocator first uses each
+            # page, as memfd_secret faults pages on first touch
+            fault_on_allocate=False,
         )
     raise InvalidArgument(f"unknown backend {config.backend!r}; use one of {', '.join(BACKENDS)}")
 

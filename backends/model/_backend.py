@@ -12,11 +12,12 @@ Beside the bytes, each region is a secret file of a simulated machine
 map and charges are what :meth:`ModelBackend.statistics` reports.
 
 Page faults: a real first touch cannot be observed on locked memory (mlock
-faults every page in at once), so by default every page of a region is
-faulted in the model at :meth:`allocate`.  A caller that knows when it
-first uses a page (the slot allocator carves pages one at a time) can
-construct the backend with ``fault_on_allocate=False`` and call
-:meth:`touch` instead, which is how memfd_secret really behaves.
+faults every page in at once), so the model is told.  The slot allocator
+calls :meth:`touch` when it first carves a page, and the vault builds its
+model backends with ``fault_on_allocate=False``: a page is faulted (charged,
+removed from the simulated direct map) at first use, as memfd_secret does.
+Without that flag every page of a region is faulted at :meth:`allocate`,
+which is what the scenarios of whole secret files want.
 """
 
 from __future__ import annotations
@@ -114,14 +115,14 @@ class ModelBackend:
                 return region, f
         raise BackendError(f"address {address:#x} is in no region of this backend")
 
-    def touch(self, address: int) -> int:
+    def touch(self, address: int) -> None:
         """First use of the page holding ``address``: fault it in the model.
 
-        Returns the page's simulated frame.  Idempotent per page.
+        Idempotent per page; :meth:`frames` gives the simulated frame.
         """
         with self._lock:
             region, f = self._find(address)
-            return self._design.fault(f, (address - region.address) // PAGE_SIZE)
+            self._design.fault(f, (address - region.address) // PAGE_SIZE)
 
     def frames(self, region: Region) -> list[int]:
         """Simulated frames of the region's faulted pages, in page order."""

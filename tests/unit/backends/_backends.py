@@ -59,6 +59,9 @@ class AnonymousBackend:
         self.regions[addr] = region
         return region
 
+    def touch(self, address: int) -> None:
+        """mlock already faulted every page in."""
+
     def free(self, region: Region) -> None:
         if self.regions.pop(region.address, None) is None:
             raise BackendError(f"region at {region.address:#x} is not this backend's")
@@ -88,6 +91,7 @@ class Recording:
         self.allocated: list[int] = []  # pages asked for, in order (successes)
         self.refused: list[int] = []  # pages asked for and refused
         self.freed: list[Region] = []
+        self.touched: list[int] = []  # first uses of pages, by address
         self.closed = False
 
     @property
@@ -110,6 +114,10 @@ class Recording:
             raise
         self.allocated.append(pages)
         return region
+
+    def touch(self, address: int) -> None:
+        self.touched.append(address)
+        self.inner.touch(address)
 
     def free(self, region: Region) -> None:
         self.freed.append(region)

@@ -103,8 +103,10 @@ def test_touch_faults_one_page_at_a_time() -> None:
     r = b.allocate(16)
     assert b.statistics().pages_resident == 0
     assert b.machine.memcgs["/"].charged == 0
-    pfn = b.touch(r.address + 3 * PAGE + 17)
-    assert b.touch(r.address + 3 * PAGE) == pfn  # same page: no new fault
+    b.touch(r.address + 3 * PAGE + 17)
+    (pfn,) = b.frames(r)
+    b.touch(r.address + 3 * PAGE)  # same page: no new fault
+    assert b.frames(r) == [pfn]
     b.touch(r.address)
     s = b.statistics()
     assert s.pages_resident == 2 and s.pages_mapped == 16
@@ -199,3 +201,19 @@ def test_inherited_memlock_limit_follows_this_process(monkeypatch: pytest.Monkey
     assert _backend.inherited_memlock_limit() is None
     with pytest.raises(InvalidArgument, match="memlock_limit"):
         make_model_backend("page-model", memlock_limit=-5)
+
+
+def test_the_slot_allocator_faults_model_pages_as_it_first_uses_them() -> None:
+    """As on memfd_secret: a page counts (resident, charged, split) only
+    once a slot in it is used, not when its region is mapped."""
+    b = make_model_backend(
+        "page-model", memory_bytes=256 * MiB, workload=QUIET, fault_on_allocate=False
+    )
+    alloc = SlotAllocator(b)
+    slots = [alloc.allocate(64) for _ in range(65)]  # 64 per page: two pages
+    s = b.statistics()
+    assert s.pages_mapped == 16 and s.pages_resident == 2
+    assert dict(s.extra)["memcg_charged_bytes"] == 2 * PAGE
+    for slot in slots:
+        slot.free()
+    alloc.close()
