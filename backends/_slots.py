@@ -149,8 +149,13 @@ class SlotAllocator:
         self._reserve = reserve_regions
         self._lock = threading.Lock()
         self._regions: list[_RegionState] = []
-        # per size class: pages with at least one free slot
-        self._partial: dict[int, set[_Page]] = {c: set() for c in SIZE_CLASSES}
+        # per size class, pages with a free slot bucketed by slots used
+        # (insertion-ordered dicts as ordered sets): the fullest page is
+        # found without scanning pages, however many partial pages churn
+        # leaves behind
+        self._partial: dict[int, list[dict[_Page, None]]] = {
+            c: [{} for _ in range(PAGE_SIZE // c)] for c in SIZE_CLASSES
+        }
         self._pages: dict[int, set[_Page]] = {c: set() for c in SIZE_CLASSES}
         self._used_bytes = 0
         self._closed = False
@@ -165,17 +170,20 @@ class SlotAllocator:
                 raise SlotFreed("the allocator is closed")
             page = self._page_with_room(cls)
             offset = heapq.heappop(page.free)
+            buckets = self._partial[cls]
+            del buckets[page.used][page]
             page.used += 1
-            if not page.free:
-                self._partial[cls].discard(page)
+            if page.free:
+                buckets[page.used][page] = None
             self._used_bytes += size
             return Slot(self, page, page.address + offset, size)
 
     def _page_with_room(self, cls: int) -> _Page:
-        partial = self._partial[cls]
-        if partial:
-            # the fullest page first: keeps live slots dense, lets others empty
-            return max(partial, key=lambda p: p.used) if len(partial) > 1 else next(iter(partial))
+        # the fullest page first: keeps live slots dense, lets others empty
+        # (backends/model/scenarios.KeyringSim makes the same choices)
+        for bucket in reversed(self._partial[cls]):
+            if bucket:
+                return next(iter(bucket))
         state = next((r for r in self._regions if r.has_page), None)
         if state is None:
             state = self._new_region()
@@ -188,7 +196,7 @@ class SlotAllocator:
             state.next_untouched += 1
         state.pages_in_use += 1
         page = _Page(state, index, cls, list(range(0, PAGE_SIZE - cls + 1, cls)))
-        self._partial[cls].add(page)
+        self._partial[cls][0][page] = None
         self._pages[cls].add(page)
         return page
 
@@ -225,14 +233,17 @@ class SlotAllocator:
             _sodium.sodium_memzero(slot._ptr, page.size)
             slot._page = None
             self._used_bytes -= slot.size
+            buckets = self._partial[page.size]
+            if page.free:  # a full page is in no bucket
+                del buckets[page.used][page]
             heapq.heappush(page.free, slot.address - page.address)
             page.used -= 1
-            self._partial[page.size].add(page)
-            if page.used == 0:
+            if page.used:
+                buckets[page.used][page] = None
+            else:
                 self._release_page(page)
 
     def _release_page(self, page: _Page) -> None:
-        self._partial[page.size].discard(page)
         self._pages[page.size].discard(page)
         state = page.region
         state.pages_in_use -= 1
@@ -258,7 +269,8 @@ class SlotAllocator:
                 self.backend.free(state.region)
             self._regions.clear()
             for c in SIZE_CLASSES:
-                self._partial[c].clear()
+                for bucket in self._partial[c]:
+                    bucket.clear()
                 self._pages[c].clear()
         self.backend.close()
 
