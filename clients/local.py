@@ -8,8 +8,12 @@
   public key, framed with the key version so ``Decrypt`` picks that version.
 
 Key material handed to :func:`seal_for_import` is the caller's own key on
-its way *into* the vault; :func:`read_key_material` returns it in a
-``bytearray`` the caller can (and the CLI does) wipe after sealing.
+its way *into* the vault, in the caller's process.  :func:`read_key_material`
+returns it in a ``bytearray`` the caller can (and the CLI does) wipe after
+sealing; the copies Python makes on the way (decoding PEM or PKCS#8, the
+``bytes`` handed to ``crypto_box_seal``) are ordinary garbage it cannot
+wipe.  Import from a short-lived process, as ``secretvault keys import``
+does, and keep the source file out of reach afterwards.
 """
 
 from __future__ import annotations
