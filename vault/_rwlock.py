@@ -5,47 +5,100 @@ otherwise read a slot that a delete in another thread is zeroing.  Every
 operation holds the read side while it uses a slot; freeing a slot takes
 the write side.  Writers are preferred, so a steady stream of operations
 cannot starve a delete.
+
+The read side is on every operation's path, so it is kept to one plain
+``Lock`` acquire/release each way and a counter: a reader only waits on the
+condition variable when a writer holds or wants the lock, and the last
+reader out only notifies when a writer is waiting.  Writes (key creation,
+rotation, deletion) are rare and take the slower path.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from types import TracebackType
+
+
+class _Side:
+    """``with lock.read():`` / ``with lock.write():`` without a generator per use."""
+
+    __slots__ = ("_enter", "_exit")
+
+    def __init__(self, enter: Callable[[], None], exit_: Callable[[], None]) -> None:
+        self._enter = enter
+        self._exit = exit_
+
+    def __enter__(self) -> None:
+        self._enter()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._exit()
 
 
 class RWLock:
+    __slots__ = (
+        "_cond",
+        "_lock",
+        "_read",
+        "_readers",
+        "_write",
+        "_writer",
+        "_writers_waiting",
+    )
+
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        # waited on only when a reader meets a writer (or a writer meets anyone)
+        self._cond = threading.Condition(self._lock)
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
+        self._read = _Side(self.acquire_read, self.release_read)
+        self._write = _Side(self.acquire_write, self.release_write)
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
+    # --- the read side: every operation --------------------------------------------
+
+    def acquire_read(self) -> None:
+        with self._lock:
+            if self._writer or self._writers_waiting:
+                while self._writer or self._writers_waiting:
+                    self._cond.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
 
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
+    def release_read(self) -> None:
+        with self._lock:
+            self._readers -= 1
+            if self._readers == 0 and self._writers_waiting:
+                self._cond.notify_all()
+
+    def read(self) -> _Side:
+        """A context manager holding the read side (the same object every time)."""
+        return self._read
+
+    # --- the write side: mutations ---------------------------------------------------
+
+    def acquire_write(self) -> None:
+        with self._lock:
             self._writers_waiting += 1
-            while self._writer or self._readers:
-                self._cond.wait()
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            except BaseException:
+                # interrupted: readers held back for this writer must not wait on
+                self._writers_waiting -= 1
+                self._cond.notify_all()
+                raise
             self._writers_waiting -= 1
             self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
+
+    def release_write(self) -> None:
+        with self._lock:
+            self._writer = False
+            # readers held back for this writer, and other writers, may go on
+            self._cond.notify_all()
+
+    def write(self) -> _Side:
+        """A context manager holding the write side (the same object every time)."""
+        return self._write

@@ -7,9 +7,9 @@ message, a plaintext, a ciphertext, a signature, a MAC or any key material:
 the record type below has no field that could hold them.
 
 Lines are written with one ``write(2)`` each on an ``O_APPEND`` descriptor,
-so lines from concurrent calls never interleave, and a batch's lines go out
-in one write.  They are not fsync'ed: the trail survives a crash of the
-server, not of the machine.
+so lines from concurrent calls never interleave, and a batch's lines (still
+one per operation) go out in one write.  They are not fsync'ed: the trail
+survives a crash of the server, not of the machine.
 
 **Fail closed.**  When a line cannot be written (disk full, I/O error,
 revoked file), :meth:`AuditLog.write` raises :class:`AuditUnavailable` and
@@ -19,22 +19,28 @@ With ``fail_open=True`` the failure is logged and the result is returned.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from json.encoder import encode_basestring_ascii
+from typing import NamedTuple
 
 from clients.errors import AuditUnavailable
 
 log = logging.getLogger("secretvault.audit")
 
+#: one audit entry as the edge hands it over: (operation, key, version, result)
+Entry = tuple[str, str | None, int | None, str]
 
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
+#: strings with few distinct values (identities, listeners, operations,
+#: results) are escaped once; key names come from clients and are not kept
+_MAX_QUOTED = 1024
+
+
+class AuditRecord(NamedTuple):
     identity: str
     listener: str
     operation: str
@@ -42,31 +48,26 @@ class AuditRecord:
     version: int | None
     result: str  # "ok" or a gRPC status code name
 
-    def line(self, now: float) -> str:
-        return json.dumps(
-            {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-                + f".{int(now % 1 * 1e6):06d}Z",
-                "identity": self.identity,
-                "listener": self.listener,
-                "operation": self.operation,
-                "key": self.key,
-                "version": self.version,
-                "result": self.result,
-            },
-            ensure_ascii=True,
-            separators=(",", ":"),
-        )
-
 
 class AuditLog:
-    """Appends audit lines to a file (created 0600) or to stderr."""
+    """Appends audit lines to a file (created 0600) or to stderr.
+
+    A line is exactly what ``json.dumps(record, ensure_ascii=True,
+    separators=(",", ":"))`` makes of the record as an object with the keys
+    time, identity, listener, operation, key, version, result (in that
+    order), but built from pieces: strings go through the same C escaper
+    ``json`` uses, the few strings that repeat are escaped once, and the
+    time's seconds are formatted once a second.
+    """
 
     def __init__(self, path: str | None = None, *, fail_open: bool = False) -> None:
         self.path = path
         self.fail_open = fail_open
         self._lock = threading.Lock()
         self._owned = False
+        self._quoted: dict[str, str] = {}
+        # (whole second, '{"time":"YYYY-MM-DDTHH:MM:SS.'): replaced whole, never mutated
+        self._second: tuple[int, str] = (-1, "")
         if path is None or path == "-":
             self._fd = sys.stderr.fileno()
             self.path = None
@@ -80,11 +81,64 @@ class AuditLog:
     def where(self) -> str:
         return self.path or "stderr"
 
+    # --- building lines ---------------------------------------------------------------
+
+    def _quote(self, text: str) -> str:
+        q = self._quoted.get(text)
+        if q is None:
+            if len(self._quoted) >= _MAX_QUOTED:
+                self._quoted.clear()
+            q = self._quoted[text] = encode_basestring_ascii(text)
+        return q
+
+    def _stamp(self, now: float) -> str:
+        """``{"time":"...Z"`` for ``now`` (UTC, microseconds)."""
+        second = int(now)
+        cached = self._second
+        if cached[0] != second:
+            cached = (second, time.strftime('{"time":"%Y-%m-%dT%H:%M:%S.', time.gmtime(second)))
+            self._second = cached
+        return f'{cached[1]}{int(now % 1 * 1e6):06d}Z"'
+
+    def _head(self, stamp: str, identity: str, listener: str) -> str:
+        return (f'{stamp},"identity":{self._quote(identity)},'
+                f'"listener":{self._quote(listener)},"operation":')
+
+    def _tail(self, operation: str, key: str | None, version: int | None,
+              result: str) -> str:
+        return (f'{self._quote(operation)},"key":'
+                f'{"null" if key is None else encode_basestring_ascii(key)},'
+                f'"version":{"null" if version is None else int(version)},'
+                f'"result":{self._quote(result)}}}\n')
+
+    # --- writing ----------------------------------------------------------------------
+
     def write(self, records: Sequence[AuditRecord]) -> None:
+        """One line per record, all in one ``write(2)``."""
         if not records:
             return
-        now = time.time()
-        data = "".join(r.line(now) + "\n" for r in records).encode("ascii")
+        stamp = self._stamp(time.time())
+        self._append("".join(
+            self._head(stamp, r.identity, r.listener)
+            + self._tail(r.operation, r.key, r.version, r.result) for r in records))
+
+    def write_one(self, identity: str, listener: str, operation: str, key: str | None,
+                  version: int | None, result: str) -> None:
+        """The line of one unary call."""
+        self._append(self._head(self._stamp(time.time()), identity, listener)
+                     + self._tail(operation, key, version, result))
+
+    def write_entries(self, identity: str, listener: str, entries: Iterable[Entry]) -> None:
+        """The lines of a batch (one caller, one time): all in one ``write(2)``."""
+        head = self._head(self._stamp(time.time()), identity, listener)
+        tail = self._tail
+        data = "".join([head + tail(op, key, version, result)
+                        for op, key, version, result in entries])
+        if data:
+            self._append(data)
+
+    def _append(self, text: str) -> None:
+        data = text.encode("ascii")
         try:
             with self._lock:
                 view = memoryview(data)

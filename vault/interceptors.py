@@ -35,9 +35,9 @@ from cryptography.x509.oid import NameOID
 
 from clients.errors import ShuttingDown, VaultError
 from vault import errors
-from vault.audit import AuditLog, AuditRecord
+from vault.audit import AuditLog, AuditRecord, Entry
 from vault.metrics import Metrics
-from vault.policy import OWNER, Policy
+from vault.policy import Policy
 from vault.servicers import Malformed
 from vault.stats import OperationCounters
 
@@ -151,6 +151,12 @@ class Authenticator:
         self._cache: dict[bytes, str] = {}
         self._lock = threading.Lock()
 
+    @property
+    def fixed_identity(self) -> str | None:
+        """The identity of every call on this listener, or None when each call's
+        certificate says (TLS)."""
+        return self._identity
+
     def identity(self, context: grpc.ServicerContext) -> str:
         if self._identity is not None:
             return self._identity
@@ -208,11 +214,24 @@ class Edge:
 
 
 class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """The edge of one listener.
+
+    Everything that does not change from call to call -- the method's
+    policy name and audit accessors, the listener's fixed identity and
+    whether the policy restricts it, the metrics child -- is looked up once,
+    when a method's handler is wrapped; a call only does the per-call part.
+    """
+
     def __init__(self, edge: Edge, authenticator: Authenticator) -> None:
         self._edge = edge
         self._auth = authenticator
         # the wrapped handler of each method, built on its first call
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        # a Unix listener's identity is fixed; when the policy lets it do
+        # everything (the owner), no operation of this listener needs a check
+        fixed = authenticator.fixed_identity
+        self._check: Callable[[str, str, str | None], None] | None = (
+            None if fixed is not None and edge.policy.unrestricted(fixed) else edge.policy.check)
 
     def intercept_service(
         self,
@@ -259,8 +278,7 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def _begin(self, context: grpc.ServicerContext) -> str:
         if self._edge.draining.is_set():
-            raise ShuttingDown("the server is shutting down; retry on another replica or "
-                               "after it restarts")
+            raise _shutting_down()
         return self._auth.identity(context)
 
     def _records(self, records: list[AuditRecord]) -> None:
@@ -286,9 +304,9 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             code, name, message = errors.describe(e, where)
         errors.abort(context, code, name, message)
 
-    def _observe(self, operation: str, start: float) -> None:
-        if self._edge.metrics is not None:
-            self._edge.metrics.observe(operation, time.perf_counter() - start)
+    def _observer(self, operation: str) -> Callable[[float], None] | None:
+        metrics = self._edge.metrics
+        return metrics.observer(operation) if metrics is not None else None
 
     # --- unary ------------------------------------------------------------------------
 
@@ -297,39 +315,49 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                *, filter_list: bool = False) -> Callable[[Request, grpc.ServicerContext],
                                                          Response]:
         listener = self._auth.listener
+        fixed = self._auth.fixed_identity
+        identify = self._auth.identity
         policy = self._edge.policy
+        check = self._check
+        draining = self._edge.draining
+        count = self._edge.counters.record
+        write_one = self._edge.audit.write_one
+        operation = spec.operation
+        key_of = spec.key
+        version_of = spec.version
+        observe = self._observer(operation)
+        clock = time.perf_counter
+        fail = self._fail
 
         def behavior(request: Request, context: grpc.ServicerContext) -> Response:
-            start = time.perf_counter()
+            start = clock()
             identity = "unknown"
             key: str | None = None
-
-            def record(result: str, response: Response | None = None) -> list[AuditRecord]:
-                version = None
-                if not isinstance(request, Malformed):
-                    try:
-                        version = spec.version(request, response)
-                    except (AttributeError, TypeError, ValueError):
-                        version = None
-                return [AuditRecord(identity, listener, spec.operation, key, version, result)]
-
             try:
-                identity = self._begin(context)
+                if draining.is_set():
+                    raise _shutting_down()
+                identity = fixed if fixed is not None else identify(context)
                 if isinstance(request, Malformed):
                     raise request.error()
-                key = spec.key(request)
-                policy.check(identity, spec.operation, key)
+                key = key_of(request)
+                if check is not None:
+                    check(identity, operation, key)
                 response = inner(request, context)
-                if filter_list and identity != OWNER:
+                if filter_list and not policy.unrestricted(identity):
                     visible = [k for k in response.keys
                                if policy.allows(identity, "list_keys", k.name)]
                     del response.keys[:]
                     response.keys.extend(visible)
-                self._records(record("ok", response))
+                count(operation, "ok")
+                write_one(identity, listener, operation, key,
+                          _audit_version(version_of, request, response), "ok")
             except Exception as e:
-                self._fail(context, e, spec.operation, record)
+                fail(context, e, operation, lambda result: [AuditRecord(
+                    identity, listener, operation, key,
+                    _audit_version(version_of, request, None), result)])
             finally:
-                self._observe(spec.operation, start)
+                if observe is not None:
+                    observe(clock() - start)
             return response
 
         return behavior
@@ -338,7 +366,7 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                       inner: Callable[[Request, grpc.ServicerContext], Iterator[Response]]
                       ) -> Callable[[Request, grpc.ServicerContext], Iterator[Response]]:
         listener = self._auth.listener
-        policy = self._edge.policy
+        check = self._check
 
         def behavior(request: Request, context: grpc.ServicerContext) -> Iterator[Response]:
             identity = "unknown"
@@ -350,7 +378,8 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 identity = self._begin(context)
                 if isinstance(request, Malformed):
                     raise request.error()
-                policy.check(identity, spec.operation, None)
+                if check is not None:
+                    check(identity, spec.operation, None)
                 # one line when the watch begins: a watch may outlive the log's rotation
                 self._records(record("ok"))
                 yield from inner(request, context)
@@ -364,10 +393,18 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def _batch(self, inner: Callable[[Request, grpc.ServicerContext], Response]
                ) -> Callable[[Request, grpc.ServicerContext], Response]:
         listener = self._auth.listener
-        policy = self._edge.policy
+        fixed = self._auth.fixed_identity
+        identify = self._auth.identity
+        check = self._check
+        draining = self._edge.draining
+        count = self._edge.counters.record
+        write_entries = self._edge.audit.write_entries
+        observe = self._observer("batch")
+        clock = time.perf_counter
+        fail = self._fail
 
         def behavior(request: Request, context: grpc.ServicerContext) -> Response:
-            start = time.perf_counter()
+            start = clock()
             identity = "unknown"
             targets: list[tuple[str, str | None]] = []
 
@@ -378,24 +415,29 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                         for op, key in targets]
 
             try:
-                identity = self._begin(context)
+                if draining.is_set():
+                    raise _shutting_down()
+                identity = fixed if fixed is not None else identify(context)
                 if isinstance(request, Malformed):
                     raise request.error()
                 targets = [_op_target(op) for op in request.operations]
                 # all or nothing: a batch with one denied operation runs none
-                for op, key in targets:
-                    if op != "invalid":
-                        policy.check(identity, op, key)
+                if check is not None:
+                    for op, key in targets:
+                        if op != "invalid":
+                            check(identity, op, key)
                 response = inner(request, context)
-                records = []
-                for (op, key), result in zip(targets, response.results, strict=False):
-                    outcome, version = _op_record(result)
-                    records.append(AuditRecord(identity, listener, op, key, version, outcome))
-                self._records(records)
+                # one line per operation, all written at once; the results go
+                # back only once that write succeeded (fail closed)
+                entries = [(op, key, version, outcome) for (op, key), (outcome, version)
+                           in zip(targets, map(_op_record, response.results), strict=False)]
+                _count(count, entries)
+                write_entries(identity, listener, entries)
             except Exception as e:
-                self._fail(context, e, "batch", record)
+                fail(context, e, "batch", record)
             finally:
-                self._observe("batch", start)
+                if observe is not None:
+                    observe(clock() - start)
             return response
 
         return behavior
@@ -404,7 +446,11 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                                       Iterator[Response]]
                 ) -> Callable[[Iterator[Request], grpc.ServicerContext], Iterator[Response]]:
         listener = self._auth.listener
-        policy = self._edge.policy
+        check = self._check
+        count = self._edge.counters.record
+        write_one = self._edge.audit.write_one
+        metrics = self._edge.metrics
+        clock = time.perf_counter
 
         def behavior(requests: Iterator[Request], context: grpc.ServicerContext
                      ) -> Iterator[Response]:
@@ -420,8 +466,9 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     target = _op_target(op)
                     if target[0] != "invalid":
                         current[:] = [target]
-                        policy.check(identity, *target)
-                    pending.append((target[0], target[1], time.perf_counter()))
+                        if check is not None:
+                            check(identity, *target)
+                    pending.append((target[0], target[1], clock()))
                     yield op
 
             def record(result: str) -> list[AuditRecord]:
@@ -433,10 +480,38 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 for result in inner(checked(), context):
                     op, key, start = pending.popleft()
                     outcome, version = _op_record(result)
-                    self._records([AuditRecord(identity, listener, op, key, version, outcome)])
-                    self._observe(op, start)
+                    count(op, outcome)
+                    write_one(identity, listener, op, key, version, outcome)
+                    if metrics is not None:
+                        metrics.observe(op, clock() - start)
                     yield result
             except Exception as e:
                 self._fail(context, e, "stream", record)
 
         return behavior
+
+
+def _shutting_down() -> ShuttingDown:
+    return ShuttingDown("the server is shutting down; retry on another replica or "
+                        "after it restarts")
+
+
+def _audit_version(version: Callable[[Request, Response | None], int | None],
+                   request: Request, response: Response | None) -> int | None:
+    """The version to audit; never an error of its own."""
+    if isinstance(request, Malformed):
+        return None
+    try:
+        return version(request, response)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _count(record: Callable[[str, str, int], None], entries: list[Entry]) -> None:
+    """Add a batch's operations to the counters, once per (operation, result)."""
+    tally: dict[tuple[str, str], int] = {}
+    for op, _key, _version, result in entries:
+        pair = (op, result)
+        tally[pair] = tally.get(pair, 0) + 1
+    for (op, result), n in tally.items():
+        record(op, result, n)

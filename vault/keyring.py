@@ -15,8 +15,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from backends import Slot, SlotAllocator
@@ -51,6 +50,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 MAX_LABELS = 32
 MAX_LABEL_LEN = 256
 STORE_FORMAT = b"1"
+_SEALED_BOX_MAGIC = framing.MAGIC + Kind.SEALED_BOX.value
+_AEAD_MIN = na.AEAD_XCHACHA_NPUBBYTES + na.AEAD_XCHACHA_ABYTES
 
 
 def validate_name(name: str) -> str:
@@ -316,24 +317,39 @@ class Keyring:
             raise IntegrityError(f"key {key.name!r} version {n}: {v.damaged}")
         return v
 
-    @contextmanager
-    def _using(
+    def _use(
         self, name: str, wanted: KeyType, op: str, version: int | None = None,
-        *, decrypting: bool = False
-    ) -> Iterator[_Version]:
-        with self._rw.read():
-            if self._closed:
-                raise StoreSealed("the keyring is closed")
-            key = self._get(name)
-            try:
-                crypto.require(key.type, wanted, op, name)
-            except WrongKeyType:
-                # the stored type is part of the sealed record's associated
-                # data: when the version asked for failed to unseal, the type
-                # itself may be what was tampered with, so say that instead
-                self._raise_if_damaged(key, version)
-                raise
-            yield self._version(key, version, decrypting=decrypting)
+        decrypting: bool = False,
+    ) -> _Version:
+        """The version an operation reads; call it with the read side of ``_rw`` held.
+
+        Every operation passes here, so the usual case (the key exists, has
+        the wanted type, the version is there and intact) is a few dict
+        lookups; anything else takes :meth:`_refuse`, which says what is wrong.
+        """
+        key = self._keys.get(name)
+        if key is not None and key.type is wanted:
+            n = key.primary if version is None else version
+            v = key.versions.get(n)
+            if v is not None and v.slot is not None and not (
+                    decrypting and n < key.min_decryption):
+                return v
+        return self._refuse(name, wanted, op, version, decrypting)
+
+    def _refuse(self, name: str, wanted: KeyType, op: str, version: int | None,
+                decrypting: bool) -> _Version:
+        if self._closed:
+            raise StoreSealed("the keyring is closed")
+        key = self._get(name)
+        try:
+            crypto.require(key.type, wanted, op, name)
+        except WrongKeyType:
+            # the stored type is part of the sealed record's associated
+            # data: when the version asked for failed to unseal, the type
+            # itself may be what was tampered with, so say that instead
+            self._raise_if_damaged(key, version)
+            raise
+        return self._version(key, version, decrypting=decrypting)
 
     @staticmethod
     def _raise_if_damaged(key: _Key, version: int | None) -> None:
@@ -538,24 +554,44 @@ class Keyring:
 
     # --- operations ---------------------------------------------------------------
 
+    # Each operation holds the read side only while it reads the slot (a
+    # delete zeroes it under the write side); framing the result needs only
+    # the version number, so it happens after the release.
+
     def sign(self, name: str, message: bytes) -> tuple[int, bytes]:
         """(version, framed signature) with the primary version."""
-        with self._using(name, KeyType.ED25519, "sign") as v:
+        rw = self._rw
+        rw.acquire_read()
+        try:
+            v = self._use(name, KeyType.ED25519, "sign")
             assert v.slot is not None
             sig = crypto.sign(v.slot, message)
-            return v.version, framing.frame(Kind.SIGNATURE, v.version, sig)
+        finally:
+            rw.release_read()
+        return v.version, framing.frame(Kind.SIGNATURE, v.version, sig)
 
     def verify(self, name: str, message: bytes, signature: bytes) -> bool:
         version, raw = framing.unframe(Kind.SIGNATURE, signature)
-        with self._using(name, KeyType.ED25519, "verify", version, decrypting=True) as v:
+        rw = self._rw
+        rw.acquire_read()
+        try:
+            v = self._use(name, KeyType.ED25519, "verify", version, True)
             assert v.public is not None
-            return crypto.verify(v.public, message, raw)
+            public = v.public
+        finally:
+            rw.release_read()
+        return crypto.verify(public, message, raw)
 
     def encrypt(self, name: str, plaintext: bytes, aad: bytes = b"") -> tuple[int, bytes]:
-        with self._using(name, KeyType.XCHACHA20_POLY1305, "encrypt") as v:
+        rw = self._rw
+        rw.acquire_read()
+        try:
+            v = self._use(name, KeyType.XCHACHA20_POLY1305, "encrypt")
             assert v.slot is not None
             payload = crypto.aead_encrypt(v.slot, plaintext, aad)
-            return v.version, framing.frame(Kind.AEAD, v.version, payload)
+        finally:
+            rw.release_read()
+        return v.version, framing.frame(Kind.AEAD, v.version, payload)
 
     def decrypt(self, name: str, ciphertext: bytes, aad: bytes = b"") -> tuple[int, bytes]:
         """Decrypt an XChaCha20-Poly1305 ciphertext or an X25519 sealed box.
@@ -564,32 +600,50 @@ class Keyring:
         which a tampered store could change): a mismatch is a WrongKeyType,
         or an IntegrityError when that version failed to unseal.
         """
-        if ciphertext[:3] == framing.MAGIC + Kind.SEALED_BOX.value:
+        rw = self._rw
+        if ciphertext[:3] == _SEALED_BOX_MAGIC:
             version, box = framing.unframe(Kind.SEALED_BOX, ciphertext)
             if aad:
                 raise InvalidArgument("sealed boxes take no associated data")
-            with self._using(name, KeyType.X25519, "decrypt", version, decrypting=True) as v:
+            rw.acquire_read()
+            try:
+                v = self._use(name, KeyType.X25519, "decrypt", version, True)
                 assert v.slot is not None and v.public is not None
                 return version, crypto.open_sealed_box(v.slot, v.public, box)
+            finally:
+                rw.release_read()
         version, payload = framing.unframe(Kind.AEAD, ciphertext)
-        with self._using(name, KeyType.XCHACHA20_POLY1305, "decrypt", version,
-                         decrypting=True) as v:
+        rw.acquire_read()
+        try:
+            v = self._use(name, KeyType.XCHACHA20_POLY1305, "decrypt", version, True)
             assert v.slot is not None
-            if len(payload) < na.AEAD_XCHACHA_NPUBBYTES + na.AEAD_XCHACHA_ABYTES:
+            if len(payload) < _AEAD_MIN:
                 raise DecryptionFailed(
                     "the ciphertext is shorter than its 24-byte nonce and 16-byte tag")
             return version, crypto.aead_decrypt(v.slot, payload, aad)
+        finally:
+            rw.release_read()
 
     def mac(self, name: str, message: bytes) -> tuple[int, bytes]:
-        with self._using(name, KeyType.HMAC_SHA256, "mac") as v:
+        rw = self._rw
+        rw.acquire_read()
+        try:
+            v = self._use(name, KeyType.HMAC_SHA256, "mac")
             tag = self._hmac(v, message)
-            return v.version, framing.frame(Kind.MAC, v.version, tag)
+        finally:
+            rw.release_read()
+        return v.version, framing.frame(Kind.MAC, v.version, tag)
 
     def verify_mac(self, name: str, message: bytes, mac: bytes) -> bool:
         version, raw = framing.unframe(Kind.MAC, mac)
-        with self._using(name, KeyType.HMAC_SHA256, "verify_mac", version,
-                         decrypting=True) as v:
-            return crypto.constant_time_equal(self._hmac(v, message), raw)
+        rw = self._rw
+        rw.acquire_read()
+        try:
+            v = self._use(name, KeyType.HMAC_SHA256, "verify_mac", version, True)
+            tag = self._hmac(v, message)
+        finally:
+            rw.release_read()
+        return crypto.constant_time_equal(tag, raw)
 
     def _hmac(self, v: _Version, message: bytes) -> bytes:
         assert v.slot is not None

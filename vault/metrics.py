@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
@@ -168,11 +168,21 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # the histogram's child per operation: ``labels()`` takes a lock and
+        # builds a key on every call, so each child is looked up once
+        self._observers: dict[str, Callable[[float], None]] = {}
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
+    def observer(self, operation: str) -> Callable[[float], None]:
+        """The function recording one latency (seconds) of ``operation``."""
+        observe = self._observers.get(operation)
+        if observe is None:
+            observe = self._observers[operation] = self.latency.labels(operation).observe
+        return observe
+
     def observe(self, operation: str, seconds: float) -> None:
-        self.latency.labels(operation).observe(seconds)
+        self.observer(operation)(seconds)
 
     def serve(self, address: str) -> tuple[str, int]:
         """Start the HTTP endpoint on ``host:port``; returns the bound address."""

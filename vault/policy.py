@@ -97,20 +97,45 @@ class Identity:
     tls: tuple[str, ...] = ()  # certificate identities (SAN URI, else CN)
 
 
+#: decisions remembered per policy (identity, operation, key): a bound on memory,
+#: since key names come from clients; names longer than a valid one are not kept
+_MAX_DECISIONS = 4096
+_MAX_CACHED_NAME = 128
+
+
 @dataclass(frozen=True)
 class Policy:
     identities: Mapping[str, Identity] = field(default_factory=dict)
     source: str = "the built-in policy (owner only)"
+    # a policy never changes once loaded, so its answers can be remembered
+    _decisions: dict[tuple[str, str, str | None], bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     # --- decisions ------------------------------------------------------------------
+
+    def unrestricted(self, identity: str) -> bool:
+        """Whether ``identity`` may do everything (the server's own user).
+
+        The edge asks this once per listener and skips the per-operation
+        checks for such an identity; every other identity is checked on
+        every operation.
+        """
+        return identity == OWNER
 
     def allows(self, identity: str, operation: str, key: str | None) -> bool:
         if identity == OWNER:
             return True
-        ident = self.identities.get(identity)
-        if ident is None:
-            return False
-        return any(g.covers(operation, key) for g in ident.grants)
+        memo = (identity, operation, key)
+        decision = self._decisions.get(memo)
+        if decision is None:
+            ident = self.identities.get(identity)
+            decision = ident is not None and any(g.covers(operation, key)
+                                                 for g in ident.grants)
+            if key is None or len(key) <= _MAX_CACHED_NAME:
+                if len(self._decisions) >= _MAX_DECISIONS:
+                    self._decisions.clear()
+                self._decisions[memo] = decision
+        return decision
 
     def check(self, identity: str, operation: str, key: str | None) -> None:
         """Raise :class:`PermissionDenied` unless ``identity`` may do this."""

@@ -213,7 +213,8 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
     def __init__(self, keyring: Keyring, *, max_batch: int = MAX_BATCH_OPERATIONS) -> None:
         self._ring = keyring
         self._max_batch = max_batch
-        self._ops: dict[str, Callable[[Any], Any]] = {
+        self._batch_turn = threading.Lock()
+        self._ops: dict[str, Callable[[Any, Any], Any]] = {
             "sign": self._sign,
             "verify": self._verify,
             "encrypt": self._encrypt,
@@ -222,79 +223,106 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
             "verify_mac": self._verify_mac,
         }
 
-    # the unary forms and the per-operation functions are the same code
+    # The unary forms and the per-operation functions are the same code.  Each
+    # fills the response message it is given: a new one for a unary call, the
+    # operation's own field of its OperationResult in a batch or stream (so a
+    # result is not built and then copied).
 
-    def _sign(self, r: Any) -> crypto_pb2.SignResponse:
-        version, sig = self._ring.sign(r.key, r.message)
-        return crypto_pb2.SignResponse(signature=sig, key_version=version)
+    def _sign(self, r: Any, out: Any) -> Any:
+        out.key_version, out.signature = self._ring.sign(r.key, r.message)
+        return out
 
-    def _verify(self, r: Any) -> crypto_pb2.VerifyResponse:
-        valid = self._ring.verify(r.key, r.message, r.signature)
-        return crypto_pb2.VerifyResponse(valid=valid, key_version=_token_version(r.signature))
+    def _verify(self, r: Any, out: Any) -> Any:
+        out.valid = self._ring.verify(r.key, r.message, r.signature)
+        out.key_version = _token_version(r.signature)
+        return out
 
-    def _encrypt(self, r: Any) -> crypto_pb2.EncryptResponse:
-        version, ct = self._ring.encrypt(r.key, r.plaintext, r.associated_data)
-        return crypto_pb2.EncryptResponse(ciphertext=ct, key_version=version)
+    def _encrypt(self, r: Any, out: Any) -> Any:
+        out.key_version, out.ciphertext = self._ring.encrypt(r.key, r.plaintext,
+                                                             r.associated_data)
+        return out
 
-    def _decrypt(self, r: Any) -> crypto_pb2.DecryptResponse:
-        version, pt = self._ring.decrypt(r.key, r.ciphertext, r.associated_data)
-        return crypto_pb2.DecryptResponse(plaintext=pt, key_version=version)
+    def _decrypt(self, r: Any, out: Any) -> Any:
+        out.key_version, out.plaintext = self._ring.decrypt(r.key, r.ciphertext,
+                                                            r.associated_data)
+        return out
 
-    def _mac(self, r: Any) -> crypto_pb2.MacResponse:
-        version, tag = self._ring.mac(r.key, r.message)
-        return crypto_pb2.MacResponse(mac=tag, key_version=version)
+    def _mac(self, r: Any, out: Any) -> Any:
+        out.key_version, out.mac = self._ring.mac(r.key, r.message)
+        return out
 
-    def _verify_mac(self, r: Any) -> crypto_pb2.VerifyMacResponse:
-        valid = self._ring.verify_mac(r.key, r.message, r.mac)
-        return crypto_pb2.VerifyMacResponse(valid=valid, key_version=_token_version(r.mac))
+    def _verify_mac(self, r: Any, out: Any) -> Any:
+        out.valid = self._ring.verify_mac(r.key, r.message, r.mac)
+        out.key_version = _token_version(r.mac)
+        return out
 
     def Sign(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._sign(request)
+        return self._sign(request, crypto_pb2.SignResponse())
 
     def Verify(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._verify(request)
+        return self._verify(request, crypto_pb2.VerifyResponse())
 
     def Encrypt(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._encrypt(request)
+        return self._encrypt(request, crypto_pb2.EncryptResponse())
 
     def Decrypt(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._decrypt(request)
+        return self._decrypt(request, crypto_pb2.DecryptResponse())
 
     def Mac(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._mac(request)
+        return self._mac(request, crypto_pb2.MacResponse())
 
     def VerifyMac(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._verify_mac(request)
+        return self._verify_mac(request, crypto_pb2.VerifyMacResponse())
 
     def run(self, op: Any) -> crypto_pb2.OperationResult:
         """One operation of a batch or stream; its failure is its own result."""
+        result = crypto_pb2.OperationResult()
+        self._run_into(op, result)
+        return result
+
+    def _run_into(self, op: Any, result: Any) -> None:
         kind = op.WhichOneof("op")
+        result.id = op.id
         try:
             if kind is None:
                 raise InvalidArgument(
                     f"operation {op.id} has no operation set (sign, verify, encrypt, "
                     "decrypt, mac or verify_mac)")
-            response = self._ops[kind](getattr(op, kind))
+            out = getattr(result, kind)
+            # present in the oneof even if every field ends up at its default
+            out.SetInParent()
+            self._ops[kind](getattr(op, kind), out)
         except Exception as e:
             code, name, message = errors.describe(e, f"batch operation {kind}")
-            return crypto_pb2.OperationResult(id=op.id, error=crypto_pb2.OperationError(
+            # setting the error clears whatever of the oneof was set
+            result.error.CopyFrom(crypto_pb2.OperationError(
                 code=errors.code_number(code), error=name, message=message))
-        result = crypto_pb2.OperationResult(id=op.id)
-        getattr(result, kind).CopyFrom(response)
-        return result
 
     def Batch(self, request: Any, context: grpc.ServicerContext) -> Any:
-        n = len(request.operations)
+        operations = request.operations
+        n = len(operations)
         if n > self._max_batch:
             raise RequestTooLarge(
                 f"a batch carries at most {self._max_batch} operations; got {n}: split it")
-        results = []
-        for op in request.operations:
-            # past the deadline (or cancelled) the answer would be thrown away
-            if not context.is_active():
-                break
-            results.append(self.run(op))
-        return crypto_pb2.BatchResponse(results=results)
+        # each result is made in place in the response (not made, then copied in)
+        response = crypto_pb2.BatchResponse()
+        add = response.results.add
+        run_into = self._run_into
+        is_active = context.is_active
+        # Batches take turns.  cffi releases the GIL around every libsodium
+        # call, so batches running side by side hand the GIL over (and wake
+        # a thread) at every operation: measured on 2 cores, that raised the
+        # server's CPU per batched sign from about 60 to 90 us and lowered the
+        # rate.  A waiting batch blocks here without the GIL; unary calls and
+        # streams do not take this lock.
+        with self._batch_turn:
+            for i, op in enumerate(operations):
+                # past the deadline (or cancelled) the answer would be thrown
+                # away: asked every 8 operations (well under a millisecond)
+                if not i & 7 and not is_active():
+                    break
+                run_into(op, add())
+        return response
 
     def Stream(self, request_iterator: Iterable[Any], context: grpc.ServicerContext) -> Any:
         for op in request_iterator:

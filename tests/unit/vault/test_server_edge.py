@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import grpc
 import pytest
@@ -127,6 +128,80 @@ def test_audit_lines(tmp_path: object) -> None:
     full = AuditLog("/dev/full", fail_open=True)
     full.write([AuditRecord("ci", "unix:/s", "sign", "k", 1, "ok")])  # logged, not raised
     full.close()
+
+
+def _reference_line(now: float, r: AuditRecord) -> str:
+    """What the audit line was made with before it was built from pieces."""
+    return json.dumps(
+        {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+         + f".{int(now % 1 * 1e6):06d}Z", "identity": r.identity, "listener": r.listener,
+         "operation": r.operation, "key": r.key, "version": r.version, "result": r.result},
+        ensure_ascii=True, separators=(",", ":")) + "\n"
+
+
+def test_audit_lines_are_exactly_json(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = 1764111600.25  # fixed, so the reference and the log agree to the microsecond
+    monkeypatch.setattr("vault.audit.time.time", lambda: now)
+    records = [
+        AuditRecord("tls:spiffe://ex.org/caf\u00e9", "tcp:127.0.0.1:1", "sign",
+                    'k"ey\\with\nodd\u2028chars\U0001f600\udc80', 7, "ok"),
+        AuditRecord("owner", "unix:/run/s", "decrypt", "", 2**40, "PERMISSION_DENIED"),
+        AuditRecord("owner", "unix:/run/s", "invalid", None, None, "INVALID_ARGUMENT"),
+    ]
+    path = os.path.join(str(tmp_path), "audit.log")
+    log = AuditLog(path)
+    log.write(records)
+    log.write_one(*records[0])
+    log.write_entries("owner", "unix:/run/s", [r[2:] for r in records[1:]])
+    log.close()
+    with open(path, encoding="ascii") as f:
+        lines = f.readlines()
+    expect = [_reference_line(now, r) for r in records]
+    expect += [expect[0], expect[1], expect[2]]
+    assert lines == expect
+    assert json.loads(lines[0])["key"] == records[0].key
+
+
+def test_a_batch_is_audited_in_one_write(tmp_path: object,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = os.path.join(str(tmp_path), "audit.log")
+    log = AuditLog(path)
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes | memoryview) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr("vault.audit.os.write", counting_write)
+    log.write_entries("ci", "unix:/s", [("sign", f"ci/k{i}", 1, "ok") for i in range(100)])
+    log.write_entries("ci", "unix:/s", [])  # nothing: no write at all
+    assert len(writes) == 1
+    log.close()
+    with open(path) as f:
+        lines = [json.loads(x) for x in f]
+    assert [x["key"] for x in lines] == [f"ci/k{i}" for i in range(100)]
+    assert {x["time"] for x in lines} == {lines[0]["time"]}  # one time for the batch
+    with pytest.raises(AuditUnavailable):  # closed: fail closed, like write()
+        log.write_entries("ci", "unix:/s", [("sign", "k", 1, "ok")])
+    with pytest.raises(AuditUnavailable):
+        log.write_one("ci", "unix:/s", "sign", "k", 1, "ok")
+
+
+def test_policy_fast_paths() -> None:
+    p = Policy.from_dict({"identities": {
+        "ci": {"allow": [{"operations": ["sign"], "keys": ["ci/*"]}]}}})
+    assert p.unrestricted(OWNER)
+    assert not p.unrestricted("ci") and not p.unrestricted("tls:spiffe://x")
+    for _ in range(2):  # the second answer comes from the remembered decision
+        assert p.allows("ci", "sign", "ci/a") and not p.allows("ci", "sign", "prod/a")
+        assert not p.allows("ci", "verify", "ci/a") and not p.allows("ghost", "sign", "ci/a")
+    long_name = "ci/" + "x" * 5000
+    assert p.allows("ci", "sign", long_name)
+    assert all(key is None or len(key) <= 128 for _, _, key in p._decisions)
+    for i in range(5000):  # client-chosen names cannot grow the memory without bound
+        p.allows("ci", "sign", f"ci/{i}")
+    assert len(p._decisions) <= 4096
 
 
 def test_policy_decisions() -> None:
