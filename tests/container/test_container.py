@@ -15,7 +15,11 @@ the socket on a bind-mounted directory with the real client library and CLI.
   says seccomp and ``deploy/seccomp.json``;
 * with a small memlock limit, creation past it is RESOURCE_EXHAUSTED with the
   figures, earlier keys still work and the headroom reaches zero;
-* with a memory cgroup limit, the memcg figures are in the stats.
+* with a memory cgroup limit, the memcg figures are in the stats;
+* the Kubernetes StatefulSet (under ``podman kube play``) and compose.yaml
+  (under podman-compose) run the application as its own identity: uid 10002
+  on the policy's "app" socket, where it may sign with app/* keys and is
+  refused key management, other keys and the vault's own socket.
 
 ``.ci/run`` installs podman and runc first (``scripts/install-container-deps``);
 elsewhere the tests skip, naming what is missing.
@@ -27,10 +31,12 @@ import importlib.util
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -526,16 +532,113 @@ def test_memory_cgroup_figures_appear_in_stats(vaults: Vaults) -> None:
     assert int(json.loads(shown.stdout)["memcg"]["limit"]) == memory
 
 
-# --- the Kubernetes manifests, played by podman ---------------------------------------
+# --- the application's identity: what a container running as it may do ---------------
 
 
 def _yaml() -> Any:
     return pytest.importorskip("yaml", reason="needs PyYAML (the project's test extras)")
 
 
+APP_UID = 10002  # deploy/policy.toml: the application's socket is group 10002
+
+#: Run inside a container as the application, with the client library of the
+#: image: every call it should be refused and the one it should be allowed,
+#: through its own socket ($SECRETVAULT_SOCKET); then a plain connect(2) to
+#: the vault's own socket (argv[1]), which the kernel must refuse.  Prints the
+#: outcomes as JSON: "OK", the error's gRPC status, or the errno name.
+APP_PROBE = r"""
+import errno, json, os, socket, sys
+from clients import VaultClient
+from clients.errors import VaultError
+
+out = {"uid": os.getuid(), "socket": os.environ["SECRETVAULT_SOCKET"]}
+
+def attempt(what, call):
+    try:
+        call()
+        out[what] = "OK"
+    except VaultError as e:
+        out[what] = e.status
+
+with VaultClient(os.environ["SECRETVAULT_SOCKET"]) as c:
+    attempt("sign app/signer", lambda: c.sign("app/signer", b"app"))
+    attempt("create_key app/new", lambda: c.create_key("app/new", "ed25519"))
+    attempt("delete_key app/signer", lambda: c.delete_key("app/signer"))
+    attempt("rotate_key app/signer", lambda: c.rotate_key("app/signer"))
+    attempt("sign ops/signer", lambda: c.sign("ops/signer", b"app"))
+    attempt("get_public_key ops/signer", lambda: c.public_key("ops/signer"))
+    attempt("get_stats", c.stats)
+    out["list_keys"] = [k.name for k in c.list_keys()]
+probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    probe.connect(sys.argv[1])
+    out["owner socket"] = "connected"
+except OSError as e:
+    out["owner socket"] = errno.errorcode.get(e.errno, str(e.errno))
+print(json.dumps(out))
+"""
+
+#: what APP_PROBE must see: the app's own key works, key management and keys
+#: outside app/* are refused by the policy, the owner socket by the kernel
+APP_EXPECTED = {
+    "uid": APP_UID,
+    "sign app/signer": "OK",
+    "create_key app/new": "PERMISSION_DENIED",
+    "delete_key app/signer": "PERMISSION_DENIED",
+    "rotate_key app/signer": "PERMISSION_DENIED",
+    "sign ops/signer": "PERMISSION_DENIED",
+    "get_public_key ops/signer": "PERMISSION_DENIED",
+    "get_stats": "PERMISSION_DENIED",
+    "list_keys": ["app/signer"],  # only the names its list_keys patterns match
+    "owner socket": "EACCES",
+}
+
+#: the operator's keys, created through the owner socket inside the vault's
+#: container: one the application may use, one it may not
+OPERATOR_CREATES = (
+    "secretvault keys create app/signer --type ed25519"
+    " && secretvault keys create ops/signer --type ed25519"
+)
+
+
+def check_app_probe(output: str, app_socket: str) -> None:
+    # the last JSON line: podman-compose adds lines of its own around it
+    (*_, line) = [ln for ln in output.splitlines() if ln.startswith("{")]
+    seen = json.loads(line)
+    assert seen.pop("socket") == app_socket, seen
+    assert seen == APP_EXPECTED
+
+
+def test_container_policies_agree() -> None:
+    """compose.yaml mounts deploy/policy.toml; the Kubernetes ConfigMap
+    carries its own copy: they must grant the same."""
+    from vault.policy import Policy
+
+    yaml = _yaml()
+    docs = yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "secretvault.yaml").read_text())
+    (configmap,) = [d for d in docs if d and d["kind"] == "ConfigMap"]
+    in_kube = Policy.from_dict(tomllib.loads(configmap["data"]["policy.toml"]))
+    in_compose = Policy.load(str(REPO / "deploy" / "policy.toml"))
+    assert in_kube.identities == in_compose.identities
+    (app,) = in_compose.identities.values()
+    (listener,) = app.sockets
+    assert (listener.group, listener.mode) == (APP_UID, 0o660)
+    assert not any(in_compose.allows(app.name, op, "app/x")
+                   for op in ("create_key", "import_key", "rotate_key", "delete_key",
+                              "delete_key_version", "set_min_decryption_version", "get_key"))
+
+
+# --- the Kubernetes manifests, played by podman ---------------------------------------
+
+
+#: kubelet makes an emptyDir mode 0777 and, with fsGroup, gives it that group
+#: and the setgid bit (so what is created in it inherits the group)
+EMPTYDIR_MODE = 0o2777
+
+
 def statefulset_as_pod(
-    manifest: dict[str, Any], secret: dict[str, Any], *, pod: str, image: str,
-    claim: str, unseal_dir: Path,
+    manifest: dict[str, Any], secret: dict[str, Any], configmaps: list[dict[str, Any]], *,
+    pod: str, image: str, claim: str, unseal_dir: Path, empty_dirs: Path,
 ) -> list[dict[str, Any]]:
     """The StatefulSet's pod as podman 4.3's ``kube play`` can run it.
 
@@ -544,7 +647,11 @@ def statefulset_as_pod(
     becomes a claim of its own); its secret volumes crash on 4.3 (nil
     secrets manager), so the Secret's files are written to a host directory;
     it ignores ``securityContext.seccompProfile``, so the same Localhost
-    profile is named through the older pod annotation.
+    profile is named through the older pod annotation; its emptyDir is a
+    volume chowned to the pod's user, mode 0755, where kubelet's is
+    world-writable (and setgid to the fsGroup), so each emptyDir becomes a
+    host directory made the way kubelet makes it, under ``empty_dirs``.
+    The ConfigMaps are played along with the pod, as podman supports them.
     """
     template = manifest["spec"]["template"]
     spec = json.loads(json.dumps(template["spec"]))
@@ -552,6 +659,7 @@ def statefulset_as_pod(
         container["image"] = image
     seccomp = spec["securityContext"]["seccompProfile"]
     assert seccomp["type"] == "Localhost"
+    fs_group = spec["securityContext"].get("fsGroup")
     for volume in spec["volumes"]:
         if "secret" in volume:
             assert volume["secret"]["secretName"] == secret["metadata"]["name"]
@@ -562,11 +670,23 @@ def statefulset_as_pod(
                 path.chmod(0o400)
             del volume["secret"]
             volume["hostPath"] = {"path": str(unseal_dir), "type": "Directory"}
+        elif "emptyDir" in volume:
+            path = empty_dirs / volume["name"]
+            path.mkdir(parents=True)
+            if fs_group is not None:
+                os.chown(path, 0, fs_group)
+            path.chmod(EMPTYDIR_MODE if fs_group is not None else 0o777)
+            del volume["emptyDir"]
+            volume["hostPath"] = {"path": str(path), "type": "Directory"}
     (template_claim,) = manifest["spec"]["volumeClaimTemplates"]
     spec["volumes"].append(
         {"name": template_claim["metadata"]["name"], "persistentVolumeClaim": {"claimName": claim}}
     )
     return [
+        # without the namespace, like the Pod below
+        *[{"apiVersion": c["apiVersion"], "kind": c["kind"],
+           "metadata": {"name": c["metadata"]["name"]}, "data": c["data"]}
+          for c in configmaps],
         {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
          "metadata": {"name": claim}, "spec": template_claim["spec"]},
         {"apiVersion": "v1", "kind": "Pod",
@@ -581,20 +701,36 @@ def statefulset_as_pod(
     ]
 
 
+def _mode(path: Path) -> tuple[str, int, int]:
+    st = os.lstat(path)
+    return f"{stat.S_IMODE(st.st_mode):04o}", st.st_uid, st.st_gid
+
+
 @pytest.mark.memfd_secret
-def test_kubernetes_statefulset_runs_with_sidecar_on_the_socket(
+def test_kubernetes_statefulset_runs_with_least_privilege_sidecar(
     vaults: Vaults, image_build: Build
 ) -> None:
     """The StatefulSet's pod under ``podman kube play``: non-root, no
     capabilities, read-only root, the Localhost seccomp profile, unsealed
-    from the Secret's passphrase; the exec probe (gRPC health) passes; the
-    sidecar creates and uses a key through the emptyDir socket; a new pod on
-    the same claim has the key."""
+    from the Secret's passphrase, the policy from the ConfigMap; the exec
+    probe (gRPC health) passes.  The operator creates keys through the owner
+    socket inside the vault container; the sidecar, as uid 10002 on the app
+    socket in the emptyDir, signs with an app/* key and is refused key
+    management, keys outside app/* and the owner socket.  A new pod on the
+    same claim has the key."""
     yaml = _yaml()
     kube = REPO / "deploy" / "kubernetes"
-    (manifest,) = [d for d in yaml.safe_load_all((kube / "secretvault.yaml").read_text()) if d]
-    assert manifest["kind"] == "StatefulSet"
+    docs = [d for d in yaml.safe_load_all((kube / "secretvault.yaml").read_text()) if d]
+    (manifest,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    configmaps = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert len(docs) == 1 + len(configmaps), [d["kind"] for d in docs]
     secret = yaml.safe_load((kube / "unseal-secret.yaml").read_text())
+    containers = {c["name"]: c for c in manifest["spec"]["template"]["spec"]["containers"]}
+    app_socket = {e["name"]: e["value"] for e in containers["client"]["env"]}[
+        "SECRETVAULT_SOCKET"]
+    sock = {e["name"]: e["value"] for e in containers["vault"]["env"]}["SECRETVAULT_SOCKET"]
+    assert (sock, app_socket) == ("/run/secretvault/vault/secretvault.sock",
+                                  "/run/secretvault/app/vault.sock")
 
     root = Path(tempfile.mkdtemp(prefix="kube-", dir=vaults.tmp))
     profiles = root / "seccomp"
@@ -608,11 +744,16 @@ def test_kubernetes_statefulset_runs_with_sidecar_on_the_socket(
 
     pod = f"svtest-kube-{uuid.uuid4().hex[:8]}"
     claim = f"{pod}-data"
-    claim_doc, pod_doc = statefulset_as_pod(
-        manifest, secret, pod=pod, image=image_build.image, claim=claim, unseal_dir=unseal)
     first, later = root / "first.yaml", root / "later.yaml"
-    first.write_text(yaml.safe_dump_all([claim_doc, pod_doc]))
-    later.write_text(yaml.safe_dump(pod_doc))  # the claim exists by then
+    # each pod gets new emptyDirs, as a new pod does
+    *cms, claim_doc, pod_doc = statefulset_as_pod(
+        manifest, secret, configmaps, pod=pod, image=image_build.image, claim=claim,
+        unseal_dir=unseal, empty_dirs=root / "pod1")
+    first.write_text(yaml.safe_dump_all([*cms, claim_doc, pod_doc]))
+    *cms, _, pod_doc = statefulset_as_pod(
+        manifest, secret, configmaps, pod=pod, image=image_build.image, claim=claim,
+        unseal_dir=unseal, empty_dirs=root / "pod2")
+    later.write_text(yaml.safe_dump_all([*cms, pod_doc]))  # the claim exists by then
 
     def start(play: Path) -> None:
         podman("kube", "play", "--seccomp-profile-root", str(target.parent), str(play),
@@ -622,7 +763,6 @@ def test_kubernetes_statefulset_runs_with_sidecar_on_the_socket(
         podman("pod", "rm", "-f", "-t", "5", pod, check=False, timeout=120)
 
     vault, sidecar = f"{pod}-vault", f"{pod}-client"
-    sock = "/run/secretvault/vault/secretvault.sock"
 
     def wait_healthy() -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -635,6 +775,12 @@ def test_kubernetes_statefulset_runs_with_sidecar_on_the_socket(
                 raise AssertionError(f"exec probe failing: {probe.stderr}\n{logs.stderr}")
             time.sleep(0.5)
 
+    def sidecar_signs() -> bytes:
+        return subprocess.run(
+            ["podman", "exec", "-i", sidecar, "secretvault", "sign", "app/signer", "--json"],
+            input=b"from the sidecar", capture_output=True, timeout=60, check=True,
+        ).stdout
+
     try:
         start(first)
         wait_healthy()
@@ -646,31 +792,41 @@ def test_kubernetes_statefulset_runs_with_sidecar_on_the_socket(
         logs = podman("logs", vault).stderr + podman("logs", vault).stdout
         assert "memfd_secret" in logs and "unseal key   created" not in logs, logs
 
-        made = podman("exec", sidecar, "secretvault", "keys", "create", "app/signer",
-                      "--type", "ed25519")
+        # the sockets in the (kubelet-made, world-writable) emptyDir: the
+        # owner's for the vault's uid only, the app's for group 10002
+        run = root / "pod1" / "socket"
+        assert _mode(run / "vault") == ("0700", IMAGE_UID, IMAGE_UID)
+        assert _mode(run / "vault" / "secretvault.sock") == ("0600", IMAGE_UID, IMAGE_UID)
+        assert _mode(run / "app") == ("0710", IMAGE_UID, APP_UID)
+        assert _mode(run / "app" / "vault.sock") == ("0660", IMAGE_UID, APP_UID)
+
+        # the operator, inside the vault container, on the owner socket
+        made = podman("exec", vault, "sh", "-c", OPERATOR_CREATES)
         assert "created ed25519 key 'app/signer'" in made.stdout, made.stdout
-        public = podman("exec", sidecar, "secretvault", "keys", "public", "app/signer",
-                        "--format", "pem").stdout
-        signed = subprocess.run(
-            ["podman", "exec", "-i", sidecar, "secretvault", "sign", "app/signer", "--json"],
-            input=b"from the sidecar", capture_output=True, timeout=60, check=True,
-        )
-        token = json.loads(signed.stdout)["signature"]
-        stats = json.loads(podman("exec", sidecar, "secretvault", "stats", "--json").stdout)
+        stats = json.loads(podman("exec", vault, "secretvault", "stats", "--json").stdout)
         assert stats["protection"] == "secretmem"
         assert int(stats["memcg"]["limit"]) == 512 << 20  # limits.memory: 512Mi
-        # the sidecar reached it through the emptyDir, at SECRETVAULT_SOCKET
-        podman("exec", sidecar, "sh", "-c",
-               f'test "$SECRETVAULT_SOCKET" = {sock} && test -S {sock}')
+
+        # the application: its key works through the app socket, nothing else
+        public = podman("exec", sidecar, "secretvault", "keys", "public", "app/signer",
+                        "--format", "pem").stdout
+        token = json.loads(sidecar_signs())["signature"]
+        check_app_probe(
+            podman("exec", sidecar, "python", "-c", APP_PROBE, sock).stdout, app_socket)
+        denied = podman("exec", sidecar, "secretvault", "keys", "delete", "app/signer",
+                        check=False)
+        assert denied.returncode != 0, denied.stdout
+        assert "identity 'app' may not delete_key on key 'app/signer'" in denied.stderr, \
+            denied.stderr
+        # nothing the application tried changed the keyring
+        listed = podman("exec", vault, "secretvault", "keys", "list").stdout
+        assert "app/signer" in listed and "ops/signer" in listed, listed
+        assert "app/new" not in listed, listed
 
         stop()  # the pod goes; the claim stays, as a StatefulSet's PVC does
         start(later)
         wait_healthy()
-        again = subprocess.run(
-            ["podman", "exec", "-i", sidecar, "secretvault", "sign", "app/signer", "--json"],
-            input=b"from the sidecar", capture_output=True, timeout=60, check=True,
-        )
-        assert json.loads(again.stdout)["signature"] == token  # Ed25519 is deterministic
+        assert json.loads(sidecar_signs())["signature"] == token  # Ed25519 is deterministic
         assert podman("exec", sidecar, "secretvault", "keys", "public", "app/signer",
                       "--format", "pem").stdout == public
     finally:
@@ -694,7 +850,9 @@ def test_compose_runs_vault_with_limits_and_client_on_socket_volume(
 ) -> None:
     """deploy/compose.yaml as written: seccomp profile, read-only root, no
     published port, memlock 8 MiB and memory 512m, the passphrase from a compose
-    secret, and the client service on the named socket volume."""
+    secret, the policy from deploy/policy.toml, and the client service as the
+    application (uid 10002) on the named socket volume: it may use app/* keys
+    and nothing else."""
     yaml = _yaml()
     compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
     service = compose["services"]["vault"]
@@ -702,7 +860,7 @@ def test_compose_runs_vault_with_limits_and_client_on_socket_volume(
 
     project = f"svtest{uuid.uuid4().hex[:8]}"
     work = Path(tempfile.mkdtemp(prefix="compose-", dir=vaults.tmp))
-    for name in ("compose.yaml", "seccomp.json"):
+    for name in ("compose.yaml", "seccomp.json", "policy.toml"):
         shutil.copy(REPO / "deploy" / name, work / name)
     secret = work / "unseal-passphrase"
     secret.write_text("a compose test passphrase")
@@ -725,24 +883,40 @@ def test_compose_runs_vault_with_limits_and_client_on_socket_volume(
         logs = podman("logs", vault).stderr + podman("logs", vault).stdout
         assert "unseal key   created" not in logs, logs  # the compose secret unsealed it
 
-        # the client service, through the named socket volume
+        # the operator, inside the vault's container, on the owner socket
+        made = podman("exec", vault, "sh", "-c", OPERATOR_CREATES)
+        assert "created ed25519 key 'app/signer'" in made.stdout, made.stdout
+
+        # the client service, through the named socket volume: it lists only
+        # the keys it may use
         up = compose_cmd("up", "-d", "client")
         assert up.returncode == 0, up.stdout + up.stderr
         code = podman("wait", client).stdout.strip()
         shown = podman("logs", client, check=False)
         assert code == "0", shown.stdout + shown.stderr
-        assert "memfd_secret" in shown.stdout and "secretmem" in shown.stdout, shown.stdout
+        assert "app/signer" in shown.stdout and "ops/" not in shown.stdout, shown.stdout
+        # and, with the client service's user, volumes and environment, may
+        # do nothing else
+        app_socket = compose["services"]["client"]["environment"]["SECRETVAULT_SOCKET"]
+        owner_socket = next(a.split("=", 1)[1] for a in service["command"]
+                            if a.startswith("--socket="))
+        probed = compose_cmd("run", "--rm", "-T", "--no-deps",
+                             "--entrypoint", "/opt/secretvault/bin/python",
+                             "client", "-c", APP_PROBE, owner_socket)
+        assert probed.returncode == 0, probed.stdout + probed.stderr
+        check_app_probe(probed.stdout, app_socket)
 
-        made = podman("exec", vault, "secretvault", "keys", "create", "c", "--type", "ed25519")
-        assert "created ed25519 key 'c'" in made.stdout
         stats = json.loads(podman("exec", vault, "secretvault", "stats", "--json").stdout)
         assert int(stats["memlock"]["soft"]) == memlock
-        assert int(stats["memlock"]["headroom_keys"]["ed25519"]) == 64 * (memlock // PAGE - 1) - 1
+        assert int(stats["memlock"]["headroom_keys"]["ed25519"]) == 64 * (memlock // PAGE - 1) - 2
         assert int(stats["memcg"]["limit"]) == 512 << 20
         inspect = json.loads(podman("inspect", vault).stdout)[0]
         assert inspect["HostConfig"]["ReadonlyRootfs"] is True
         assert not inspect["HostConfig"].get("PortBindings")
-        assert inspect["Config"]["User"] == f"{IMAGE_UID}:{IMAGE_UID}"
+        # the uid alone: the engine adds the image's group 10002 (see compose.yaml)
+        assert inspect["Config"]["User"] == str(IMAGE_UID)
+        assert json.loads(podman("inspect", client).stdout)[0]["Config"]["User"] == \
+            f"{APP_UID}:{APP_UID}"
     finally:
         # rm -v first: the client's anonymous volume (the image's VOLUME it
         # does not mount) outlives podman-compose's down otherwise
