@@ -66,6 +66,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._owned = False
         self._quoted: dict[str, str] = {}
+        self._callers: dict[tuple[str, str], str] = {}
         # (whole second, '{"time":"YYYY-MM-DDTHH:MM:SS.'): replaced whole, never mutated
         self._second: tuple[int, str] = (-1, "")
         if path is None or path == "-":
@@ -91,6 +92,17 @@ class AuditLog:
             q = self._quoted[text] = encode_basestring_ascii(text)
         return q
 
+    def _who(self, identity: str, listener: str) -> str:
+        """``,"identity":...,"listener":...,"operation":`` (kept per caller)."""
+        who = self._callers.get((identity, listener))
+        if who is None:
+            if len(self._callers) >= _MAX_QUOTED:
+                self._callers.clear()
+            who = self._callers[(identity, listener)] = (
+                f',"identity":{encode_basestring_ascii(identity)},'
+                f'"listener":{encode_basestring_ascii(listener)},"operation":')
+        return who
+
     def _stamp(self, now: float) -> str:
         """``{"time":"...Z"`` for ``now`` (UTC, microseconds)."""
         second = int(now)
@@ -99,10 +111,6 @@ class AuditLog:
             cached = (second, time.strftime('{"time":"%Y-%m-%dT%H:%M:%S.', time.gmtime(second)))
             self._second = cached
         return f'{cached[1]}{int(now % 1 * 1e6):06d}Z"'
-
-    def _head(self, stamp: str, identity: str, listener: str) -> str:
-        return (f'{stamp},"identity":{self._quote(identity)},'
-                f'"listener":{self._quote(listener)},"operation":')
 
     def _tail(self, operation: str, key: str | None, version: int | None,
               result: str) -> str:
@@ -119,32 +127,43 @@ class AuditLog:
             return
         stamp = self._stamp(time.time())
         self._append("".join(
-            self._head(stamp, r.identity, r.listener)
+            stamp + self._who(r.identity, r.listener)
             + self._tail(r.operation, r.key, r.version, r.result) for r in records))
 
     def write_one(self, identity: str, listener: str, operation: str, key: str | None,
                   version: int | None, result: str) -> None:
         """The line of one unary call."""
-        self._append(self._head(self._stamp(time.time()), identity, listener)
+        self._append(self._stamp(time.time()) + self._who(identity, listener)
                      + self._tail(operation, key, version, result))
 
     def write_entries(self, identity: str, listener: str, entries: Iterable[Entry]) -> None:
         """The lines of a batch (one caller, one time): all in one ``write(2)``."""
-        head = self._head(self._stamp(time.time()), identity, listener)
-        tail = self._tail
-        data = "".join([head + tail(op, key, version, result)
-                        for op, key, version, result in entries])
-        if data:
-            self._append(data)
+        head = self._stamp(time.time()) + self._who(identity, listener)
+        # a batch mostly repeats a few (operation, key) pairs: each is escaped once
+        targets: dict[tuple[str, str | None], str] = {}
+        lines = []
+        for op, key, version, result in entries:
+            target = targets.get((op, key))
+            if target is None:
+                target = targets[(op, key)] = (
+                    f'{head}{self._quote(op)},"key":'
+                    f'{"null" if key is None else encode_basestring_ascii(key)},"version":')
+            lines.append(f'{target}{"null" if version is None else int(version)},'
+                         f'"result":{self._quote(result)}}}\n')
+        if lines:
+            self._append("".join(lines))
 
     def _append(self, text: str) -> None:
         data = text.encode("ascii")
         try:
             with self._lock:
-                view = memoryview(data)
-                while view:
-                    n = os.write(self._fd, view)
-                    view = view[n:]
+                n = os.write(self._fd, data)
+                if n < len(data):
+                    # a short write (a signal, a full pipe): the rest follows,
+                    # still under the lock so no other line gets in between
+                    view = memoryview(data)[n:]
+                    while view:
+                        view = view[os.write(self._fd, view):]
         except OSError as e:
             message = f"the audit log ({self.where}) cannot be written: {e.strerror}"
             if self.fail_open:

@@ -330,7 +330,7 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         fail = self._fail
 
         def behavior(request: Request, context: grpc.ServicerContext) -> Response:
-            start = clock()
+            start = clock() if observe is not None else 0.0
             identity = "unknown"
             key: str | None = None
             try:
@@ -348,9 +348,12 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                                if policy.allows(identity, "list_keys", k.name)]
                     del response.keys[:]
                     response.keys.extend(visible)
+                try:
+                    version = version_of(request, response)
+                except (AttributeError, TypeError, ValueError):
+                    version = None
                 count(operation, "ok")
-                write_one(identity, listener, operation, key,
-                          _audit_version(version_of, request, response), "ok")
+                write_one(identity, listener, operation, key, version, "ok")
             except Exception as e:
                 fail(context, e, operation, lambda result: [AuditRecord(
                     identity, listener, operation, key,

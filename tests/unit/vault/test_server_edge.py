@@ -152,12 +152,13 @@ def test_audit_lines_are_exactly_json(tmp_path: object, monkeypatch: pytest.Monk
     log = AuditLog(path)
     log.write(records)
     log.write_one(*records[0])
-    log.write_entries("owner", "unix:/run/s", [r[2:] for r in records[1:]])
+    # a batch repeating its (operation, key) pairs, with other versions and results
+    again = [r._replace(version=3, result="NOT_FOUND") for r in records[1:]]
+    log.write_entries("owner", "unix:/run/s", [r[2:] for r in [*records[1:], *again]])
     log.close()
     with open(path, encoding="ascii") as f:
         lines = f.readlines()
-    expect = [_reference_line(now, r) for r in records]
-    expect += [expect[0], expect[1], expect[2]]
+    expect = [_reference_line(now, r) for r in [*records, records[0], *records[1:], *again]]
     assert lines == expect
     assert json.loads(lines[0])["key"] == records[0].key
 
