@@ -20,7 +20,7 @@ _PAGEMAP_PRESENT = 1 << 63
 _PAGEMAP_PFN_MASK = (1 << 55) - 1
 
 
-def _read(path: str) -> str | None:
+def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="ascii") as f:
             return f.read()
@@ -30,7 +30,7 @@ def _read(path: str) -> str | None:
 
 def vmstat(*names: str) -> dict[str, int]:
     """Selected counters of /proc/vmstat (missing ones are left out)."""
-    text = _read("/proc/vmstat") or ""
+    text = read_text("/proc/vmstat") or ""
     wanted = set(names)
     out: dict[str, int] = {}
     for line in text.splitlines():
@@ -42,7 +42,7 @@ def vmstat(*names: str) -> dict[str, int]:
 
 def meminfo() -> dict[str, int]:
     """/proc/meminfo in bytes."""
-    text = _read("/proc/meminfo") or ""
+    text = read_text("/proc/meminfo") or ""
     out: dict[str, int] = {}
     for line in text.splitlines():
         key, _, rest = line.partition(":")
@@ -55,16 +55,22 @@ def meminfo() -> dict[str, int]:
 
 def has_cap_ipc_lock() -> bool:
     """CAP_IPC_LOCK in the effective set: memlock limits do not apply."""
-    text = _read("/proc/self/status") or ""
+    text = read_text("/proc/self/status") or ""
     for line in text.splitlines():
         if line.startswith("CapEff:"):
             return bool(int(line.split()[1], 16) & (1 << 14))
     return False
 
 
+def seccomp_mode() -> str:
+    """The ``Seccomp:`` field of /proc/self/status (``"2"``: a filter is on)."""
+    text = read_text("/proc/self/status") or ""
+    return next((ln.split()[1] for ln in text.splitlines() if ln.startswith("Seccomp:")), "0")
+
+
 def status_field(name: str, pid: int | str = "self") -> int | None:
     """A ``kB`` field of /proc/PID/status in bytes (e.g. ``VmLck``)."""
-    text = _read(f"/proc/{pid}/status") or ""
+    text = read_text(f"/proc/{pid}/status") or ""
     for line in text.splitlines():
         if line.startswith(name + ":"):
             return int(line.split()[1]) * 1024
@@ -135,7 +141,7 @@ class MemcgReading:
 
 def _cgroup_paths(cgroup_file: str) -> Iterator[tuple[str, str]]:
     """(controllers, path) pairs from /proc/self/cgroup."""
-    text = _read(cgroup_file) or ""
+    text = read_text(cgroup_file) or ""
     for line in text.splitlines():
         parts = line.split(":", 2)
         if len(parts) == 3:
@@ -177,12 +183,12 @@ def memcg(
             d = _memcg_dir(os.path.join(cgroup_root, "memory"), cgpath)
             if d is None:
                 continue
-            stat = _parse_stat(_read(os.path.join(d, "memory.stat")))
+            stat = _parse_stat(read_text(os.path.join(d, "memory.stat")))
             return MemcgReading(
                 version=1,
                 path=cgpath,
-                usage=_int_or_none(_read(os.path.join(d, "memory.usage_in_bytes"))),
-                limit=_int_or_none(_read(os.path.join(d, "memory.limit_in_bytes"))),
+                usage=_int_or_none(read_text(os.path.join(d, "memory.usage_in_bytes"))),
+                limit=_int_or_none(read_text(os.path.join(d, "memory.limit_in_bytes"))),
                 file=stat.get("cache"),
                 file_mapped=stat.get("mapped_file"),
                 unevictable=stat.get("unevictable"),
@@ -192,12 +198,12 @@ def memcg(
             d = _memcg_dir(cgroup_root, cgpath)
             if d is None or not os.path.exists(os.path.join(d, "memory.current")):
                 continue
-            stat = _parse_stat(_read(os.path.join(d, "memory.stat")))
+            stat = _parse_stat(read_text(os.path.join(d, "memory.stat")))
             return MemcgReading(
                 version=2,
                 path=cgpath,
-                usage=_int_or_none(_read(os.path.join(d, "memory.current"))),
-                limit=_int_or_none(_read(os.path.join(d, "memory.max"))),
+                usage=_int_or_none(read_text(os.path.join(d, "memory.current"))),
+                limit=_int_or_none(read_text(os.path.join(d, "memory.max"))),
                 file=stat.get("file"),
                 file_mapped=stat.get("file_mapped"),
                 unevictable=stat.get("unevictable"),

@@ -15,6 +15,7 @@ import platform
 import resource
 from dataclasses import dataclass
 
+from backends import _procfs
 from clients.errors import (
     BackendError,
     MemlockExceeded,
@@ -22,7 +23,7 @@ from clients.errors import (
     SecretMemoryUnavailable,
 )
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PAGE_SIZE = _procfs.PAGE_SIZE
 
 # memfd_secret(2) has no libc wrapper (and Python's os module has none):
 # call it by number.  Same number on x86_64 and arm64; riscv64 uses the
@@ -94,11 +95,7 @@ def memlock_rlimit() -> tuple[int, int]:
 
 def vm_locked_bytes() -> int:
     """``VmLck`` of this process, from /proc/self/status."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmLck:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _procfs.status_field("VmLck") or 0
 
 
 def _memlock_error(length: int, what: str) -> MemlockExceeded:
@@ -114,28 +111,17 @@ def _memlock_error(length: int, what: str) -> MemlockExceeded:
 # --- memfd_secret -------------------------------------------------------------
 
 
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _explain_enosys() -> str:
     """Name the likely reason memfd_secret(2) returned ENOSYS."""
-    status = _read_text("/proc/self/status") or ""
-    seccomp = next(
-        (ln.split()[1] for ln in status.splitlines() if ln.startswith("Seccomp:")), "0"
-    )
-    version = (_read_text("/proc/version") or "").lower()
+    version = (_procfs.read_text("/proc/version") or "").lower()
     return _enosys_message(
         release=platform.release(),
-        seccomp_mode=seccomp,
-        cmdline=_read_text("/proc/cmdline") or "",
+        seccomp_mode=_procfs.seccomp_mode(),
+        cmdline=_procfs.read_text("/proc/cmdline") or "",
         # secretmem is built in; its boolean parameter is readable by root only
-        secretmem_enable=(_read_text("/sys/module/secretmem/parameters/enable") or "").strip()
-        or None,
+        secretmem_enable=(
+            _procfs.read_text("/sys/module/secretmem/parameters/enable") or ""
+        ).strip() or None,
         gvisor="gvisor" in version or os.path.exists("/proc/gvisor"),
     )
 
@@ -186,14 +172,10 @@ def _enosys_message(
 
 def _explain_denied(err: int) -> str:
     """Name who refused memfd_secret(2) with EPERM/EACCES."""
-    status = _read_text("/proc/self/status") or ""
-    seccomp = next(
-        (ln.split()[1] for ln in status.splitlines() if ln.startswith("Seccomp:")), "0"
-    )
     who = (
         "a seccomp filter is active: the container's profile denies memfd_secret "
         "(run with deploy/seccomp.json, which allows it)"
-        if seccomp == "2"
+        if _procfs.seccomp_mode() == "2"
         else "a security module (SELinux, AppArmor) denies it to this process"
     )
     return (

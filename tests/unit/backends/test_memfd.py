@@ -73,8 +73,6 @@ def test_direct_map_attribution_from_our_own_frames(backend: MemfdSecretBackend)
     assert dm.source == "kernel"
     assert (dm.distinct_2m_regions, dm.distinct_1g_regions) == _procfs.distinct_regions(frames)
     assert dm.distinct_2m_regions is not None and 1 <= dm.distinct_2m_regions <= 16
-    # splits are permanent and only ever counted up
-    assert dm.level2_splits >= 0 and dm.level3_splits >= 0
     # the whole of RAM is mapped at one size or another (x86 reports all three)
     assert dm.directmap_4k + dm.directmap_2m + dm.directmap_1g > 0
 
