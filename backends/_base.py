@@ -14,17 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from backends import _sodium
 from backends._procfs import PAGE_SIZE, MemcgReading
 
 Protection = Literal["secretmem", "model"]
 
-#: Slot bytes each key type needs.  Ed25519 keeps libsodium's 64-byte secret
-#: key (seed || public key); the others are 32-byte keys.
+#: Slot bytes each key type needs: libsodium's in-memory key sizes.  Ed25519
+#: keeps the 64-byte secret key (seed || public key); the others are 32-byte
+#: keys.  The one table: the keyring allocates by it, the accounting turns
+#: memlock headroom into keys of each type with it.
 KEY_SLOT_SIZES: dict[str, int] = {
-    "ed25519": 64,
-    "x25519": 32,
-    "xchacha20-poly1305": 32,
-    "hmac-sha256": 32,
+    "ed25519": _sodium.SIGN_SECRETKEYBYTES,
+    "x25519": _sodium.BOX_SECRETKEYBYTES,
+    "xchacha20-poly1305": _sodium.AEAD_XCHACHA_KEYBYTES,
+    "hmac-sha256": _sodium.HMACSHA256_KEYBYTES,
 }
 
 

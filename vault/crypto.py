@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-from backends import Slot
+from backends import KEY_SLOT_SIZES, Slot
 from backends import _sodium as na
 from clients.errors import InvalidImport, WrongKeyType
 
@@ -36,12 +36,7 @@ class KeyType(enum.StrEnum):
 
 
 #: bytes each key type occupies in its slot (libsodium's in-memory form)
-SLOT_BYTES: dict[KeyType, int] = {
-    KeyType.ED25519: na.SIGN_SECRETKEYBYTES,  # seed || public key
-    KeyType.X25519: na.BOX_SECRETKEYBYTES,
-    KeyType.XCHACHA20_POLY1305: na.AEAD_XCHACHA_KEYBYTES,
-    KeyType.HMAC_SHA256: na.HMACSHA256_KEYBYTES,
-}
+SLOT_BYTES: dict[KeyType, int] = {KeyType(t): n for t, n in KEY_SLOT_SIZES.items()}
 
 #: what a wrapped import carries (before sealing): Ed25519 imports the
 #: 32-byte RFC 8032 seed; HMAC keys may be 16 to 128 bytes (RFC 2104 allows
