@@ -12,6 +12,11 @@ initialisation included).  After every kill the vault is reopened here and:
 * every acknowledged rotation is present;
 * no key in the store is damaged (a commit is all or nothing);
 * ``store.integrity_check()`` finds nothing.
+
+What SIGKILL does not test: a power cut.  The kernel's page cache survives
+a killed process, so this loop would pass with ``synchronous=OFF`` too; the
+fsync half of durability rests on SQLite's WAL with ``synchronous=FULL``,
+which ``tests/unit/vault/test_store.py::test_durability_settings`` pins.
 """
 
 from __future__ import annotations
