@@ -125,6 +125,11 @@ class SecretMemoryUnavailable(FailedPrecondition):
     """memfd_secret(2) is not available: the vault refuses to start."""
 
 
+class ImportKeyUnavailable(FailedPrecondition):
+    """The vault's sealed import key could not be opened at start: wrapped
+    import is off (every other operation works) until the store is restored."""
+
+
 # --- DATA_LOSS ---------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from clients import framing
 from clients.errors import (
     DecryptionFailed,
     FailedPrecondition,
+    ImportKeyUnavailable,
     IntegrityError,
     InvalidArgument,
     InvalidImport,
@@ -94,6 +95,7 @@ class KeyInfo:
     min_decryption_version: int
     labels: Mapping[str, str]
     versions: tuple[VersionInfo, ...]
+    damaged: str | None = None  # why the key's own stored row could not be read
 
 
 @dataclass(eq=False, slots=True)
@@ -118,6 +120,7 @@ class _Key:
     min_decryption: int
     labels: dict[str, str]
     versions: dict[int, _Version] = field(default_factory=dict)
+    damaged: str | None = None  # the stored key row does not parse: no version is usable
 
     def info(self) -> KeyInfo:
         return KeyInfo(
@@ -128,6 +131,7 @@ class _Key:
             self.min_decryption,
             dict(self.labels),
             tuple(v.info() for _, v in sorted(self.versions.items())),
+            self.damaged,
         )
 
 
@@ -145,6 +149,7 @@ class Keyring:
         self._keys: dict[str, _Key] = {}
         self._import_slot: Slot | None = None
         self._import_public = b""
+        self._import_damaged: str | None = None  # why wrapped import is off
         self._mutate = threading.Lock()
         self._rw = RWLock()
         self._scratch: list[Slot] = []
@@ -171,7 +176,7 @@ class Keyring:
         store_id = store.get_meta("store_id")
         if store_id is None:
             return cls._initialise(allocator, store, source, kdf or Argon2Params())
-        kind = (store.get_meta("kek_source") or b"").decode()
+        kind = (store.get_meta("kek_source") or b"").decode(errors="backslashreplace")
         if kind != source.kind:
             raise WrongPassphrase(
                 f"this store is unsealed with a {kind}, but a {source.kind} was given"
@@ -230,19 +235,35 @@ class Keyring:
         return ring
 
     def _load_import_key(self) -> None:
-        raw = self._store.get_meta("import_key") or b""
+        """Unseal the import key; when its record is damaged, serve without it.
+
+        Only wrapped import needs it: every stored key is sealed under the
+        KEK, not under the import key, so a damaged import key record takes
+        away ImportKey and GetImportKey (FAILED_PRECONDITION, naming the
+        damage) and nothing else.
+        """
+        raw = self._store.get_meta("import_key")
+        if raw is None:
+            self._import_damaged = "the store has no sealed import key record ('import_key')"
+            return
         slot = self._alloc.allocate(32)
-        self._import_slot = slot
         n = na.AEAD_XCHACHA_NPUBBYTES
         try:
             self._kek.unseal_into(slot, raw[:n], raw[n:], IMPORT_KEY_AD + self._store_id)
         except IntegrityError:
-            raise IntegrityError("the vault's sealed import key failed authentication") from None
+            slot.free()
+            self._import_damaged = (
+                "the vault's sealed import key (the store's 'import_key' record) failed "
+                "authentication: it is corrupted or was tampered with")
+            return
+        self._import_slot = slot
         self._import_public = crypto.derive_public(KeyType.X25519, slot) or b""
 
     def _load_keys(self, progress: Progress | None) -> None:
         total = self._store.count()
         done = 0
+        if progress is not None:
+            progress(0, total)
         for rec in self._store.load():
             key_type = KeyType(rec.type) if rec.type in KeyType._value2member_map_ else None
             key = _Key(
@@ -252,13 +273,25 @@ class Keyring:
                 rec.primary_version,
                 rec.min_decryption_version,
                 dict(rec.labels),
+                damaged=None if rec.damaged is None else (
+                    f"its stored record does not parse ({rec.damaged})"),
             )
             for v in rec.versions:
-                key.versions[v.version] = self._unseal_version(rec, v, key_type)
+                if key.damaged is not None:
+                    # the row that says what this key is cannot be trusted:
+                    # nothing is unsealed for it (its type may be wrong too)
+                    key.versions[v.version] = _Version(
+                        v.version, v.created, v.public_key, None, 0, key.damaged)
+                else:
+                    key.versions[v.version] = self._unseal_version(rec, v, key_type)
                 done += 1
                 if progress is not None:
                     progress(done, total)
             self._keys[rec.name] = key
+        if progress is not None and done != total:
+            # version rows without a key row (an edit by hand) are counted
+            # by count() but never loaded: the bar still ends full
+            progress(done, done)
 
     def _unseal_version(
         self, rec: KeyRecord, v: VersionRecord, key_type: KeyType | None
@@ -266,6 +299,9 @@ class Keyring:
         if key_type is None:
             return _Version(v.version, v.created, v.public_key, None, 0,
                             f"unknown key type {rec.type!r}")
+        if v.damaged is not None:
+            return _Version(v.version, v.created, v.public_key, None, 0,
+                            f"its stored record does not parse ({v.damaged})")
         # the sealed length is the key's length (HMAC keys vary); a corrupted
         # length must damage this record only, not size a slot (a length past
         # the largest slot class would abort the whole unseal)
@@ -307,6 +343,8 @@ class Keyring:
         n = key.primary if version is None else version
         v = key.versions.get(n)
         if v is None:
+            if key.damaged is not None:
+                raise IntegrityError(f"key {key.name!r}: {key.damaged}")
             raise VersionNotFound(f"key {key.name!r} has no version {n}")
         if decrypting and n < key.min_decryption:
             raise VersionNotFound(
@@ -357,6 +395,8 @@ class Keyring:
         v = key.versions.get(n)
         if v is not None and v.damaged is not None:
             raise IntegrityError(f"key {key.name!r} version {n}: {v.damaged}")
+        if key.damaged is not None:
+            raise IntegrityError(f"key {key.name!r}: {key.damaged}")
 
     def get(self, name: str) -> KeyInfo:
         with self._rw.read():
@@ -375,8 +415,36 @@ class Keyring:
 
     @property
     def import_public_key(self) -> bytes:
-        """The X25519 public key clients seal key material to."""
+        """The X25519 public key clients seal key material to.
+
+        Raises :class:`ImportKeyUnavailable` when the import key's sealed
+        record could not be opened at start.
+        """
+        if self._import_damaged is not None:
+            raise self._import_unavailable()
         return self._import_public
+
+    @property
+    def import_key_damage(self) -> str | None:
+        """Why wrapped import is unavailable (None: it works)."""
+        return self._import_damaged
+
+    def _import_unavailable(self) -> ImportKeyUnavailable:
+        return ImportKeyUnavailable(
+            f"wrapped import is unavailable: {self._import_damaged}. Every other operation "
+            "works; restore the store from a backup to import keys again")
+
+    def damaged_keys(self) -> dict[str, str]:
+        """Keys that cannot be used in full, each with its first damage."""
+        with self._rw.read():
+            out: dict[str, str] = {}
+            for name, k in sorted(self._keys.items()):
+                why = k.damaged or next(
+                    (f"version {n}: {v.damaged}" for n, v in sorted(k.versions.items())
+                     if v.damaged is not None), None)
+                if why is not None:
+                    out[name] = why
+            return out
 
     # --- mutations ------------------------------------------------------------
 
@@ -384,6 +452,15 @@ class Keyring:
         """Mutations after close would reach a freed KEK slot: refuse them."""
         if self._closed:
             raise StoreSealed("the keyring is closed")
+
+    @staticmethod
+    def _require_intact(key: _Key) -> None:
+        """A key whose stored row does not parse may be deleted, not changed:
+        a new version would be sealed under a type read from that row."""
+        if key.damaged is not None:
+            raise IntegrityError(
+                f"key {key.name!r}: {key.damaged}; delete it, or restore the store from a "
+                "backup")
 
     def _seal_new(self, key_type: KeyType, name: str, version: int, slot: Slot, length: int,
                   public: bytes | None) -> VersionRecord:
@@ -420,6 +497,8 @@ class Keyring:
         kt = KeyType.parse(key_type) if isinstance(key_type, str) else key_type
         validate_name(name)
         labels = validate_labels(labels or {})
+        if self._import_damaged is not None:
+            raise self._import_unavailable()
         lo, hi = crypto.IMPORT_BYTES[kt]
         length = len(wrapped) - na.BOX_SEALBYTES
         if not lo <= length <= hi:
@@ -475,6 +554,7 @@ class Keyring:
         with self._mutate:
             self._require_open()
             key = self._get(name)
+            self._require_intact(key)
             n = max(key.versions, default=0) + 1
             kt = key.type
             slot, public, length = self._generate(kt)
@@ -493,6 +573,7 @@ class Keyring:
         with self._mutate:
             self._require_open()
             key = self._get(name)
+            self._require_intact(key)
             if not 1 <= version <= key.primary:
                 raise InvalidArgument(
                     f"the minimum decryption version of {name!r} must be between 1 and its "
@@ -542,6 +623,8 @@ class Keyring:
             key = self._get(name)
             n = key.primary if version is None else version
             v = key.versions.get(n)
+            if key.damaged is not None:
+                raise IntegrityError(f"key {name!r}: {key.damaged}")
             if v is None:
                 raise VersionNotFound(f"key {name!r} has no version {n}")
             if v.damaged is not None and key.type.asymmetric:

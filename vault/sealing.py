@@ -32,6 +32,9 @@ from backends import _sodium as na
 from clients.errors import IntegrityError, InvalidArgument, WrongPassphrase
 
 KEK_BYTES = 32
+# libsodium's crypto_pwhash_argon2id_{OPS,MEM}LIMIT_{MIN,MAX} on 64-bit
+_OPS_RANGE = (1, 2**32 - 1)
+_MEM_RANGE = (8192, 4398046510080)
 _CHECK_AD = b"secretvault/v1 kek-check"
 _IMPORT_AD = b"secretvault/v1 import-key"
 
@@ -47,8 +50,31 @@ class Argon2Params:
 
     @staticmethod
     def from_json(raw: bytes) -> tuple[Argon2Params, bytes]:
-        d = json.loads(raw)
-        return Argon2Params(int(d["ops"]), int(d["mem"])), bytes.fromhex(d["salt"])
+        """The store's parameters and salt; :class:`IntegrityError` naming them
+        when the record does not parse or is out of libsodium's range (a
+        corrupted record must not reach crypto_pwhash as a huge or negative
+        cost)."""
+        try:
+            d = json.loads(raw)
+            ops, mem, salt = d["ops"], d["mem"], bytes.fromhex(d["salt"])
+            if d.get("alg", "argon2id13") != "argon2id13":
+                raise ValueError(f"algorithm {d['alg']!r} is not argon2id13")
+            if not (isinstance(ops, int) and isinstance(mem, int)):
+                raise ValueError("ops and mem must be integers")
+            if not _OPS_RANGE[0] <= ops <= _OPS_RANGE[1]:
+                raise ValueError(f"ops {ops} is outside {_OPS_RANGE[0]}..{_OPS_RANGE[1]}")
+            if not _MEM_RANGE[0] <= mem <= _MEM_RANGE[1]:
+                raise ValueError(f"mem {mem} is outside {_MEM_RANGE[0]}..{_MEM_RANGE[1]}")
+            if len(salt) != na.PWHASH_SALTBYTES:
+                raise ValueError(f"the salt is {len(salt)} bytes, not {na.PWHASH_SALTBYTES}")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            # ValueError covers JSONDecodeError, UnicodeDecodeError and bad hex
+            why = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+            raise IntegrityError(
+                f"the store's KDF parameters (Argon2id, the 'kdf' record) do not parse: "
+                f"{why[:200]}. Without them the passphrase cannot unseal the store: restore "
+                "it from a backup") from None
+        return Argon2Params(ops, mem), salt
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from clients.errors import (
     KeyExists,
@@ -38,6 +38,8 @@ class VersionRecord:
     public_key: bytes | None
     nonce: bytes
     sealed: bytes
+    #: why the stored row does not parse (set by :meth:`Store.load` only)
+    damaged: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,9 @@ class KeyRecord:
     min_decryption_version: int
     labels: Mapping[str, str] = field(default_factory=dict)
     versions: tuple[VersionRecord, ...] = ()
+    #: why the stored key row (or one of its version rows' numbers) does not
+    #: parse; set by :meth:`Store.load` only, never written
+    damaged: str | None = None
 
 
 class Store(Protocol):
@@ -72,7 +77,14 @@ class Store(Protocol):
 
     def delete_key(self, name: str) -> None: ...
 
-    def load(self) -> Iterator[KeyRecord]: ...
+    def load(self) -> Iterator[KeyRecord]:
+        """Every key with its versions, by name.
+
+        A row that does not parse (corruption, an edit by hand) must not stop
+        the load: it comes back with ``damaged`` saying what is wrong, so the
+        keyring serves every other key.
+        """
+        ...
 
     def count(self) -> int: ...
 
@@ -238,38 +250,46 @@ class SQLiteStore:
 
     def load(self) -> Iterator[KeyRecord]:
         with self._lock:
+            # CAST: a blob rewritten as TEXT, or text that is not UTF-8
+            # (corruption, or an edit by hand), must reach the parsers below
+            # as bytes, not fail the whole load with a decoding error in
+            # fetchall(); SQLite's column affinity does not stop a value of
+            # another type from being stored, so every value is checked
             keys = self._db.execute(
-                "SELECT name, type, created, labels, primary_version, min_decryption_version "
-                "FROM keys ORDER BY name"
+                "SELECT CAST(name AS BLOB), CAST(type AS BLOB), created, CAST(labels AS BLOB), "
+                "primary_version, min_decryption_version FROM keys ORDER BY name"
             ).fetchall()
-            versions: dict[str, list[VersionRecord]] = {}
-            # CAST: a blob rewritten as TEXT (corruption, or an edit by hand)
-            # must reach the keyring as bytes that fail authentication, not
-            # fail the whole load with a UTF-8 decoding error
+            versions: dict[bytes, list[VersionRecord]] = {}
+            bad_numbers: dict[bytes, list[str]] = {}
             for name, version, created, public, nonce, sealed in self._db.execute(
-                "SELECT name, version, created, CAST(public_key AS BLOB), "
+                "SELECT CAST(name AS BLOB), version, created, CAST(public_key AS BLOB), "
                 "CAST(nonce AS BLOB), CAST(sealed AS BLOB) "
                 "FROM key_versions ORDER BY name, version"
             ):
-                versions.setdefault(name, []).append(
+                key = bytes(name)
+                if not _is_version(version):
+                    # without its number the record cannot be placed: the
+                    # key as a whole is reported damaged
+                    bad_numbers.setdefault(key, []).append(
+                        f"a version record's number {version!r} is not a version number")
+                    continue
+                damaged = None if _is_number(created) else (
+                    f"its created time {created!r} is not a number")
+                versions.setdefault(key, []).append(
                     VersionRecord(
                         version,
-                        created,
+                        float(created) if _is_number(created) else 0.0,
                         None if public is None else bytes(public),
                         bytes(nonce),
                         bytes(sealed),
+                        damaged,
                     )
                 )
-        for name, type_, created, labels, primary, min_dec in keys:
-            yield KeyRecord(
-                name=name,
-                type=type_,
-                created=created,
-                primary_version=primary,
-                min_decryption_version=min_dec,
-                labels=json.loads(labels),
-                versions=tuple(versions.get(name, ())),
-            )
+        for row in keys:
+            # (a TEXT PRIMARY KEY may hold NULL in SQLite: that name is b"")
+            raw_name = row[0] if isinstance(row[0], bytes) else b""
+            yield _parse_key(row, tuple(versions.get(raw_name, ())),
+                             bad_numbers.get(raw_name, []))
 
     def count(self) -> int:
         with self._lock:
@@ -299,6 +319,65 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_MAX_VERSION = 2**32 - 1  # the sealed record's associated data holds it in 4 bytes
+
+
+def _is_version(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and 1 <= value <= _MAX_VERSION
+
+
+def _parse_key(row: tuple[object, ...], versions: tuple[VersionRecord, ...],
+               problems: list[str]) -> KeyRecord:
+    """One ``keys`` row as a record; what does not parse is named in ``damaged``."""
+    raw_name, raw_type, created, raw_labels, primary, min_dec = row
+    problems = list(problems)
+
+    def text(value: object, what: str) -> str:
+        raw = bytes(value) if isinstance(value, bytes) else b""
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            problems.append(f"its {what} is not valid UTF-8")
+            return raw.decode(errors="backslashreplace")
+
+    name = text(raw_name, "name")
+    type_ = text(raw_type, "type")
+    if _is_number(created):
+        created_at = float(created)
+    else:
+        problems.append(f"its created time {created!r} is not a number")
+        created_at = 0.0
+    for what, value in (("primary version", primary),
+                        ("minimum decryption version", min_dec)):
+        if not _is_version(value):
+            problems.append(f"its {what} {value!r} is not a version number")
+    labels: dict[str, str] = {}
+    try:
+        parsed = json.loads(raw_labels) if isinstance(raw_labels, bytes) else None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        problems.append("its labels are not valid JSON")
+    else:
+        if isinstance(parsed, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
+            labels = parsed
+        else:
+            problems.append("its labels are not a JSON object of strings")
+    return KeyRecord(
+        name=name,
+        type=type_,
+        created=created_at,
+        primary_version=primary if _is_version(primary) else 1,
+        min_decryption_version=min_dec if _is_version(min_dec) else 1,
+        labels=labels,
+        versions=versions,
+        damaged="; ".join(problems) or None,
+    )
 
 
 def _store_error(e: sqlite3.DatabaseError) -> StoreError | StoreFull | StoreBusy:

@@ -17,9 +17,9 @@ import pytest
 
 from backends import SlotAllocator
 from clients import framing
-from clients.errors import IntegrityError, WrongPassphrase
+from clients.errors import ImportKeyUnavailable, IntegrityError, WrongPassphrase
 from clients.framing import Kind
-from tests.unit.vault._support import PASSPHRASE, open_ring
+from tests.unit.vault._support import PASSPHRASE, open_ring, wrap
 from vault.keyring import Keyring
 from vault.sealing import UnsealSource, create_key_file
 from vault.store import SQLiteStore
@@ -236,11 +236,86 @@ CASES: dict[str, tuple[Tamper, str, Callable[[Keyring, dict[str, bytes]], object
         lambda r, t: r.public_key("box"),
         "key 'box' version 1: stored public key does not match",
     ),
+    # --- rows whose plain (unsealed) fields do not parse: the key is damaged,
+    # the load goes on
+    "labels-not-json": (
+        lambda p: _sql(p, "UPDATE keys SET labels = '{\"team\": ' WHERE name = 'enc'"),
+        "enc",
+        lambda r, t: r.decrypt("enc", t["enc"]),
+        "key 'enc' version 1: its stored record does not parse (its labels are not valid "
+        "JSON)",
+    ),
+    "labels-not-utf8": (
+        lambda p: _sql(p, "UPDATE keys SET labels = CAST(x'7b22ff223a2278227d' AS TEXT) "
+                          "WHERE name = 'mac'"),
+        "mac",
+        lambda r, t: r.verify_mac("mac", b"m", t["mac"]),
+        "key 'mac' version 1: its stored record does not parse (its labels are not valid "
+        "JSON)",
+    ),
+    "labels-not-an-object": (
+        lambda p: _sql(p, "UPDATE keys SET labels = '[1, 2]' WHERE name = 'sig2'"),
+        "sig2",
+        lambda r, t: r.sign("sig2", b"m"),
+        "key 'sig2' version 1: its stored record does not parse (its labels are not a JSON "
+        "object of strings)",
+    ),
+    "created-not-a-number": (
+        lambda p: _sql(p, "UPDATE keys SET created = 'yesterday' WHERE name = 'sig2'"),
+        "sig2",
+        lambda r, t: r.verify("sig2", b"m", t["sig2"]),
+        "key 'sig2' version 1: its stored record does not parse (its created time "
+        "'yesterday' is not a number)",
+    ),
+    "primary-version-not-a-number": (
+        lambda p: _sql(p, "UPDATE keys SET primary_version = 'two' WHERE name = 'sig'"),
+        "sig",
+        lambda r, t: r.sign("sig", b"m"),
+        "its primary version 'two' is not a version number",
+    ),
+    "type-not-utf8": (
+        lambda p: _sql(p, "UPDATE keys SET type = CAST(x'ff' AS TEXT) WHERE name = 'box'"),
+        "box",
+        lambda r, t: r.public_key("box"),
+        "key 'box': its stored record does not parse (its type is not valid UTF-8)",
+    ),
+    "name-not-utf8": (
+        lambda p: _sql(p, "UPDATE keys SET name = CAST(x'73696732ff' AS TEXT) "
+                          "WHERE name = 'sig2'",
+                          "UPDATE key_versions SET name = CAST(x'73696732ff' AS TEXT) "
+                          "WHERE name = 'sig2'"),
+        "sig2\\xff",
+        lambda r, t: r.sign("sig2\\xff", b"m"),
+        "its name is not valid UTF-8",
+    ),
+    "version-number-not-a-number": (
+        # the only version of 'mac' cannot be placed: the key is damaged as a whole
+        lambda p: _sql(p, "UPDATE key_versions SET version = 'one' WHERE name = 'mac'"),
+        "mac",
+        lambda r, t: r.mac("mac", b"m"),
+        "key 'mac': its stored record does not parse (a version record's number 'one' is "
+        "not a version number)",
+    ),
+    "version-number-out-of-range": (
+        lambda p: _sql(p, "UPDATE key_versions SET version = 4294967296 WHERE name = 'enc'"),
+        "enc",
+        lambda r, t: r.encrypt("enc", b"m"),
+        "a version record's number 4294967296 is not a version number",
+    ),
+    "version-created-not-a-number": (
+        # only that version is damaged (the key row is sound)
+        lambda p: _sql(p, "UPDATE key_versions SET created = x'00' WHERE name = 'enc'"),
+        "enc",
+        lambda r, t: r.decrypt("enc", t["enc"]),
+        "key 'enc' version 1: its stored record does not parse (its created time b'\\x00' "
+        "is not a number)",
+    ),
 }
 
 
 #: keys a case touches besides the one it checks
-AFFECTED = {"renamed-key": {"sig2", "sig3"}, "swapped-names": {"sig", "sig2"}}
+AFFECTED = {"renamed-key": {"sig2", "sig3"}, "swapped-names": {"sig", "sig2"},
+            "name-not-utf8": {"sig2"}}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -258,7 +333,9 @@ def test_damaged_record_names_the_key_and_the_rest_serves(
         operation(ring, tokens)
     assert message in str(info.value)
     # the damage is reported by get/list as well
-    assert any(v.damaged for v in ring.get(damaged).versions)
+    info = ring.get(damaged)
+    assert info.damaged or any(v.damaged for v in info.versions)
+    assert damaged in ring.damaged_keys()
     # every other key still works
     _rest_works(ring, tokens, AFFECTED.get(case, {damaged}))
     # ...and so do new keys
@@ -275,3 +352,117 @@ def test_a_signature_token_cannot_be_replayed_as_another_version(
     _, sig = framing.unframe(Kind.SIGNATURE, ring.sign("sig", b"m")[1])
     assert not ring.verify("sig", b"m", framing.frame(Kind.SIGNATURE, 1, sig))
     ring.close()
+
+
+def test_a_damaged_key_may_be_deleted_but_not_changed(
+    allocator: SlotAllocator, store: SQLiteStore, store_path: str
+) -> None:
+    ring = open_ring(allocator, store)
+    _populate(ring)
+    ring.close()
+    _sql(store_path, "UPDATE keys SET labels = 'nonsense' WHERE name = 'sig'")
+    ring = open_ring(allocator, store)
+    # a new version would be sealed under a type read from the damaged row
+    with pytest.raises(IntegrityError, match="key 'sig': its stored record does not parse"):
+        ring.rotate("sig")
+    with pytest.raises(IntegrityError, match="key 'sig': its stored record does not parse"):
+        ring.set_min_decryption_version("sig", 2)
+    ring.delete("sig")
+    ring.close()
+    ring = open_ring(allocator, store)
+    assert ring.damaged_keys() == {}
+    ring.close()
+
+
+# --- the store's metadata ---------------------------------------------------------
+
+
+IMPORT_KEY_DAMAGE: dict[str, tuple[str, str]] = {
+    # id: (SQL, expected fragment)
+    "flipped-byte": (
+        "UPDATE meta SET value = CAST(substr(value, 1, 40) || x'00' || substr(value, 42) "
+        "AS BLOB) WHERE key = 'import_key'",
+        "the vault's sealed import key (the store's 'import_key' record) failed authentication",
+    ),
+    "truncated": (
+        "UPDATE meta SET value = substr(value, 1, 10) WHERE key = 'import_key'",
+        "failed authentication",
+    ),
+    "deleted": (
+        "DELETE FROM meta WHERE key = 'import_key'",
+        "the store has no sealed import key record",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPORT_KEY_DAMAGE))
+def test_a_damaged_import_key_turns_off_wrapped_import_only(
+    allocator: SlotAllocator, store: SQLiteStore, store_path: str, case: str
+) -> None:
+    statement, message = IMPORT_KEY_DAMAGE[case]
+    ring = open_ring(allocator, store)
+    tokens = _populate(ring)
+    pk = ring.import_public_key
+    ring.close()
+    _sql(store_path, statement)
+
+    ring = open_ring(allocator, store)  # starts: only wrapped import needs that key
+    assert ring.import_key_damage is not None and message in ring.import_key_damage
+    with pytest.raises(ImportKeyUnavailable, match="wrapped import is unavailable") as info:
+        ring.import_public_key  # the property is the call under test
+    assert message in str(info.value)
+    assert info.value.status == "FAILED_PRECONDITION"
+    with pytest.raises(ImportKeyUnavailable, match="wrapped import is unavailable"):
+        ring.import_wrapped("imported", "ed25519", wrap(pk, bytes(range(32))))
+    assert "imported" not in {k.name for k in ring.list()}
+    _rest_works(ring, tokens, set())
+    ring.create("fresh", "x25519")
+    ring.rotate("sig")
+    ring.close()
+
+
+KDF_DAMAGE: dict[str, bytes] = {
+    "not-json": b"{argon2",
+    "not-utf8": b"\xff\xfe",
+    "not-an-object": b"[3, 67108864]",
+    "missing-salt": b'{"alg": "argon2id13", "ops": 3, "mem": 67108864}',
+    "salt-not-hex": b'{"alg": "argon2id13", "ops": 3, "mem": 67108864, "salt": "zz"}',
+    "short-salt": b'{"alg": "argon2id13", "ops": 3, "mem": 67108864, "salt": "00ff"}',
+    "negative-ops": (b'{"alg": "argon2id13", "ops": -1, "mem": 67108864, "salt": "'
+                     + b"00" * 16 + b'"}'),
+    "huge-mem": (b'{"alg": "argon2id13", "ops": 3, "mem": 99999999999999999, "salt": "'
+                 + b"00" * 16 + b'"}'),
+    "ops-as-text": (b'{"alg": "argon2id13", "ops": "3", "mem": 67108864, "salt": "'
+                    + b"00" * 16 + b'"}'),
+    "other-algorithm": (b'{"alg": "scrypt", "ops": 3, "mem": 67108864, "salt": "'
+                        + b"00" * 16 + b'"}'),
+}
+
+
+@pytest.mark.parametrize("case", list(KDF_DAMAGE))
+def test_unparseable_kdf_parameters_are_an_integrity_error_naming_them(
+    allocator: SlotAllocator, store: SQLiteStore, store_path: str, case: str
+) -> None:
+    ring = open_ring(allocator, store)
+    _populate(ring)
+    ring.close()
+    db = sqlite3.connect(store_path)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'kdf'", (KDF_DAMAGE[case],))
+    db.commit()
+    db.close()
+    before = _dump(store_path)
+    with pytest.raises(IntegrityError, match=r"the store's KDF parameters \(Argon2id, the "
+                       r"'kdf' record\) do not parse"):
+        open_ring(allocator, store)
+    assert _dump(store_path) == before
+    assert allocator.statistics().key_bytes == 0  # nothing left in secret memory
+
+
+def test_an_unreadable_kek_source_is_a_clear_refusal(
+    allocator: SlotAllocator, store: SQLiteStore, store_path: str
+) -> None:
+    ring = open_ring(allocator, store)
+    ring.close()
+    _sql(store_path, "UPDATE meta SET value = x'ff' WHERE key = 'kek_source'")
+    with pytest.raises(WrongPassphrase, match="unsealed with a"):
+        open_ring(allocator, store)
