@@ -48,8 +48,10 @@ from clients.errors import FailedPrecondition, InvalidArgument, VaultError
 from vault.app import BACKENDS, Vault, VaultConfig, open_vault
 from vault.audit import AuditLog
 from vault.interceptors import Authenticator, Edge, EdgeInterceptor
+from vault.keyring import Progress
 from vault.metrics import Metrics, split_host_port
 from vault.policy import OWNER, Policy, SocketBinding
+from vault.progress import UnsealProgress
 from vault.sealing import Argon2Params
 from vault.servicers import (
     MAX_BATCH_OPERATIONS,
@@ -518,12 +520,17 @@ def _remove_socket(path: str) -> None:
         pass
 
 
-def create_server(config: ServerConfig, *, vault: Vault | None = None) -> VaultServer:
-    """A started server.  Opens the vault unless one is given (then it is not closed)."""
+def create_server(config: ServerConfig, *, vault: Vault | None = None,
+                  progress: Progress | None = None) -> VaultServer:
+    """A started server.  Opens the vault unless one is given (then it is not closed).
+
+    ``progress(done, total)`` is called as the keyring unseals each key
+    version (see :class:`vault.progress.UnsealProgress`).
+    """
     config.validate()
     owns = vault is None
     if vault is None:
-        vault = open_vault(config.vault)
+        vault = open_vault(config.vault, progress=progress)
     try:
         server = VaultServer(config, vault, owns_vault=owns)
     except BaseException:
@@ -566,7 +573,18 @@ def summary(server: VaultServer) -> str:
     room = ", ".join(f"{n:,} {t}" for t, n in ml.headroom_keys if n is not None)
     lines.append(f"  headroom     {room + ' more keys' if room else 'unlimited'}")
     counts = v.keyring.counts_by_type()
-    lines.append(f"  keys         {sum(counts.values())} loaded")
+    damaged = v.keyring.damaged_keys()
+    lines.append(f"  keys         {sum(counts.values())} loaded"
+                 + (f", {len(damaged)} damaged" if damaged else ""))
+    if damaged:
+        names = ", ".join(repr(n) for n in list(damaged)[:5])
+        more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+        lines.append(f"  !!! WARNING  damaged keys (their records do not open; using them "
+                     f"fails with DATA_LOSS naming the damage): {names}{more}")
+    import_damage = v.keyring.import_key_damage
+    if import_damage is not None:
+        lines.append("  !!! WARNING  wrapped import is unavailable (ImportKey and GetImportKey "
+                     f"answer FAILED_PRECONDITION): {import_damage}; everything else works")
     lines.append(f"  store        {v.config.store_path}")
     for item in server.listeners:
         lines.append(f"  listening    {item.name} (identity: {item.identity})")
@@ -606,7 +624,14 @@ def run(config: ServerConfig) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server = create_server(config)
+        # a bar on a terminal while many key versions unseal; one line after
+        progress = UnsealProgress()
+        try:
+            server = create_server(config, progress=progress)
+        finally:
+            progress.close()
+        if progress.started:
+            print(progress.line(), file=sys.stderr, flush=True)
         with server:
             print(summary(server), file=sys.stderr, flush=True)
             while not stop.wait(1.0):
@@ -616,6 +641,12 @@ def run(config: ServerConfig) -> int:
             print(f"secretvault: {name}: draining in-flight calls (up to "
                   f"{config.grace_seconds:g} s), then zeroing secret memory", file=sys.stderr,
                   flush=True)
+        # said only when the backend agrees that nothing is mapped any more
+        left = server.vault.backend.statistics()
+        if left.regions or left.pages_mapped:
+            print(f"secretvault: stopped, but {left.regions} secret regions "
+                  f"({left.pages_mapped} pages) are still mapped", file=sys.stderr, flush=True)
+            return 1
         print("secretvault: stopped; secret memory zeroed and unmapped", file=sys.stderr,
               flush=True)
         return 0
@@ -673,10 +704,21 @@ def _parse(argv: Sequence[str] | None) -> ServerConfig:
     )
 
 
+#: development and tests only: after a stop, hold the process (its memory
+#: unmapped, its files closed) until a line arrives on stdin, so a test can
+#: read /proc/PID/maps and /proc/PID/status of the stopped server from outside
+HOLD_AFTER_STOP_ENV = "SECRETVAULT_DEV_HOLD_AFTER_STOP"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = _parse(argv)
     try:
-        return run(config)
+        code = run(config)
+        if os.environ.get(HOLD_AFTER_STOP_ENV) == "1":
+            print("secretvault: holding after stop until a line on stdin", file=sys.stderr,
+                  flush=True)
+            sys.stdin.readline()
+        return code
     except VaultError as e:
         print(f"secretvault: {e}", file=sys.stderr)
         return 1

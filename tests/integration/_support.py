@@ -121,7 +121,8 @@ class Child:
     """``python -m vault.server`` in a child process; always killed at exit."""
 
     def __init__(self, base: str, args: Sequence[str] = (), *,
-                 prefix: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+                 prefix: Sequence[str] = (), env: dict[str, str] | None = None,
+                 stdin: int = subprocess.DEVNULL) -> None:
         self.base = base
         self.socket = os.path.join(base, "run", "vault.sock")
         self.stderr_path = os.path.join(base, "stderr.txt")
@@ -132,7 +133,7 @@ class Child:
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "vault.server", "--socket", self.socket,
              "--data-dir", os.path.join(base, "data"), *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
+            stdin=stdin, stdout=subprocess.DEVNULL, stderr=self._stderr,
             env=full_env, cwd=str(REPO),
         )
 

@@ -7,10 +7,17 @@ serve`` and the container run it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
+import select
 import shutil
 import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -19,9 +26,15 @@ from typing import Any
 import grpc
 import pytest
 
+from backends import MemfdSecretBackend, Region, SlotAllocator
 from clients._proto.secretvault.v1 import crypto_pb2, keys_pb2
+from tests._proc import secretmem_mappings, vm_locked_bytes
 from tests.integration._support import (
+    AEAD,
     ED25519,
+    HMAC,
+    REPO,
+    X25519,
     Child,
     cleanup,
     code_of,
@@ -29,6 +42,11 @@ from tests.integration._support import (
     start,
     stubs,
 )
+from tests.unit.vault._support import raw
+from vault.keyring import Keyring
+from vault.sealing import UnsealSource, create_key_file
+from vault.server import HOLD_AFTER_STOP_ENV, summary
+from vault.store import SQLiteStore
 
 pytestmark = pytest.mark.memfd_secret
 C = grpc.StatusCode
@@ -133,9 +151,71 @@ def test_stop_zeroes_and_unmaps_all_secret_memory(base: str) -> None:
         v = stubs(s.config.vault.socket)
         for i in range(100):
             v.create(f"k{i}", ED25519)
-        assert s.vault.backend.statistics().regions >= 1
-    assert s.vault.backend.statistics().regions == 0
-    assert s.vault.backend.statistics().pages_mapped == 0
+        backend = s.vault.backend
+        regions = [st.region for st in s.vault.allocator._regions]
+        assert backend.statistics().regions == len(regions) >= 1
+        assert _overlaps(secretmem_mappings(), regions)
+        # each region's bytes at the moment the server's stop unmaps it
+        unmapped: list[tuple[Region, bytes]] = []
+        real_free = backend.free
+
+        def free(region: Region) -> None:
+            unmapped.append((region, raw(region.address, region.length)))
+            real_free(region)
+
+        backend.free = free  # type: ignore[method-assign]
+    assert backend.statistics().regions == 0
+    assert backend.statistics().pages_mapped == 0
+    assert {r.address for r, _ in unmapped} >= {r.address for r in regions}
+    for region, content in unmapped:
+        assert content == bytes(region.length), f"region at {region.address:#x} not zeroed"
+    # the kernel agrees: none of the server's secret mappings is left
+    assert not _overlaps(secretmem_mappings(), regions)
+
+
+def _overlaps(ranges: list[tuple[int, int]], regions: list[Region]) -> bool:
+    return any(s < r.address + r.length and r.address < e for s, e in ranges
+               for r in regions)
+
+
+@pytest.mark.root
+def test_sigterm_unmaps_secret_memory_seen_from_outside(base: str) -> None:
+    """A server child holding keys is stopped; before it exits (it waits on
+    stdin, by the dev entry point's hold switch) its /proc/PID/maps has no
+    secretmem mapping left and its VmLck has dropped by all of them.
+
+    Root reads another process's maps and status even when it is not
+    dumpable (the server makes itself so).
+    """
+    child = Child(base, env={HOLD_AFTER_STOP_ENV: "1"}, stdin=subprocess.PIPE)
+    try:
+        child.wait_ready()
+        v = stubs(child.socket)
+        for i in range(300):
+            v.create(f"k{i}", (ED25519, X25519, AEAD, HMAC)[i % 4])
+        pid = child.proc.pid
+        held = secretmem_mappings(pid)
+        held_bytes = sum(e - s for s, e in held)
+        locked = vm_locked_bytes(pid)
+        assert held and held_bytes >= 300 * 32
+        assert locked >= held_bytes  # secretmem mappings are VM_LOCKED
+        child.terminate()
+        deadline = time.monotonic() + 30
+        while "holding after stop" not in child.stderr() and time.monotonic() < deadline:
+            assert child.proc.poll() is None, child.stderr()
+            time.sleep(0.02)
+        err = child.stderr()
+        assert "secretvault: stopped; secret memory zeroed and unmapped" in err, err
+        # the process is still there, stopped: look at it from outside
+        assert child.proc.poll() is None
+        assert secretmem_mappings(pid) == []
+        assert vm_locked_bytes(pid) <= locked - held_bytes
+        assert child.proc.stdin is not None
+        child.proc.stdin.write(b"\n")
+        child.proc.stdin.close()
+        assert child.proc.wait(timeout=30) == 0
+    finally:
+        child.close()
 
 
 @pytest.mark.root
@@ -255,3 +335,117 @@ def test_sigint_stops_cleanly_too(base: str) -> None:
         assert not os.path.exists(child.socket)
     finally:
         child.close()
+
+
+def test_damaged_records_do_not_stop_the_server(base: str) -> None:
+    """A damaged import key turns off wrapped import only; a damaged key row
+    damages that key only; the summary says both."""
+    with start(base) as s:
+        v = stubs(s.config.vault.socket)
+        v.create("good")
+        v.create("bad-labels")
+        store_path = s.config.vault.store_path
+    db = sqlite3.connect(store_path)
+    db.execute("UPDATE meta SET value = zeroblob(72) WHERE key = 'import_key'")
+    db.execute("UPDATE keys SET labels = '{' WHERE name = 'bad-labels'")
+    db.commit()
+    db.close()
+    with start(base) as s:
+        v = stubs(s.config.vault.socket)
+        code, details, name = code_of(v.keys.GetImportKey, keys_pb2.GetImportKeyRequest())
+        assert (code, name) == (C.FAILED_PRECONDITION, "ImportKeyUnavailable")
+        assert "the vault's sealed import key (the store's 'import_key' record) failed " \
+               "authentication" in details
+        code, details, name = code_of(v.keys.ImportKey, keys_pb2.ImportKeyRequest(
+            name="imported", type=ED25519, wrapped_key=bytes(80)))
+        assert (code, name) == (C.FAILED_PRECONDITION, "ImportKeyUnavailable")
+        code, details, name = code_of(v.sign, "bad-labels")
+        assert (code, name) == (C.DATA_LOSS, "IntegrityError")
+        assert "key 'bad-labels' version 1: its stored record does not parse (its labels " \
+               "are not valid JSON)" in details
+        assert v.sign("good").key_version == 1
+        text = summary(s)
+        assert v.create("new").name == "new"
+        assert "keys         2 loaded, 1 damaged" in text
+        assert "damaged keys (their records do not open; using them fails with DATA_LOSS " \
+               "naming the damage): 'bad-labels'" in text
+        assert "!!! WARNING  wrapped import is unavailable (ImportKey and GetImportKey answer " \
+               "FAILED_PRECONDITION): the vault's sealed import key" in text
+
+
+# --- the unseal progress -------------------------------------------------------------------
+
+MANY = 1500  # more than vault.progress.BAR_THRESHOLD
+
+
+def _populate(base: str, n: int) -> None:
+    """A store of ``n`` Ed25519 keys in ``base/data``, unsealed by its key file
+    (what a Child started on ``base`` finds)."""
+    data = os.path.join(base, "data")
+    os.makedirs(data, mode=0o700)
+    alloc = SlotAllocator(MemfdSecretBackend())
+    try:
+        create_key_file(os.path.join(data, "unseal.key"), alloc)
+        store = SQLiteStore(os.path.join(data, "keys.sqlite3"))
+        try:
+            ring = Keyring.open(alloc, store,
+                                UnsealSource(key_file=os.path.join(data, "unseal.key")))
+            for i in range(n):
+                ring.create(f"k{i:05d}", "ed25519")
+            ring.close()
+        finally:
+            store.close()
+    finally:
+        alloc.close()
+
+
+def test_a_log_gets_one_unseal_line_and_no_bar(base: str) -> None:
+    _populate(base, MANY)
+    child = Child(base)
+    try:
+        child.wait_ready()
+        err = child.stderr()
+        assert re.search(rf"secretvault: unsealed {MANY:,} key versions into secret memory "
+                         r"in \d+\.\d\d s\n", err), err
+        assert err.index("unsealed") < err.index("secretvault is serving")
+        assert f"keys         {MANY} loaded" in err
+        assert "unsealing keys into secret memory" not in err  # no bar in a file...
+        assert "\x1b[" not in err  # ...and no terminal control sequences
+    finally:
+        child.close()
+
+
+def test_a_terminal_gets_the_unseal_bar(base: str) -> None:
+    """stderr on a pseudo-terminal: the served process draws rich's bar there."""
+    _populate(base, MANY)
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k != "SECRETVAULT_PASSPHRASE"}
+    env.update(PYTHONPATH=str(REPO), TERM="xterm-256color")
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vault.server", "--socket", os.path.join(base, "run", "v.sock"),
+         "--data-dir", os.path.join(base, "data")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env,
+        cwd=str(REPO))
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"secretvault is serving" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal (it exited)
+                    break
+        text = seen.decode(errors="replace")
+        assert "secretvault is serving" in text, text
+        assert "unsealing keys into secret memory" in text
+        assert f"{MANY}/{MANY}" in text  # the bar's last frame, full, before it goes
+        assert "━" in text  # rich's bar glyph
+        assert f"secretvault: unsealed {MANY:,} key versions into secret memory in " in text
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        os.close(master)
