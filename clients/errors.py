@@ -79,6 +79,12 @@ class PermissionDenied(VaultError):
     status = "PERMISSION_DENIED"
 
 
+class Unauthenticated(PermissionDenied):
+    """The caller proved no usable identity (a client certificate without subject)."""
+
+    status = "UNAUTHENTICATED"
+
+
 # --- RESOURCE_EXHAUSTED -----------------------------------------------------------
 
 
@@ -100,6 +106,10 @@ class PoolExhausted(SecretMemoryExhausted):
 
 class RequestTooLarge(ResourceExhausted):
     """A batch or message beyond the server's configured limits."""
+
+
+class TooManyCalls(ResourceExhausted):
+    """The caller already holds as many long-lived calls (streams, watches) as allowed."""
 
 
 class StoreFull(ResourceExhausted):

@@ -11,10 +11,18 @@ so lines from concurrent calls never interleave, and a batch's lines (still
 one per operation) go out in one write.  They are not fsync'ed: the trail
 survives a crash of the server, not of the machine.
 
+A batch refused or failed as a whole (denied, too large, cancelled) is one
+summary line (:meth:`AuditLog.write_summary`) with the batch's operation
+counts, never one line per operation it carried.  An operation that changes
+keys (create, import, rotate, set minimum version, delete) is written twice:
+an ``attempt`` line before it runs, and its result line after.
+
 **Fail closed.**  When a line cannot be written (disk full, I/O error,
-revoked file), :meth:`AuditLog.write` raises :class:`AuditUnavailable` and
-the edge withholds the operation's result from the client (UNAVAILABLE).
-With ``fail_open=True`` the failure is logged and the result is returned.
+revoked file), the writer raises :class:`AuditUnavailable`.  The edge then
+refuses an operation that changes keys before it runs (its ``attempt`` line
+could not be written, so nothing changes unaudited), and withholds any
+other operation's result from the client (UNAVAILABLE).  With
+``fail_open=True`` the failure is logged and the operation proceeds.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import NamedTuple
 
@@ -152,6 +160,26 @@ class AuditLog:
                          f'"result":{self._quote(result)}}}\n')
         if lines:
             self._append("".join(lines))
+
+    def write_summary(self, identity: str, listener: str, operation: str, key: str | None,
+                      result: str, operations: int,
+                      by_operation: Mapping[str, int] | None = None) -> None:
+        """One line for a whole batch that did not run (refused, too large, failed).
+
+        The usual fields (``operation``/``key``: the first denied operation
+        and its key for a refusal, else ``batch`` and null), then
+        ``"batch":{"operations":N,"by_operation":{"sign":n,...}}``: the size
+        of the batch, never one line per operation it carried.
+        ``by_operation`` names operations, never keys.
+        """
+        line = (self._stamp(time.time()) + self._who(identity, listener)
+                + self._tail(operation, key, None, result))
+        extra = f',"batch":{{"operations":{int(operations)}'
+        if by_operation is not None:
+            extra += ',"by_operation":{' + ",".join(
+                f"{self._quote(op)}:{int(n)}" for op, n in sorted(by_operation.items())) + "}"
+        # the line ends '}\n': the batch object goes in before the closing brace
+        self._append(f"{line[:-2]}{extra}}}}}\n")
 
     def _append(self, text: str) -> None:
         data = text.encode("ascii")

@@ -1,22 +1,34 @@
 """The server edge: identity, policy, errors, audit and metrics, for every call.
 
 One :class:`EdgeInterceptor` per listener wraps every method of the vault's
-three services (health checking and reflection pass through untouched).
+three services.  Health checking and reflection pass through untouched;
+any other method the :data:`METHODS` table does not describe is refused
+with UNIMPLEMENTED (and the server refuses to start when the service
+descriptors list a method the table lacks), so nothing runs unchecked.
 For each call it:
 
 1. refuses new calls with UNAVAILABLE (``ShuttingDown``) once draining began;
 2. establishes the identity: the listener's own (a Unix socket file only
    that identity can open), or the verified client certificate on mutual
-   TLS (its SAN URI, else its CN, mapped through the policy).  Nothing the
-   client sends can change it;
+   TLS (its SAN URI, else its CN, mapped through the policy; a certificate
+   with neither is UNAUTHENTICATED).  Nothing the client sends can change it;
 3. decodes (a request that did not parse is INVALID_ARGUMENT) and checks
    the policy — the one place it is checked: every unary call, every
-   operation of a batch (all or nothing: one denied operation denies the
-   batch and nothing runs) and every operation of a stream (a denied one
-   ends the stream with PERMISSION_DENIED; the ones before it were served);
-4. maps any error to its status through ``vault.errors`` (the one table);
-5. writes the audit lines and counts the operations; when the audit log
-   cannot be written, the result is withheld (fail closed, UNAVAILABLE).
+   operation of a batch (after its size: all or nothing, one denied
+   operation denies the batch and nothing runs) and every operation of a
+   stream (a denied one ends the stream with PERMISSION_DENIED; the ones
+   before it were served).  A Stream is refused when it opens unless the
+   identity holds some crypto grant;
+4. bounds the long-lived calls (Stream, WatchStats): so many per identity
+   and per listener (RESOURCE_EXHAUSTED, ``TooManyCalls``, beyond), and a
+   stream that receives nothing for ``stream_idle_seconds`` is cancelled,
+   so no caller can park the handler threads;
+5. maps any error to its status through ``vault.errors`` (the one table);
+6. writes the audit lines and counts the operations.  An operation that
+   changes keys is audited as an ``attempt`` before it runs and refused
+   when that line cannot be written; for any other, the result is withheld
+   when its line cannot be written (fail closed, UNAVAILABLE).  A batch
+   that does not run is one summary line, not a line per operation.
 """
 
 from __future__ import annotations
@@ -32,13 +44,28 @@ from typing import Any, NoReturn
 import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection
 
-from clients.errors import ShuttingDown, VaultError
+from clients.errors import (
+    PermissionDenied,
+    RequestTooLarge,
+    ShuttingDown,
+    TooManyCalls,
+    Unauthenticated,
+    VaultError,
+)
 from vault import errors
-from vault.audit import AuditLog, AuditRecord, Entry
+from vault.audit import AuditLog, Entry
 from vault.metrics import Metrics
-from vault.policy import Policy
-from vault.servicers import Malformed
+from vault.policy import ANONYMOUS, UNKNOWN, Policy
+from vault.servicers import (
+    LIST_VISIBLE,
+    MAX_BATCH_OPERATIONS,
+    Malformed,
+    method_paths,
+    watch_interval,
+)
 from vault.stats import OperationCounters
 
 log = logging.getLogger("secretvault.server")
@@ -52,6 +79,8 @@ class MethodSpec:
     operation: str
     key: Callable[[Request], str | None]
     version: Callable[[Request, Response | None], int | None]
+    #: changes keys: audited as an attempt before it runs (refused if it cannot be)
+    mutating: bool = False
 
 
 def _name(r: Request) -> str:
@@ -93,17 +122,18 @@ _SS = "/secretvault.v1.StatsService/"
 #: every method of the vault's services: what it is called in the policy,
 #: which key it touches and which version to audit
 METHODS: dict[str, MethodSpec] = {
-    _KS + "CreateKey": MethodSpec("create_key", _name, _primary),
+    _KS + "CreateKey": MethodSpec("create_key", _name, _primary, mutating=True),
     _KS + "GetImportKey": MethodSpec("get_import_key", _none, _no_version),
-    _KS + "ImportKey": MethodSpec("import_key", _name, _primary),
+    _KS + "ImportKey": MethodSpec("import_key", _name, _primary, mutating=True),
     _KS + "GetKey": MethodSpec("get_key", _name, _primary),
     _KS + "GetPublicKey": MethodSpec("get_public_key", _name, _response_version),
     _KS + "ListKeys": MethodSpec("list_keys", _none, _no_version),
-    _KS + "RotateKey": MethodSpec("rotate_key", _name, _primary),
+    _KS + "RotateKey": MethodSpec("rotate_key", _name, _primary, mutating=True),
     _KS + "SetMinDecryptionVersion": MethodSpec("set_min_decryption_version", _name,
-                                                _requested),
-    _KS + "DeleteKeyVersion": MethodSpec("delete_key_version", _name, _requested),
-    _KS + "DeleteKey": MethodSpec("delete_key", _name, _no_version),
+                                                _requested, mutating=True),
+    _KS + "DeleteKeyVersion": MethodSpec("delete_key_version", _name, _requested,
+                                         mutating=True),
+    _KS + "DeleteKey": MethodSpec("delete_key", _name, _no_version, mutating=True),
     _CS + "Sign": MethodSpec("sign", _key, _key_version),
     _CS + "Verify": MethodSpec("verify", _key, _key_version),
     _CS + "Encrypt": MethodSpec("encrypt", _key, _key_version),
@@ -116,6 +146,28 @@ METHODS: dict[str, MethodSpec] = {
 BATCH = _CS + "Batch"
 STREAM = _CS + "Stream"
 LIST_KEYS = _KS + "ListKeys"
+WATCH_STATS = _SS + "WatchStats"
+
+#: the services that pass through unchecked: they reveal the API, not keys
+PASS_THROUGH: tuple[str, ...] = (
+    f"/{health_pb2.DESCRIPTOR.services_by_name['Health'].full_name}/",
+    f"/{reflection.SERVICE_NAME}/",
+)
+
+
+def check_methods() -> None:
+    """Refuse to serve when a vault method has no entry in the edge's table.
+
+    A method added to the .proto is served from the descriptors; without an
+    entry here, it would have no policy check, no audit line and no error
+    mapping.  Called when a listener's edge is built, so the server does not
+    start.
+    """
+    missing = [m for m in method_paths() if m not in METHODS and m not in (BATCH, STREAM)]
+    if missing:
+        raise RuntimeError(
+            f"the server edge has no policy entry for {', '.join(missing)}: add it to "
+            "vault.interceptors.METHODS (operation name, key, audited version)")
 
 
 def _op_target(op: Request) -> tuple[str, str | None]:
@@ -164,18 +216,24 @@ class Authenticator:
         pems = auth.get("x509_pem_cert") or []
         if not pems:
             # server-only TLS: the client proved nothing
-            return "anonymous"
+            return ANONYMOUS
         pem = pems[0]
         with self._lock:
-            cached = self._cache.get(pem)
-        if cached is not None:
-            return cached
-        subject = certificate_subject(pem)
-        name = self._policy.tls_identity(subject) if subject else "anonymous"
-        with self._lock:
-            if len(self._cache) > 1024:
-                self._cache.clear()
-            self._cache[pem] = name
+            name = self._cache.get(pem)
+        if name is None:
+            subject = certificate_subject(pem)
+            # "" stands for a certificate that names nobody (remembered too)
+            name = self._policy.tls_identity(subject) if subject else ""
+            with self._lock:
+                if len(self._cache) > 1024:
+                    self._cache.clear()
+                self._cache[pem] = name
+        if not name:
+            # a verified certificate that names nobody: it must not become
+            # "anonymous" (whose grants are for callers without a certificate)
+            raise Unauthenticated(
+                "the client certificate has neither a SAN URI nor a subject CN: it names no "
+                "identity the policy could map")
         return name
 
 
@@ -193,11 +251,121 @@ def certificate_subject(pem: bytes) -> str | None:
     return str(cns[0].value) if cns else None
 
 
+# --- long-lived calls -----------------------------------------------------------------
+
+
+class LongCall:
+    """A Stream or WatchStats call in progress (see :class:`LongCalls`)."""
+
+    __slots__ = ("context", "identity", "idle", "last", "listener", "timed_out")
+
+    def __init__(self, identity: str, listener: str, context: grpc.ServicerContext,
+                 idle: float) -> None:
+        self.identity = identity
+        self.listener = listener
+        self.context = context
+        self.idle = idle
+        #: perf_counter() of its last sign of life: set by the edge on every
+        #: request a stream receives and every update a watch sends
+        self.last = time.perf_counter()
+        self.timed_out = False
+
+
+class LongCalls:
+    """The streams and watches in progress: bounded, and cancelled when idle.
+
+    grpcio's synchronous server runs each call on a handler thread until it
+    ends, and a Stream's handler spends its idle time blocked in the request
+    iterator, so each open Stream or WatchStats holds a thread.  Hence:
+
+    * an identity holds at most ``per_identity`` of them, over all listeners;
+    * a listener serves at most its ``per_listener`` share (half its threads,
+      so its unary calls always find a thread);
+    * a call with no sign of life for its idle limit is cancelled.  A
+      watchdog thread (running only while such calls are open) calls
+      ``context.cancel()``: grpc core cancels the call, the blocked request
+      iterator raises in the handler's thread, which unwinds and frees the
+      thread; the client sees CANCELLED.
+    """
+
+    def __init__(self, per_identity: int, idle_seconds: float) -> None:
+        self.per_identity = per_identity
+        self.idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        self._calls: set[LongCall] = set()
+        self._by_identity: dict[str, int] = {}
+        self._by_listener: dict[str, int] = {}
+        self._watchdog: threading.Thread | None = None
+
+    def open(self, identity: str, listener: str, per_listener: int,
+             context: grpc.ServicerContext, extra_idle: float = 0.0) -> LongCall:
+        """Count a new long-lived call, or raise :class:`TooManyCalls`."""
+        with self._lock:
+            held = self._by_identity.get(identity, 0)
+            if held >= self.per_identity:
+                raise TooManyCalls(
+                    f"identity {identity!r} already holds {held} streams or watches, the most "
+                    "the server allows one identity (max_streams_per_identity): end one, or "
+                    "send more operations down the streams it has")
+            busy = self._by_listener.get(listener, 0)
+            if busy >= per_listener:
+                raise TooManyCalls(
+                    f"{listener} already serves {busy} streams or watches, the most it "
+                    "allows (half its handler threads): retry later")
+            self._by_identity[identity] = held + 1
+            self._by_listener[listener] = busy + 1
+            call = LongCall(identity, listener, context, self.idle_seconds + extra_idle)
+            self._calls.add(call)
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, daemon=True,
+                                                  name="secretvault-idle-calls")
+                self._watchdog.start()
+        # however the call ends (even if its handler never resumes), it is uncounted
+        if not context.add_callback(lambda: self.close(call)):
+            self.close(call)
+        return call
+
+    def close(self, call: LongCall) -> None:
+        """Uncount a call (idempotent: the handler and grpc's callback both do)."""
+        with self._lock:
+            if call not in self._calls:
+                return
+            self._calls.discard(call)
+            for counts, name in ((self._by_identity, call.identity),
+                                 (self._by_listener, call.listener)):
+                n = counts[name] - 1
+                if n:
+                    counts[name] = n
+                else:
+                    del counts[name]
+
+    def held(self, identity: str) -> int:
+        with self._lock:
+            return self._by_identity.get(identity, 0)
+
+    def _watch(self) -> None:
+        tick = min(max(self.idle_seconds / 4, 0.05), 1.0)
+        while True:
+            time.sleep(tick)
+            with self._lock:
+                if not self._calls:
+                    self._watchdog = None
+                    return
+                now = time.perf_counter()
+                stale = [c for c in self._calls if not c.timed_out and now - c.last > c.idle]
+                for c in stale:
+                    c.timed_out = True
+            for c in stale:
+                log.info("cancelling an idle stream of identity %r on %s: nothing for %.0f s",
+                         c.identity, c.listener, c.idle)
+                c.context.cancel()
+
+
 # --- the interceptor ------------------------------------------------------------------
 
 
 class Edge:
-    """State the listeners share: policy, audit, counters, metrics, draining."""
+    """State the listeners share: policy, audit, counters, metrics, limits, draining."""
 
     def __init__(
         self,
@@ -205,11 +373,20 @@ class Edge:
         audit: AuditLog,
         counters: OperationCounters,
         metrics: Metrics | None,
+        *,
+        max_batch: int = MAX_BATCH_OPERATIONS,
+        workers: int = 64,
+        max_streams_per_identity: int = 8,
+        stream_idle_seconds: float = 60.0,
     ) -> None:
         self.policy = policy
         self.audit = audit
         self.counters = counters
         self.metrics = metrics
+        self.max_batch = max_batch
+        self.long_calls = LongCalls(max_streams_per_identity, stream_idle_seconds)
+        #: long-lived calls one listener serves at once: half its handler threads
+        self.long_calls_per_listener = max(1, workers // 2)
         self.draining = threading.Event()
 
 
@@ -223,6 +400,7 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """
 
     def __init__(self, edge: Edge, authenticator: Authenticator) -> None:
+        check_methods()
         self._edge = edge
         self._auth = authenticator
         # the wrapped handler of each method, built on its first call
@@ -245,10 +423,13 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(details)
         if handler is None:
             return None
-        wrapped = self._wrap(method, handler)
         if method in METHODS or method in (BATCH, STREAM):
-            self._wrapped[method] = wrapped
-        return wrapped
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+            return wrapped
+        if method.startswith(PASS_THROUGH):
+            return handler  # health checking, reflection
+        # served, yet unknown to the edge: it would run with no policy check
+        return _unlisted(method, handler)
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if method == BATCH:
@@ -261,18 +442,19 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 self._stream(handler.stream_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        spec = METHODS.get(method)
-        if spec is None:
-            return handler  # health checking, reflection
+        spec = METHODS[method]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(spec, handler.unary_unary, filter_list=method == LIST_KEYS),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        return grpc.unary_stream_rpc_method_handler(
-            self._unary_stream(spec, handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._unary_stream(spec, handler.unary_stream,
+                                   watch=method == WATCH_STATS),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return _unlisted(method, handler)  # a client-streaming form the edge has no code for
 
     # --- pieces ---------------------------------------------------------------------
 
@@ -281,24 +463,26 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             raise _shutting_down()
         return self._auth.identity(context)
 
-    def _records(self, records: list[AuditRecord]) -> None:
-        """Count, then audit (raises AuditUnavailable when failing closed)."""
-        for r in records:
-            self._edge.counters.record(r.operation, r.result)
-        self._edge.audit.write(records)
+    def _note(self, identity: str, operation: str, key: str | None, version: int | None,
+              result: str) -> None:
+        """Count, then audit one line (raises AuditUnavailable when failing closed)."""
+        self._edge.counters.record(operation, result)
+        self._edge.audit.write_one(identity, self._auth.listener, operation, key, version,
+                                   result)
 
     def _fail(self, context: grpc.ServicerContext, exc: BaseException, where: str,
-              audit: Callable[[str], list[AuditRecord]]) -> NoReturn:
+              audit: Callable[[str], None]) -> NoReturn:
         if not isinstance(exc, VaultError) and (isinstance(exc, grpc.RpcError)
                                                 or not context.is_active()):
-            # the client went away (cancelled, or past its deadline) and grpc
-            # raised out of the request iterator: nobody to answer, and no bug
+            # the client went away (cancelled, or past its deadline) or the
+            # call was cancelled idle, and grpc raised out of the request
+            # iterator: nobody to answer, and no bug
             code, name, message = (grpc.StatusCode.CANCELLED, "VaultError",
                                    "the call was cancelled or its deadline passed")
         else:
             code, name, message = errors.describe(exc, where)
         try:
-            self._records(audit(code.name))
+            audit(code.name)
         except VaultError as e:
             # fail closed: not even an error is answered unaudited
             code, name, message = errors.describe(e, where)
@@ -317,7 +501,7 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         listener = self._auth.listener
         fixed = self._auth.fixed_identity
         identify = self._auth.identity
-        policy = self._edge.policy
+        lister = self._edge.policy.lister
         check = self._check
         draining = self._edge.draining
         count = self._edge.counters.record
@@ -325,13 +509,15 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         operation = spec.operation
         key_of = spec.key
         version_of = spec.version
+        mutating = spec.mutating
         observe = self._observer(operation)
         clock = time.perf_counter
         fail = self._fail
+        note = self._note
 
         def behavior(request: Request, context: grpc.ServicerContext) -> Response:
             start = clock() if observe is not None else 0.0
-            identity = "unknown"
+            identity = UNKNOWN
             key: str | None = None
             try:
                 if draining.is_set():
@@ -342,12 +528,20 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 key = key_of(request)
                 if check is not None:
                     check(identity, operation, key)
-                response = inner(request, context)
-                if filter_list and not policy.unrestricted(identity):
-                    visible = [k for k in response.keys
-                               if policy.allows(identity, "list_keys", k.name)]
-                    del response.keys[:]
-                    response.keys.extend(visible)
+                if mutating:
+                    # a change is audited before it is made: if this line
+                    # cannot be written (failing closed), nothing changes
+                    write_one(identity, listener, operation, key,
+                              _audit_version(version_of, request, None), "attempt")
+                if filter_list:
+                    # the names this identity may list, applied before paging
+                    visible = LIST_VISIBLE.set(lister(identity))
+                    try:
+                        response = inner(request, context)
+                    finally:
+                        LIST_VISIBLE.reset(visible)
+                else:
+                    response = inner(request, context)
                 try:
                     version = version_of(request, response)
                 except (AttributeError, TypeError, ValueError):
@@ -355,9 +549,9 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 count(operation, "ok")
                 write_one(identity, listener, operation, key, version, "ok")
             except Exception as e:
-                fail(context, e, operation, lambda result: [AuditRecord(
-                    identity, listener, operation, key,
-                    _audit_version(version_of, request, None), result)])
+                fail(context, e, operation, lambda result: note(
+                    identity, operation, key, _audit_version(version_of, request, None),
+                    result))
             finally:
                 if observe is not None:
                     observe(clock() - start)
@@ -366,28 +560,42 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         return behavior
 
     def _unary_stream(self, spec: MethodSpec,
-                      inner: Callable[[Request, grpc.ServicerContext], Iterator[Response]]
+                      inner: Callable[[Request, grpc.ServicerContext], Iterator[Response]],
+                      *, watch: bool = False
                       ) -> Callable[[Request, grpc.ServicerContext], Iterator[Response]]:
         listener = self._auth.listener
         check = self._check
+        long_calls = self._edge.long_calls
+        per_listener = self._edge.long_calls_per_listener
+        operation = spec.operation
+        clock = time.perf_counter
 
         def behavior(request: Request, context: grpc.ServicerContext) -> Iterator[Response]:
-            identity = "unknown"
-
-            def record(result: str) -> list[AuditRecord]:
-                return [AuditRecord(identity, listener, spec.operation, None, None, result)]
-
+            identity = UNKNOWN
+            call: LongCall | None = None
             try:
                 identity = self._begin(context)
                 if isinstance(request, Malformed):
                     raise request.error()
                 if check is not None:
-                    check(identity, spec.operation, None)
+                    check(identity, operation, None)
+                if watch:
+                    # a watch sends an update every interval: it is idle when
+                    # one has not gone out for an interval past the idle limit
+                    call = long_calls.open(identity, listener, per_listener, context,
+                                           watch_interval(request.interval_seconds))
                 # one line when the watch begins: a watch may outlive the log's rotation
-                self._records(record("ok"))
-                yield from inner(request, context)
+                self._note(identity, operation, None, None, "ok")
+                for item in inner(request, context):
+                    if call is not None:
+                        call.last = clock()
+                    yield item
             except Exception as e:
-                self._fail(context, e, spec.operation, record)
+                self._fail(context, e, operation,
+                           lambda result: self._note(identity, operation, None, None, result))
+            finally:
+                if call is not None:
+                    long_calls.close(call)
 
         return behavior
 
@@ -402,20 +610,32 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         draining = self._edge.draining
         count = self._edge.counters.record
         write_entries = self._edge.audit.write_entries
+        write_summary = self._edge.audit.write_summary
+        policy = self._edge.policy
+        max_batch = self._edge.max_batch
         observe = self._observer("batch")
         clock = time.perf_counter
         fail = self._fail
 
         def behavior(request: Request, context: grpc.ServicerContext) -> Response:
             start = clock()
-            identity = "unknown"
+            identity = UNKNOWN
+            size = 0
             targets: list[tuple[str, str | None]] = []
+            denied: list[tuple[str, str | None]] = []
 
-            def record(result: str) -> list[AuditRecord]:
-                if not targets:
-                    return [AuditRecord(identity, listener, "batch", None, None, result)]
-                return [AuditRecord(identity, listener, op, key, None, result)
-                        for op, key in targets]
+            def summary(result: str) -> None:
+                # the batch did not run (or its answer is lost): one line for
+                # all of it, however many operations it carried
+                op, key = denied[0] if denied else ("batch", None)
+                by_op: dict[str, int] | None = None
+                if targets:
+                    by_op = collections.Counter(o for o, _ in targets)
+                    for o, n in by_op.items():
+                        count(o, result, n)
+                else:
+                    count("batch", result)
+                write_summary(identity, listener, op, key, result, size, by_op)
 
             try:
                 if draining.is_set():
@@ -423,12 +643,31 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 identity = fixed if fixed is not None else identify(context)
                 if isinstance(request, Malformed):
                     raise request.error()
-                targets = [_op_target(op) for op in request.operations]
+                operations = request.operations
+                size = len(operations)
+                # the size first: nothing is looked at (or audited) one
+                # operation at a time in a batch that will not run
+                if size > max_batch:
+                    raise RequestTooLarge(f"a batch carries at most {max_batch} operations; "
+                                          f"got {size}: split it")
+                targets = [_op_target(op) for op in operations]
                 # all or nothing: a batch with one denied operation runs none
                 if check is not None:
                     for op, key in targets:
                         if op != "invalid":
-                            check(identity, op, key)
+                            try:
+                                check(identity, op, key)
+                            except PermissionDenied:
+                                denied.append((op, key))
+                                raise
+                    # nothing denied, because nothing checkable was asked (an
+                    # empty batch, or operations with none set): still nothing
+                    # for an identity without a crypto grant
+                    if not policy.may_stream(identity):
+                        raise PermissionDenied(
+                            f"identity {identity!r} may not call Batch: it holds no sign, "
+                            f"verify, encrypt, decrypt, mac or verify_mac grant "
+                            f"({policy.source})")
                 response = inner(request, context)
                 # one line per operation, all written at once; the results go
                 # back only once that write succeeded (fail closed)
@@ -437,7 +676,7 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 _count(count, entries)
                 write_entries(identity, listener, entries)
             except Exception as e:
-                fail(context, e, "batch", record)
+                fail(context, e, "batch", summary)
             finally:
                 if observe is not None:
                     observe(clock() - start)
@@ -450,6 +689,9 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 ) -> Callable[[Iterator[Request], grpc.ServicerContext], Iterator[Response]]:
         listener = self._auth.listener
         check = self._check
+        policy = self._edge.policy
+        long_calls = self._edge.long_calls
+        per_listener = self._edge.long_calls_per_listener
         count = self._edge.counters.record
         write_one = self._edge.audit.write_one
         metrics = self._edge.metrics
@@ -457,12 +699,14 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         def behavior(requests: Iterator[Request], context: grpc.ServicerContext
                      ) -> Iterator[Response]:
-            identity = "unknown"
+            identity = UNKNOWN
+            call: LongCall | None = None
             pending: collections.deque[tuple[str, str | None, float]] = collections.deque()
             current: list[tuple[str, str | None]] = []
 
-            def checked() -> Iterator[Request]:
+            def checked(call: LongCall) -> Iterator[Request]:
                 for op in requests:
+                    now = call.last = clock()
                     if isinstance(op, Malformed):
                         current[:] = [("stream", None)]
                         raise op.error()
@@ -471,16 +715,23 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                         current[:] = [target]
                         if check is not None:
                             check(identity, *target)
-                    pending.append((target[0], target[1], clock()))
+                    pending.append((target[0], target[1], now))
                     yield op
 
-            def record(result: str) -> list[AuditRecord]:
+            def audit(result: str) -> None:
                 op, key = current[0] if current else ("stream", None)
-                return [AuditRecord(identity, listener, op, key, None, result)]
+                self._note(identity, op, key, None, result)
 
             try:
                 identity = self._begin(context)
-                for result in inner(checked(), context):
+                # an identity that may do nothing a stream carries could only
+                # hold a thread with it: refused before it waits for anything
+                if check is not None and not policy.may_stream(identity):
+                    raise PermissionDenied(
+                        f"identity {identity!r} may not open a Stream: it holds no sign, "
+                        f"verify, encrypt, decrypt, mac or verify_mac grant ({policy.source})")
+                call = long_calls.open(identity, listener, per_listener, context)
+                for result in inner(checked(call), context):
                     op, key, start = pending.popleft()
                     outcome, version = _op_record(result)
                     count(op, outcome)
@@ -488,10 +739,37 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     if metrics is not None:
                         metrics.observe(op, clock() - start)
                     yield result
+                if call.timed_out or not context.is_active():
+                    # cancelled (for idling, or by the client) while waiting for
+                    # a request: grpc may end the request iterator quietly
+                    # instead of raising, as if the client had finished
+                    audit(grpc.StatusCode.CANCELLED.name)
             except Exception as e:
-                self._fail(context, e, "stream", record)
+                self._fail(context, e, "stream", audit)
+            finally:
+                if call is not None:
+                    long_calls.close(call)
 
         return behavior
+
+
+def _unlisted(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler that refuses ``method``: served, but not in the edge's table."""
+    log.error("refusing %s: the server edge has no policy entry for it", method)
+    message = f"{method} is not implemented by this server"
+
+    def refuse(request: Any, context: grpc.ServicerContext) -> NoReturn:
+        errors.abort(context, grpc.StatusCode.UNIMPLEMENTED, "VaultError", message)
+
+    streaming = (handler.request_streaming, handler.response_streaming)
+    factory = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[streaming]
+    return factory(refuse, request_deserializer=handler.request_deserializer,
+                   response_serializer=handler.response_serializer)
 
 
 def _shutting_down() -> ShuttingDown:

@@ -12,10 +12,12 @@ read slots while a mutation publishes or frees them.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from backends import Slot, SlotAllocator
@@ -136,6 +138,8 @@ class _Key:
 
 
 Progress = Callable[[int, int], None]
+#: one page of a listing: the keys, and whether more follow
+Page = tuple[list[KeyInfo], bool]
 
 
 class Keyring:
@@ -147,6 +151,9 @@ class Keyring:
         self._kek = kek
         self._store_id = store_id
         self._keys: dict[str, _Key] = {}
+        # every name, sorted, for listing: built on the first listing, then kept
+        # sorted by the mutations (under the write side of _rw)
+        self._names: list[str] | None = None
         self._import_slot: Slot | None = None
         self._import_public = b""
         self._import_damaged: str | None = None  # why wrapped import is off
@@ -403,8 +410,66 @@ class Keyring:
             return self._get(name).info()
 
     def list(self, prefix: str = "") -> list[KeyInfo]:
+        """Every key whose name starts with ``prefix``, in name order."""
         with self._rw.read():
-            return [k.info() for n, k in sorted(self._keys.items()) if n.startswith(prefix)]
+            return [self._keys[n].info() for n in self._scan(prefix, None)
+                    if n in self._keys]
+
+    def page(self, *, limit: int, prefix: str = "", after: str | None = None,
+             visible: Callable[[str], bool] | None = None) -> Page:
+        """One page of a listing: (up to ``limit`` keys, whether more follow).
+
+        The keys are those whose name starts with ``prefix``, sorts after
+        ``after`` and satisfies ``visible`` (None: every name), in name order.
+        Filtering comes before the page is cut, so a page is full whenever
+        more visible names exist, and ``after`` can be the last name of the
+        previous page.  The start is found by bisection and a
+        :class:`KeyInfo` is built only for the keys returned: a listing in
+        pages costs O(N) in all, not O(N^2).
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        out: list[_Key] = []
+        more = False
+        with self._rw.read():
+            keys = self._keys
+            for name in self._scan(prefix, after):
+                if visible is not None and not visible(name):
+                    continue
+                key = keys.get(name)
+                if key is None:  # closed meanwhile
+                    continue
+                if len(out) == limit:
+                    more = True
+                    break
+                out.append(key)
+            return [k.info() for k in out], more
+
+    def _scan(self, prefix: str, after: str | None) -> Iterator[str]:
+        """Names starting with ``prefix`` and sorting after ``after``, in order
+        (call it with the read side of ``_rw`` held)."""
+        names = self._names
+        if names is None:
+            # readers may build it side by side: each builds the same list
+            names = self._names = sorted(self._keys)
+        start = bisect.bisect_left(names, prefix)
+        if after is not None:
+            start = max(start, bisect.bisect_right(names, after))
+        # the names starting with prefix are contiguous in sorted order
+        return itertools.takewhile(lambda n: n.startswith(prefix),
+                                   itertools.islice(names, start, None))
+
+    def _name_added(self, name: str) -> None:
+        """Keep the sorted names (write side of ``_rw`` held)."""
+        if self._names is not None:
+            bisect.insort(self._names, name)
+
+    def _name_removed(self, name: str) -> None:
+        names = self._names
+        if names is not None:
+            i = bisect.bisect_left(names, name)
+            if i < len(names) and names[i] == name:
+                del names[i]
 
     def counts_by_type(self) -> dict[str, int]:
         with self._rw.read():
@@ -547,6 +612,7 @@ class Keyring:
             key.versions[1] = _Version(1, now, public, slot, length)
             with self._rw.write():
                 self._keys[name] = key
+                self._name_added(name)
             return key.info()
 
     def rotate(self, name: str) -> KeyInfo:
@@ -612,6 +678,7 @@ class Keyring:
             self._store.delete_key(name)
             with self._rw.write():
                 del self._keys[name]
+                self._name_removed(name)
                 for v in key.versions.values():
                     if v.slot is not None:
                         v.slot.free()

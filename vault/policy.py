@@ -37,7 +37,7 @@ import fnmatch
 import grp
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,16 @@ from clients.errors import InvalidArgument, PermissionDenied
 
 #: the identity of the default socket: the server's own user, allowed everything
 OWNER = "owner"
+#: the identity of a caller who proved nothing (TCP with server-only TLS); its
+#: grants come from the policy's top-level ``[anonymous]`` table, nothing else
+ANONYMOUS = "anonymous"
+#: what the audit names a caller refused before its identity was established
+UNKNOWN = "unknown"
+#: names the edge gives on its own: a policy cannot define identities with them,
+#: so no socket, certificate or grant can be confused with one.  (Unlisted
+#: certificates become ``tls:SUBJECT``, which no identity name can spell: names
+#: have no ``:``.)
+RESERVED: frozenset[str] = frozenset({OWNER, ANONYMOUS, UNKNOWN})
 
 #: every operation a policy can grant (the RPCs, and the batch/stream operations)
 KEY_OPERATIONS: frozenset[str] = frozenset({
@@ -58,6 +68,11 @@ KEYLESS_OPERATIONS: frozenset[str] = frozenset({
     "get_import_key", "list_keys", "get_stats", "watch_stats",
 })
 OPERATIONS: frozenset[str] = KEY_OPERATIONS | KEYLESS_OPERATIONS
+#: the operations a Batch or Stream can carry: an identity granted none of them
+#: may not open a Stream at all
+CRYPTO_OPERATIONS: frozenset[str] = frozenset({
+    "sign", "verify", "encrypt", "decrypt", "mac", "verify_mac",
+})
 
 _IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -110,6 +125,8 @@ class Policy:
     # a policy never changes once loaded, so its answers can be remembered
     _decisions: dict[tuple[str, str, str | None], bool] = field(
         default_factory=dict, init=False, repr=False, compare=False)
+    _listers: dict[str, Callable[[str], bool]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     # --- decisions ------------------------------------------------------------------
 
@@ -145,6 +162,42 @@ class Policy:
                 f"identity {identity!r} may not {operation}{target} ({self.source})"
             )
 
+    def may_stream(self, identity: str) -> bool:
+        """Whether ``identity`` holds any crypto grant (else a Stream is refused
+        when it opens, before it can hold a thread waiting for operations)."""
+        if identity == OWNER:
+            return True
+        ident = self.identities.get(identity)
+        return ident is not None and any(g.operations & CRYPTO_OPERATIONS
+                                         for g in ident.grants)
+
+    def lister(self, identity: str) -> Callable[[str], bool] | None:
+        """Which key names ``identity`` may see in ListKeys (None: all of them).
+
+        One compiled regular expression per identity, from its ``list_keys``
+        patterns (the same ``fnmatch`` translation :meth:`allows` uses); it
+        does not go through the remembered decisions, so a long listing
+        cannot push the hot path's decisions out.
+        """
+        if identity == OWNER:
+            return None
+        found = self._listers.get(identity)
+        if found is not None:
+            return found
+        ident = self.identities.get(identity)
+        patterns = sorted({p for g in (ident.grants if ident else ())
+                           if "list_keys" in g.operations for p in g.keys})
+        if patterns:
+            match = re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
+
+            def found(name: str) -> bool:
+                return match(name) is not None
+        else:
+            found = _nothing
+        if ident is not None:  # a bounded set: only the policy's own identities are kept
+            self._listers[identity] = found
+        return found
+
     def tls_identity(self, subject: str) -> str:
         """The identity a verified certificate subject (SAN URI or CN) maps to."""
         for ident in self.identities.values():
@@ -172,11 +225,13 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "policy") -> Policy:
-        _only(data, {"identities"}, "the policy")
+        _only(data, {"identities", ANONYMOUS}, "the policy")
         raw = data.get("identities", {})
         if not isinstance(raw, dict):
             raise PolicyError("[identities] must be a table of identities")
         identities: dict[str, Identity] = {}
+        if ANONYMOUS in data:
+            identities[ANONYMOUS] = _anonymous(data[ANONYMOUS])
         tls_seen: dict[str, str] = {}
         for name, body in raw.items():
             ident = _identity(name, body)
@@ -217,6 +272,13 @@ def _identity(name: str, body: Any) -> Identity:
         raise PolicyError(
             f"{OWNER!r} is the server's own user (the default socket); it is always allowed "
             "everything and cannot be configured")
+    if name == ANONYMOUS:
+        raise PolicyError(
+            f"{ANONYMOUS!r} is reserved: it names callers who proved nothing (TCP with "
+            "server-only TLS). Grant them operations in a top-level [[anonymous.allow]] "
+            "table; no socket or certificate can be bound to it")
+    if name in RESERVED:
+        raise PolicyError(f"{name!r} is a reserved identity name: choose another")
     if not isinstance(body, dict):
         raise PolicyError(f"{where} must be a table")
     _only(body, {"tls", "sockets", "allow"}, where)
@@ -226,6 +288,21 @@ def _identity(name: str, body: Any) -> Identity:
     sockets = tuple(_socket(name, s, f"{where} sockets")
                     for s in _tables(body.get("sockets", []), f"{where} sockets"))
     return Identity(name, grants, sockets, tls)
+
+
+def _anonymous(body: Any) -> Identity:
+    where = f"[{ANONYMOUS}]"
+    if not isinstance(body, dict):
+        raise PolicyError(f"{where} must be a table")
+    # grants only: nothing can be bound to a caller who proved nothing
+    _only(body, {"allow"}, where)
+    grants = tuple(_grant(g, f"{where} allow") for g in _tables(body.get("allow", []),
+                                                                 f"{where} allow"))
+    return Identity(ANONYMOUS, grants)
+
+
+def _nothing(name: str) -> bool:
+    return False
 
 
 def _tables(value: Any, where: str) -> Iterable[dict[str, Any]]:

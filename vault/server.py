@@ -111,8 +111,21 @@ class ServerConfig:
     max_batch_operations: int = MAX_BATCH_OPERATIONS
     #: seconds in-flight calls get to finish on SIGTERM before being cancelled
     grace_seconds: float = 10.0
-    #: handler threads shared by all listeners (each open stream holds one)
+    #: handler threads of each listener.  Every listener has its own, so calls
+    #: on one socket (or the TCP port) cannot take the threads of another; a
+    #: Stream or WatchStats holds one for as long as it lasts, so those take at
+    #: most half of a listener's threads (TooManyCalls beyond)
     workers: int = 64
+    #: calls one listener accepts at once (running, or queued for a thread);
+    #: RESOURCE_EXHAUSTED beyond
+    max_concurrent_rpcs: int = 256
+    #: Streams and WatchStats one identity may hold open at once, over all
+    #: listeners; RESOURCE_EXHAUSTED (TooManyCalls) beyond
+    max_streams_per_identity: int = 8
+    #: a Stream that receives no operation for this long is cancelled, and so is
+    #: a WatchStats that cannot send an update for this long past its interval
+    #: (the client stopped reading): neither may park a handler thread
+    stream_idle_seconds: float = 60.0
 
     def validate(self) -> None:
         if not self.unix_socket and not self.tcp:
@@ -139,6 +152,11 @@ class ServerConfig:
             raise InvalidArgument("max_batch_operations must be between 1 and 1,000,000")
         if self.grace_seconds < 0 or self.workers < 1:
             raise InvalidArgument("grace_seconds must be >= 0 and workers >= 1")
+        if self.max_concurrent_rpcs < 1 or self.max_streams_per_identity < 1:
+            raise InvalidArgument("max_concurrent_rpcs and max_streams_per_identity must be "
+                                  ">= 1")
+        if not 0 < self.stream_idle_seconds <= 86400:
+            raise InvalidArgument("stream_idle_seconds must be more than 0 and at most a day")
 
 
 # --- Unix socket safety -------------------------------------------------------------------
@@ -337,13 +355,17 @@ class VaultServer:
         self.metrics = Metrics(self.stats) if config.metrics else None
         self.metrics_address: tuple[str, int] | None = None
         self.audit = AuditLog(config.audit_log, fail_open=config.audit_fail_open)
-        self.edge = Edge(self.policy, self.audit, self.counters, self.metrics)
+        self.edge = Edge(self.policy, self.audit, self.counters, self.metrics,
+                         max_batch=config.max_batch_operations, workers=config.workers,
+                         max_streams_per_identity=config.max_streams_per_identity,
+                         stream_idle_seconds=config.stream_idle_seconds)
         self.stopping = threading.Event()
         self.health = health.HealthServicer()
         self.listeners: list[_Listener] = []
         self.tcp_port: int | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.workers, thread_name_prefix="secretvault-rpc")
+        # one thread pool per listener (see ServerConfig.workers); threads start
+        # on demand, so a quiet listener costs none
+        self._executors: list[concurrent.futures.ThreadPoolExecutor] = []
         self._handlers = generic_handlers(
             KeyServicer(vault.keyring),
             CryptoServicer(vault.keyring, max_batch=config.max_batch_operations),
@@ -367,11 +389,17 @@ class VaultServer:
             ("grpc.max_send_message_length", 4 * limit),
             ("grpc.so_reuseport", 0),
         ]
+        interceptor = EdgeInterceptor(self.edge, Authenticator(listener, identity, self.policy))
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.config.workers, thread_name_prefix="secretvault-rpc")
+        self._executors.append(executor)
         server = grpc.server(
-            self._executor,
-            interceptors=[EdgeInterceptor(self.edge, Authenticator(listener, identity,
-                                                                   self.policy))],
+            executor,
+            interceptors=[interceptor],
             options=options + (extra or []),
+            # beyond this many calls in progress (running or waiting for a
+            # thread), grpc answers RESOURCE_EXHAUSTED at once
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
         server.add_generic_rpc_handlers(self._handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -487,8 +515,11 @@ class VaultServer:
             e.wait()
         # handlers of calls cancelled at the end of the grace period may
         # still be unwinding: let them leave the keyring first
-        done = threading.Thread(target=self._executor.shutdown, kwargs={"wait": True},
-                                daemon=True)
+        def shutdown() -> None:
+            for executor in self._executors:
+                executor.shutdown(wait=True)
+
+        done = threading.Thread(target=shutdown, daemon=True)
         done.start()
         done.join(timeout=max(5.0, self._grace))
         if self.metrics is not None:

@@ -168,8 +168,8 @@ def cleanup(base: str) -> None:
 # --- TLS material -------------------------------------------------------------------------
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def _name(cn: str | None) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn is not None else [])
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -209,7 +209,7 @@ class Pki:
     def ca_path(self) -> str:
         return os.path.join(self.directory, "ca.pem")
 
-    def issue(self, name: str, *, cn: str, uri: str | None = None, server: bool = False,
+    def issue(self, name: str, *, cn: str | None, uri: str | None = None, server: bool = False,
               ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None = None
               ) -> tuple[str, str]:
         """(certificate path, key path)."""

@@ -479,8 +479,7 @@ tls = ["spiffe://test/ci"]
 operations = ["create_key", "get_key", "get_public_key", "sign", "verify", "list_keys"]
 keys = ["ci/*"]
 
-[identities.anonymous]
-[[identities.anonymous.allow]]
+[[anonymous.allow]]
 operations = ["verify", "get_public_key"]
 keys = ["*"]
 """

@@ -225,10 +225,14 @@ def test_policy_cell(world: World, who: str, op: str, prefix: str, form: str) ->
         e = info.value
         assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e.details()
         assert dict(e.trailing_metadata() or ())["secretvault-error"] == "PermissionDenied"
-        assert f"identity {who!r} may not {op}" in (e.details() or "")
+        # an identity with no crypto grant at all cannot open a Stream: it is
+        # refused before any operation is read
+        refused_open = form == "stream" and not GRANTS[who][0] & set(CRYPTO)
+        denied = "open a Stream" if refused_open else op
+        assert f"identity {who!r} may not {denied}" in (e.details() or "")
         line = world.last_audit()
         assert (line["identity"], line["operation"], line["result"]) == \
-            (who, op, "PERMISSION_DENIED")
+            (who, "stream" if refused_open else op, "PERMISSION_DENIED")
         assert world.snapshot() == before, "a denied call changed the keys"
         return
     try:

@@ -6,8 +6,11 @@ messages go to every method of the three services (through grpc's generic
 serializers, so nothing on the client side validates them), plus raw bytes
 that are not HTTP/2 at all straight to the socket.  No answer may be
 INTERNAL or UNKNOWN (those would mean the server blamed itself for the
-client's bytes), the server process must still be running, and a valid call
-must work after every round.
+client's bytes) or DEADLINE_EXCEEDED (a call the server left hanging), the
+server process must still be running, and a valid call must work after
+every round.  A second round comes from an identity the policy grants
+nothing: garbage, and more idle streams than the server has threads; every
+answer must be a prompt refusal, and the owner must still be served.
 
 The seed is printed; set ``BAD_INPUT_SEED`` to replay a run.
 """
@@ -20,6 +23,8 @@ import os
 import random
 import socket
 import struct
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,7 +49,11 @@ from tests.integration._support import (
 pytestmark = pytest.mark.memfd_secret
 
 ROUNDS = int(os.environ.get("BAD_INPUT_ROUNDS", "160"))  # payloads per method
-NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+#: answers that blame the server (INTERNAL, UNKNOWN) or show it left a call
+#: hanging until the client's deadline (every call here has one)
+NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
+#: the handler threads of the child server's listener (ServerConfig.workers)
+WORKERS = 64
 PAYLOAD_LIMIT = 4 << 20  # the server's default max_message_bytes
 
 
@@ -179,10 +188,20 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+NOBODY_POLICY = """
+[identities.nobody]
+[[identities.nobody.sockets]]
+path = "{base}/nobody/n.sock"
+"""
+
+
 @pytest.fixture(scope="module")
 def child() -> Iterator[Child]:
     base = short_dir()
-    c = Child(base, ["--audit-log", os.path.join(base, "audit.log")])
+    policy = os.path.join(base, "policy.toml")
+    with open(policy, "w") as f:
+        f.write(NOBODY_POLICY.format(base=base))
+    c = Child(base, ["--audit-log", os.path.join(base, "audit.log"), "--policy", policy])
     try:
         c.wait_ready()
         v = stubs(c.socket)
@@ -310,4 +329,77 @@ def test_raw_bytes_that_are_not_grpc(child: Child) -> None:
             pass  # the server may hang up first: that is fine
         finally:
             s.close()
+    alive(child)
+
+
+def test_garbage_and_idle_streams_from_an_identity_with_no_grants(child: Child) -> None:
+    seed = int(os.environ.get("BAD_INPUT_SEED", random.randrange(2**32)))
+    print(f"BAD_INPUT_SEED={seed}")
+    rng = random.Random(seed)
+    v = stubs(child.socket)
+    ipk = v.keys.GetImportKey(keys_pb2.GetImportKeyRequest()).public_key
+    table = seeds(ipk, v.sign("bi/ed").signature,
+                  v.crypto.Encrypt(crypto_pb2.EncryptRequest(key="bi/aead")).ciphertext,
+                  v.crypto.Mac(crypto_pb2.MacRequest(key="bi/mac")).mac)
+    pool = [m.SerializeToString() for ms in table.values() for m in ms]
+    nobody = os.path.join(os.path.dirname(os.path.dirname(child.socket)), "nobody", "n.sock")
+    channel = grpc.insecure_channel(f"unix:{nobody}")
+    # granted nothing: every answer is a refusal, of the request or of the caller
+    allowed = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED}
+    codes: collections.Counter[str] = collections.Counter()
+    bad: list[str] = []
+
+    def check(method: str, call: Callable[[], Any]) -> None:
+        try:
+            call()
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            code = e.code()
+        codes[code.name] += 1
+        if code not in allowed:
+            bad.append(f"{method}: {code.name}")
+
+    for method, messages in table.items():
+        call = channel.unary_unary(method, request_serializer=_identity,
+                                   response_deserializer=_identity)
+        raw = [m.SerializeToString() for m in messages]
+        for i in range(max(ROUNDS // 8, 2)):
+            payload = mutate(rng, rng.choice(raw), pool) if i else rng.choice(raw)
+            check(method, lambda p=payload: call(p, timeout=10))
+    watch = channel.unary_stream(WATCH, request_serializer=_identity,
+                                 response_deserializer=_identity)
+    check(WATCH, lambda: next(watch(stats_pb2.WatchStatsRequest().SerializeToString(),
+                                    timeout=10)))
+    stream = channel.stream_stream(STREAM, request_serializer=_identity,
+                                   response_deserializer=_identity)
+    ops = [op.SerializeToString() for op in table["/secretvault.v1.CryptoService/Batch"][0]
+           .operations]
+    for _ in range(ROUNDS // 8):
+        frames = [mutate(rng, rng.choice(ops), pool) for _ in range(rng.randrange(1, 4))]
+        check(STREAM, lambda f=frames: list(stream(iter(f), timeout=10)))
+
+    # streams that never send anything, more of them than the server has threads:
+    # each must be refused when it opens, not left holding a thread until its deadline
+    stop = threading.Event()
+
+    def silent() -> Iterator[bytes]:
+        stop.wait(30)
+        yield from ()
+
+    t0 = time.monotonic()
+    calls = [stream(silent(), timeout=10) for _ in range(WORKERS + 16)]
+    try:
+        for c in calls:
+            check(STREAM + " (idle)", lambda c=c: next(c))
+        refused_in = time.monotonic() - t0
+        # meanwhile the owner is served at once
+        sig = v.crypto.Sign(crypto_pb2.SignRequest(key="canary", message=b"m"), timeout=5)
+        assert sig.key_version == 1
+    finally:
+        stop.set()
+    print(f"from an identity granted nothing: {dict(sorted(codes.items()))}; "
+          f"{len(calls)} idle streams refused in {refused_in:.2f} s")
+    assert bad == [], "\n".join(bad[:20])
+    assert codes["PERMISSION_DENIED"] >= len(calls) and codes["INVALID_ARGUMENT"] > 50
+    assert refused_in < 5
     alive(child)

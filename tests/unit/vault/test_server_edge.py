@@ -230,3 +230,202 @@ def test_host_port() -> None:
         with pytest.raises(ValueError):
             split_host_port(bad)
 
+
+
+# --- what the edge refuses to be fooled by -----------------------------------------------
+
+
+def test_reserved_identity_names_and_the_anonymous_grants() -> None:
+    from vault.policy import ANONYMOUS, RESERVED, PolicyError
+
+    assert {"owner", "anonymous", "unknown"} <= RESERVED
+    for name in sorted(RESERVED):
+        with pytest.raises(PolicyError, match=r"reserved|server's own user"):
+            Policy.from_dict({"identities": {name: {}}})
+    # callers without a certificate get grants only through [anonymous]: nothing
+    # can be bound to that name
+    for body in ({"tls": ["cn"]}, {"sockets": [{"path": "/a.sock"}]}, {"allow": "x"}):
+        with pytest.raises(PolicyError):
+            Policy.from_dict({ANONYMOUS: body})
+    p = Policy.from_dict({ANONYMOUS: {"allow": [{"operations": ["verify"], "keys": ["pub/*"]}]}})
+    assert p.allows(ANONYMOUS, "verify", "pub/a") and not p.allows(ANONYMOUS, "sign", "pub/a")
+    assert p.sockets == () and p.tls_identity("anonymous") == "tls:anonymous"
+
+
+def test_who_may_open_a_stream_and_what_a_listing_shows() -> None:
+    p = Policy.from_dict({"identities": {
+        "ci": {"allow": [{"operations": ["sign"], "keys": ["ci/*"]}]},
+        "lister": {"allow": [{"operations": ["list_keys"], "keys": ["team/*", "x?"]},
+                             {"operations": ["get_key", "list_keys"], "keys": ["pub/*"]}]},
+        "nothing": {},
+    }})
+    assert p.may_stream(OWNER) and p.may_stream("ci")
+    assert not p.may_stream("lister") and not p.may_stream("nothing")
+    assert not p.may_stream("tls:spiffe://stranger")
+    assert p.lister(OWNER) is None
+    see = p.lister("lister")
+    assert see is not None
+    names = ["team/a", "team/a/b", "TEAM/a", "xy", "xyz", "pub/k", "other", "team"]
+    # exactly what allows() decides, name by name
+    assert [n for n in names if see(n)] == [n for n in names
+                                            if p.allows("lister", "list_keys", n)]
+    assert [n for n in names if see(n)] == ["team/a", "team/a/b", "xy", "pub/k"]
+    for who in ("ci", "nothing", "tls:unknown"):
+        nobody = p.lister(who)
+        assert nobody is not None and not any(nobody(n) for n in names)
+
+
+def test_a_refused_batch_is_one_summary_line(tmp_path: object,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    now = 1764111600.5
+    monkeypatch.setattr("vault.audit.time.time", lambda: now)
+    path = os.path.join(str(tmp_path), "audit.log")
+    log = AuditLog(path)
+    log.write_summary("ci", "unix:/s", "mac", 'k"ey', "PERMISSION_DENIED", 5,
+                      {"sign": 3, "mac": 2})
+    log.write_summary("ci", "unix:/s", "batch", None, "RESOURCE_EXHAUSTED", 200_000)
+    log.close()
+    with open(path, encoding="ascii") as f:
+        lines = f.readlines()
+    first = json.loads(_reference_line(now, AuditRecord("ci", "unix:/s", "mac", 'k"ey', None,
+                                                        "PERMISSION_DENIED")))
+    first["batch"] = {"operations": 5, "by_operation": {"mac": 2, "sign": 3}}
+    second = json.loads(_reference_line(now, AuditRecord("ci", "unix:/s", "batch", None, None,
+                                                         "RESOURCE_EXHAUSTED")))
+    second["batch"] = {"operations": 200_000}
+    assert lines == [json.dumps(x, separators=(",", ":")) + "\n" for x in (first, second)]
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+        self.trailing: object = None
+
+    def set_trailing_metadata(self, md: object) -> None:
+        self.trailing = md
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        raise _Aborted(details)
+
+
+def _edge() -> object:
+    from vault.interceptors import Authenticator, Edge, EdgeInterceptor
+
+    edge = Edge(Policy(), AuditLog(os.devnull), OperationCounters(), None)
+    return EdgeInterceptor(edge, Authenticator("unix:/s", OWNER, Policy()))
+
+
+def test_a_method_the_edge_table_lacks_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vault import interceptors
+
+    ran: list[object] = []
+
+    def servicer(request: object, context: object) -> object:
+        ran.append(request)
+        return b"answer"
+
+    def continuation(details: object) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(servicer)
+
+    class Details:
+        def __init__(self, method: str) -> None:
+            self.method = method
+
+    edge = _edge()
+    for method in ("/secretvault.v1.KeyService/NewMethod", "/some.Other/Service"):
+        handler = edge.intercept_service(continuation, Details(method))  # type: ignore[attr-defined]
+        ctx = _Context()
+        with pytest.raises(_Aborted, match="not implemented"):
+            handler.unary_unary(b"request", ctx)
+        assert ctx.code is grpc.StatusCode.UNIMPLEMENTED and ran == []
+    # health checking and reflection pass through untouched
+    for method in ("/grpc.health.v1.Health/Check",
+                   "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"):
+        handler = edge.intercept_service(continuation, Details(method))  # type: ignore[attr-defined]
+        assert handler.unary_unary(b"request", _Context()) == b"answer"
+    # and the table must cover every method the descriptors list, or nothing starts
+    monkeypatch.delitem(interceptors.METHODS, "/secretvault.v1.CryptoService/Mac")
+    with pytest.raises(RuntimeError, match="CryptoService/Mac"):
+        _edge()
+
+
+def test_batches_take_short_turns_in_arrival_order() -> None:
+    import threading
+
+    from vault.servicers import BatchTurns
+
+    turns = BatchTurns()
+    turns.POLL = 0.01
+    assert turns.take(lambda: True)  # free: taken at once
+    order: list[str] = []
+
+    def batch(name: str) -> None:
+        if turns.take(lambda: True):
+            order.append(name)
+            turns.give()
+
+    b = threading.Thread(target=batch, args=("b",))
+    b.start()
+    while not turns.waiting:
+        time.sleep(0.001)
+    c = threading.Thread(target=batch, args=("c",))
+    c.start()
+    while len(turns.waiting) < 2:
+        time.sleep(0.001)
+    # a waiter whose call has ended leaves the queue without a turn
+    alive = [True]
+    gone = threading.Thread(target=lambda: order.append(
+        "gone" if not turns.take(lambda: alive[0]) else "d"))
+    gone.start()
+    while len(turns.waiting) < 3:
+        time.sleep(0.001)
+    alive[0] = False
+    gone.join(5)
+    assert len(turns.waiting) == 2 and order == ["gone"]
+    turns.give()  # the first batch ends its turn: the others follow in arrival order
+    b.join(5)
+    c.join(5)
+    assert order == ["gone", "b", "c"]
+    assert turns.take(lambda: True)  # free again
+    turns.give()
+
+
+def test_long_lived_calls_are_counted_and_idle_ones_cancelled() -> None:
+    from clients.errors import TooManyCalls
+    from vault.interceptors import LongCalls
+
+    class Ctx:
+        def __init__(self) -> None:
+            self.cancelled = False
+            self.callbacks: list[object] = []
+
+        def add_callback(self, cb: object) -> bool:
+            self.callbacks.append(cb)
+            return True
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    calls = LongCalls(per_identity=2, idle_seconds=0.2)
+    a, b, c = Ctx(), Ctx(), Ctx()
+    first = calls.open("ci", "unix:/s", 10, a)
+    calls.open("ci", "unix:/t", 10, b)
+    with pytest.raises(TooManyCalls, match="'ci' already holds 2"):
+        calls.open("ci", "unix:/s", 10, c)
+    with pytest.raises(TooManyCalls, match="unix:/s already serves 1"):
+        calls.open("other", "unix:/s", 1, c)
+    calls.close(first)
+    calls.close(first)  # idempotent: the handler and grpc's callback both close
+    assert calls.held("ci") == 1
+    # the one left sends nothing: cancelled after its idle limit
+    deadline = time.monotonic() + 5
+    while not b.cancelled and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert b.cancelled and not a.cancelled
+    b.callbacks[0]()  # type: ignore[operator]  # grpc reports the call ended
+    assert calls.held("ci") == 0
