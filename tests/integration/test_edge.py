@@ -96,6 +96,16 @@ class IdleStream:
         return self.outcome[-1] if self.outcome else None
 
 
+def _wait_for(items: Any, n: int, timeout: float = 10.0) -> Any:
+    """``items()`` once it has ``n`` elements (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    got = items()
+    while len(got) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+        got = items()
+    return got
+
+
 @pytest.fixture
 def base() -> Iterator[str]:
     d = short_dir()
@@ -121,9 +131,10 @@ def test_idle_streams_cannot_starve_the_owner_or_the_listener(base: str) -> None
             assert st.outcome == [C.PERMISSION_DENIED]
         # one with a crypto grant gets half its listener's threads, no more
         held = [IdleStream(streamer) for _ in range(4)]
-        time.sleep(0.5)
-        refused = [st for st in held if st.outcome == [C.RESOURCE_EXHAUSTED]]
-        assert len(refused) == 2, [st.outcome for st in held]
+        refused = _wait_for(lambda: [st for st in held
+                                     if st.outcome == [C.RESOURCE_EXHAUSTED]], 2)
+        assert len(refused) == 2 and s.edge.long_calls.held("streamer") == 2, \
+            [st.outcome for st in held]
         try:
             t0 = time.monotonic()
             assert owner.crypto.Sign(crypto_pb2.SignRequest(key="k", message=b"m"),
@@ -142,7 +153,7 @@ def test_streams_per_identity_are_capped(base: str) -> None:
         owner = stubs(s.config.vault.socket)
         owner.create("k")
         held = [IdleStream(owner) for _ in range(2)]
-        time.sleep(0.3)
+        _wait_for(lambda: [None] * s.edge.long_calls.held("owner"), 2)
         try:
             q: queue.Queue[Any] = queue.Queue()
             third = owner.crypto.Stream(iter(q.get, None), timeout=5)
