@@ -31,6 +31,7 @@ from clients.errors import (
     DeadlineExceeded,
     DecryptionFailed,
     FailedPrecondition,
+    ImportKeyUnavailable,
     IntegrityError,
     InvalidArgument,
     InvalidImport,
@@ -48,7 +49,10 @@ from clients.errors import (
     SecretMemoryExhausted,
     SecretMemoryUnavailable,
     ShuttingDown,
+    StoreBusy,
+    StoreFull,
     StoreSealed,
+    TooManyCalls,
     Unavailable,
     VaultError,
     VersionNotFound,
@@ -108,6 +112,12 @@ FIXES: dict[type[VaultError], str] = {
     SecretMemoryUnavailable: "see README.md, Troubleshooting; for development only, "
     "--backend page-model runs on a model",
     IntegrityError: "the store is damaged or was tampered with: restore it from a backup",
+    ImportKeyUnavailable: "the vault's sealed import key is damaged: restore the store from "
+    "a backup, or create keys in the vault instead of importing them",
+    StoreFull: "free space on the vault's data directory, then retry",
+    StoreBusy: "another process holds the store: run one vault per data directory, then retry",
+    TooManyCalls: "close idle streams or watches, or ask the operator to raise the limits "
+    "(--max-concurrent-rpcs, --max-streams-per-identity)",
     ShuttingDown: "the vault is stopping: retry once it is back",
     OutcomeUnknown: "read the key back ('secretvault keys show NAME') to see whether the "
     "change was applied",
@@ -799,6 +809,9 @@ def server_config(args: argparse.Namespace) -> Any:
         metrics=args.metrics,
         grace_seconds=args.grace,
         max_message_bytes=args.max_message_bytes,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_streams_per_identity=args.max_streams_per_identity,
+        stream_idle_seconds=args.stream_idle_seconds,
     )
 
 
@@ -1045,6 +1058,14 @@ in production keep the unseal material on another machine or medium.
                      help="how long in-flight calls may finish on SIGTERM (default: 10)")
     ops.add_argument("--max-message-bytes", type=_positive_int, default=4 << 20, metavar="N",
                      help="largest request accepted, in bytes (default: 4 MiB)")
+    ops.add_argument("--max-concurrent-rpcs", type=_positive_int, default=256, metavar="N",
+                     help="calls in progress per listener before RESOURCE_EXHAUSTED "
+                     "(default: 256)")
+    ops.add_argument("--max-streams-per-identity", type=_positive_int, default=8, metavar="N",
+                     help="open Stream and WatchStats calls per identity (default: 8)")
+    ops.add_argument("--stream-idle-seconds", type=_positive_float, default=60.0,
+                     metavar="SECONDS",
+                     help="cancel a Stream that sends no request for this long (default: 60)")
     new_store = serve.add_argument_group("a new store's passphrase KDF (Argon2id)")
     new_store.add_argument("--argon2-ops", type=_positive_int, metavar="N",
                            help="opslimit (default: 3)")

@@ -661,3 +661,17 @@ def test_watch_ends_in_one_line_when_the_vault_stops(base: str) -> None:
                 watch.wait()
     finally:
         s.kill()
+
+
+def test_serve_options_reach_the_server_config(tmp_path: Path) -> None:
+    """Every limit the server has is an option of ``serve``, passed through."""
+    args = cli.build_parser().parse_args([
+        "serve", "--data-dir", str(tmp_path), "--socket", str(tmp_path / "s.sock"),
+        "--max-message-bytes", "1000", "--max-concurrent-rpcs", "7",
+        "--max-streams-per-identity", "3", "--stream-idle-seconds", "2.5", "--grace", "1",
+    ])
+    config = cli.server_config(args)
+    assert (config.max_message_bytes, config.max_concurrent_rpcs,
+            config.max_streams_per_identity, config.stream_idle_seconds,
+            config.grace_seconds) == (1000, 7, 3, 2.5, 1.0)
+    assert config.vault.data_dir == str(tmp_path)
