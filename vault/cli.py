@@ -515,16 +515,23 @@ def _verdict(args: argparse.Namespace, valid: bool, what: str, version: int | No
     return EXIT_OK if valid else EXIT_MISMATCH
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    signature = _read(args.signature, "signature")
-    if args.signature in (None, "-") and args.infile in (None, "-"):
-        raise CliError("the message and the signature cannot both come from stdin",
-                       "give the message with --in FILE or the signature with --signature FILE")
+def _verify_tag(args: argparse.Namespace, path: str | None, kind: Kind, raw_len: int,
+                what: str, option: str) -> int:
+    """verify and verify-mac: the tag from ``path``, the message from --in."""
+    tag = _read(path, what)
+    if path in (None, "-") and args.infile in (None, "-"):
+        raise CliError(f"the message and the {what} cannot both come from stdin",
+                       f"give the message with --in FILE or the {what} with {option} FILE")
     message = _read(args.infile, "message")
     with _vault(args) as vault:
-        token = _token_arg(signature, Kind.SIGNATURE, 64, args.key_version, vault, args.name)
-        valid = vault.verify(args.name, message, token)
-    return _verdict(args, valid, "signature", _version_of(Kind.SIGNATURE, token))
+        token = _token_arg(tag, kind, raw_len, args.key_version, vault, args.name)
+        check = vault.verify if kind is Kind.SIGNATURE else vault.verify_mac
+        valid = check(args.name, message, token)
+    return _verdict(args, valid, what, _version_of(kind, token))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    return _verify_tag(args, args.signature, Kind.SIGNATURE, 64, "signature", "--signature")
 
 
 def cmd_mac(args: argparse.Namespace) -> int:
@@ -541,15 +548,7 @@ def cmd_mac(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_mac(args: argparse.Namespace) -> int:
-    mac = _read(args.mac, "MAC")
-    if args.mac in (None, "-") and args.infile in (None, "-"):
-        raise CliError("the message and the MAC cannot both come from stdin",
-                       "give the message with --in FILE or the MAC with --mac FILE")
-    message = _read(args.infile, "message")
-    with _vault(args) as vault:
-        token = _token_arg(mac, Kind.MAC, 32, args.key_version, vault, args.name)
-        valid = vault.verify_mac(args.name, message, token)
-    return _verdict(args, valid, "MAC", _version_of(Kind.MAC, token))
+    return _verify_tag(args, args.mac, Kind.MAC, 32, "MAC", "--mac")
 
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
