@@ -25,7 +25,6 @@ Listeners (see ``docs/access-control.md``):
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import errno
 import grp
@@ -37,7 +36,7 @@ import stat
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 
 import grpc
@@ -45,14 +44,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from clients.errors import FailedPrecondition, InvalidArgument, VaultError
-from vault.app import BACKENDS, Vault, VaultConfig, open_vault
+from vault.app import Vault, VaultConfig, open_vault
 from vault.audit import AuditLog
 from vault.interceptors import Authenticator, Edge, EdgeInterceptor
 from vault.keyring import Progress
 from vault.metrics import Metrics, split_host_port
 from vault.policy import OWNER, Policy, SocketBinding
 from vault.progress import UnsealProgress
-from vault.sealing import Argon2Params
 from vault.servicers import (
     MAX_BATCH_OPERATIONS,
     SERVICE_NAMES,
@@ -690,49 +688,13 @@ def run(config: ServerConfig) -> int:
 
 
 def _parse(argv: Sequence[str] | None) -> ServerConfig:
-    p = argparse.ArgumentParser(prog="python -m vault.server",
-                                description="Run the secretvault server (the user-facing "
-                                "command is `secretvault serve`).")
-    p.add_argument("--socket")
-    p.add_argument("--data-dir")
-    p.add_argument("--backend", choices=BACKENDS, default="memfd_secret")
-    p.add_argument("--unseal-key-file")
-    p.add_argument("--passphrase-file")
-    p.add_argument("--argon2-ops", type=int)
-    p.add_argument("--argon2-mem", type=int)
-    p.add_argument("--policy")
-    p.add_argument("--audit-log")
-    p.add_argument("--audit-fail-open", action="store_true")
-    p.add_argument("--metrics")
-    p.add_argument("--tcp")
-    p.add_argument("--tls-cert")
-    p.add_argument("--tls-key")
-    p.add_argument("--client-ca")
-    p.add_argument("--no-unix-socket", action="store_true")
-    p.add_argument("--grace", type=float, default=10.0)
-    p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
-    p.add_argument("--no-harden", action="store_true", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    vc = VaultConfig()
-    changes: dict[str, object] = {"backend": a.backend, "harden": not a.no_harden}
-    if a.socket:
-        changes["socket"] = a.socket
-    if a.data_dir:
-        changes["data_dir"] = a.data_dir
-    if a.unseal_key_file:
-        changes["unseal_key_file"] = a.unseal_key_file
-    if a.passphrase_file:
-        changes["passphrase_file"] = a.passphrase_file
-    if a.argon2_ops or a.argon2_mem:
-        d = Argon2Params()
-        changes["kdf"] = Argon2Params(a.argon2_ops or d.ops, a.argon2_mem or d.mem)
-    vc = replace(vc, **changes)  # type: ignore[arg-type]
-    return ServerConfig(
-        vault=vc, unix_socket=not a.no_unix_socket, tcp=a.tcp, tls_cert=a.tls_cert,
-        tls_key=a.tls_key, client_ca=a.client_ca, policy_file=a.policy,
-        audit_log=a.audit_log, audit_fail_open=a.audit_fail_open, metrics=a.metrics,
-        grace_seconds=a.grace, max_message_bytes=a.max_message_bytes,
-    )
+    """``python -m vault.server ARGS`` is ``secretvault serve ARGS``: one parser."""
+    from vault.cli import build_parser, server_config
+
+    args = build_parser().parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    config = server_config(args)
+    assert isinstance(config, ServerConfig)
+    return config
 
 
 #: development and tests only: after a stop, hold the process (its memory
@@ -761,7 +723,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module, not this __main__ copy: the CLI's parser builds
+    # vault.server.ServerConfig, and there must be one such class
+    from vault.server import main as _main
+
+    sys.exit(_main())
 
 
 __all__ = [
