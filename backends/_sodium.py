@@ -304,6 +304,19 @@ def hmacsha256(state: Ptr, key: Ptr, keylen: int, message: bytes) -> bytes:
     return bytes(mac)
 
 
+def hmacsha256_into(out: Ptr, state: Ptr, key: Ptr, keylen: int, message: bytes) -> None:
+    """HMAC-SHA-256 written straight into ``out`` (a secret slot of 32 bytes):
+    deriving a subkey from a key in secret memory.  ``state`` is secret
+    scratch, wiped before returning."""
+    try:
+        if lib.crypto_auth_hmacsha256_init(state, key, keylen) != 0:
+            raise BackendError("crypto_auth_hmacsha256_init failed")
+        lib.crypto_auth_hmacsha256_update(state, message, len(message))
+        lib.crypto_auth_hmacsha256_final(state, out)
+    finally:
+        sodium_memzero(state, HMACSHA256_STATEBYTES)
+
+
 def constant_time_equal(a: bytes, b: bytes) -> bool:
     if len(a) != len(b):
         return False

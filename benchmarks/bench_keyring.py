@@ -49,7 +49,14 @@ from clients.framing import Kind
 from vault import crypto
 from vault.crypto import KeyType
 from vault.keyring import Keyring
-from vault.sealing import Kek, UnsealSource, create_key_file, version_ad
+from vault.sealing import (
+    Kek,
+    UnsealSource,
+    create_key_file,
+    row_mac_message,
+    version_ad,
+    version_digest,
+)
 from vault.store import SQLiteStore
 
 KEY_FILE = "unseal.key"
@@ -92,7 +99,8 @@ def build_store(directory: str, keys: int) -> float:
 
     The store is initialised by the keyring itself (store id, KEK check,
     import key); the records are then sealed here exactly as
-    ``Keyring.create`` seals them (same KEK, same associated data) and
+    ``Keyring.create`` seals them (same KEK, same associated data, same row
+    MAC) and
     inserted in one transaction, which avoids 100,000 fsynced commits.
     """
     t0 = time.perf_counter()
@@ -107,6 +115,7 @@ def build_store(directory: str, keys: int) -> float:
         store.close()
         assert store_id is not None
         kek = Kek.derive(alloc, source, None)
+        row_key = kek.row_mac_key(alloc)
         now = time.time()
         key_rows = []
         version_rows = []
@@ -115,8 +124,12 @@ def build_store(directory: str, keys: int) -> float:
                 name = _name(i)
                 public = crypto.generate(KeyType.ED25519, slot)
                 nonce, sealed = kek.seal(slot, 64, version_ad(store_id, name, 1, "ed25519"))
-                key_rows.append((name, "ed25519", now, "{}", 1, 1))
+                digest = version_digest(1, now, public, nonce, sealed)
+                mac = row_key.mac(row_mac_message(store_id, name, "ed25519", now, 1, 1, {},
+                                                  [(1, digest)]))
+                key_rows.append((name, "ed25519", now, "{}", 1, 1, mac))
                 version_rows.append((name, 1, now, public, nonce, sealed))
+        row_key.close()
         kek.close()
     finally:
         alloc.close()
@@ -124,7 +137,7 @@ def build_store(directory: str, keys: int) -> float:
     with db:
         db.executemany(
             "INSERT INTO keys (name, type, created, labels, primary_version, "
-            "min_decryption_version) VALUES (?, ?, ?, ?, ?, ?)",
+            "min_decryption_version, row_mac) VALUES (?, ?, ?, ?, ?, ?, ?)",
             key_rows,
         )
         db.executemany(

@@ -43,7 +43,15 @@ from clients.pubkeys import encode_public_key
 from vault import crypto
 from vault._rwlock import RWLock
 from vault.crypto import KeyType
-from vault.sealing import IMPORT_KEY_AD, Argon2Params, Kek, UnsealSource, version_ad
+from vault.sealing import (
+    IMPORT_KEY_AD,
+    Argon2Params,
+    Kek,
+    UnsealSource,
+    row_mac_message,
+    version_ad,
+    version_digest,
+)
 from vault.store import KeyRecord, Store, VersionRecord
 
 #: Key names: 1 to 128 characters from ``A-Z a-z 0-9 . _ - /``, starting with
@@ -52,9 +60,24 @@ from vault.store import KeyRecord, Store, VersionRecord
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 MAX_LABELS = 32
 MAX_LABEL_LEN = 256
-STORE_FORMAT = b"1"
+#: 2: key rows carry a row MAC (a store of format 1 is migrated on unseal)
+STORE_FORMAT = b"2"
+#: why a key whose row MAC does not verify is damaged
+ROW_TAMPERED = (
+    "its metadata failed authentication: its stored row (type, created time, primary or "
+    "minimum decryption version, labels) or its set of version records was changed "
+    "outside the vault (tampering, or part of the store restored from a backup); restore "
+    "the store from a backup, or delete the key")
+ROW_UNAUTHENTICATED = (
+    "its metadata failed authentication: its stored row has no row MAC, though this store "
+    "authenticates every key row (the MAC was removed outside the vault); restore the "
+    "store from a backup, or delete the key")
 _SEALED_BOX_MAGIC = framing.MAGIC + Kind.SEALED_BOX.value
 _AEAD_MIN = na.AEAD_XCHACHA_NPUBBYTES + na.AEAD_XCHACHA_ABYTES
+
+
+def _digest(rec: VersionRecord) -> bytes:
+    return version_digest(rec.version, rec.created, rec.public_key, rec.nonce, rec.sealed)
 
 
 def validate_name(name: str) -> str:
@@ -108,6 +131,8 @@ class _Version:
     slot: Slot | None
     length: int
     damaged: str | None = None
+    #: ``sealing.version_digest`` of the stored record, for the key's row MAC
+    digest: bytes = b""
 
     def info(self) -> VersionInfo:
         return VersionInfo(self.version, self.created, self.public, self.damaged)
@@ -122,7 +147,11 @@ class _Key:
     min_decryption: int
     labels: dict[str, str]
     versions: dict[int, _Version] = field(default_factory=dict)
-    damaged: str | None = None  # the stored key row does not parse: no version is usable
+    # the stored key row does not parse, or fails its row MAC: no version is usable
+    damaged: str | None = None
+
+    def digests(self) -> list[tuple[int, bytes]]:
+        return [(n, v.digest) for n, v in self.versions.items()]
 
     def info(self) -> KeyInfo:
         return KeyInfo(
@@ -150,6 +179,12 @@ class Keyring:
         self._store = store
         self._kek = kek
         self._store_id = store_id
+        try:
+            # derived once per unseal, into a secret slot
+            self._row_key = kek.row_mac_key(allocator)
+        except BaseException:
+            kek.close()
+            raise
         self._keys: dict[str, _Key] = {}
         # every name, sorted, for listing: built on the first listing, then kept
         # sorted by the mutations (under the write side of _rw)
@@ -196,7 +231,8 @@ class Keyring:
             kdf_params = Argon2Params.from_json(raw)
         kek = Kek.derive(allocator, source, kdf_params)
         check = store.get_meta("kek_check") or b""
-        if not kek.verify_check(check):
+        check_version = kek.check_version(check)
+        if check_version is None:
             kek.close()
             raise WrongPassphrase(
                 f"the {source.kind} does not unseal this store; nothing was changed"
@@ -204,7 +240,16 @@ class Keyring:
         ring = cls(allocator, store, kek, store_id)
         try:
             ring._load_import_key()
-            ring._load_keys(progress)
+            # a v1 check: the store was written before key rows had MACs
+            legacy = check_version == 1
+            pending = ring._load_keys(progress, legacy=legacy)
+            if legacy:
+                # the rows were trusted as they were before this change: they
+                # get their MACs now, with the v2 check that says every row
+                # has one from here on (one transaction: a crash leaves the
+                # store as it was, and the next unseal migrates it again)
+                store.migrate_row_macs(
+                    pending, {"kek_check": kek.make_check(), "format": STORE_FORMAT})
         except BaseException:
             ring.close()
             raise
@@ -266,7 +311,10 @@ class Keyring:
         self._import_slot = slot
         self._import_public = crypto.derive_public(KeyType.X25519, slot) or b""
 
-    def _load_keys(self, progress: Progress | None) -> None:
+    def _load_keys(self, progress: Progress | None, *, legacy: bool) -> dict[str, bytes]:
+        """Unseal every key; returns the row MACs to write for rows that have
+        none in a ``legacy`` store (one from before row MACs)."""
+        pending: dict[str, bytes] = {}
         total = self._store.count()
         done = 0
         if progress is not None:
@@ -291,14 +339,54 @@ class Keyring:
                         v.version, v.created, v.public_key, None, 0, key.damaged)
                 else:
                     key.versions[v.version] = self._unseal_version(rec, v, key_type)
+                key.versions[v.version].digest = version_digest(
+                    v.version, v.created, v.public_key, v.nonce, v.sealed)
                 done += 1
                 if progress is not None:
                     progress(done, total)
+            if key.damaged is None:
+                self._check_row(rec, key, legacy, pending)
             self._keys[rec.name] = key
         if progress is not None and done != total:
             # version rows without a key row (an edit by hand) are counted
             # by count() but never loaded: the bar still ends full
             progress(done, done)
+        return pending
+
+    def _check_row(self, rec: KeyRecord, key: _Key, legacy: bool,
+                   pending: dict[str, bytes]) -> None:
+        """Verify the key's row MAC; on failure the key is damaged as a whole.
+
+        Versions are unsealed first, so that a version whose own record is
+        damaged keeps that more precise reason; the others are zeroed and
+        marked with the key's.
+        """
+        mac = self._row_mac(rec.name, rec.type, rec.created, rec.primary_version,
+                            rec.min_decryption_version, rec.labels, key.digests())
+        if rec.row_mac is None:
+            if legacy:
+                # written before row MACs existed: trusted, as it was then
+                pending[rec.name] = mac
+                return
+            why = ROW_UNAUTHENTICATED
+        elif na.constant_time_equal(mac, rec.row_mac):
+            return
+        else:
+            why = ROW_TAMPERED
+        key.damaged = why
+        for n, v in list(key.versions.items()):
+            if v.damaged is None:
+                if v.slot is not None:
+                    v.slot.free()
+                key.versions[n] = _Version(v.version, v.created, v.public, None, 0, why,
+                                           v.digest)
+
+    def _row_mac(self, name: str, key_type: str, created: float, primary: int,
+                 min_decryption: int, labels: Mapping[str, str],
+                 digests: list[tuple[int, bytes]]) -> bytes:
+        return self._row_key.mac(row_mac_message(
+            self._store_id, name, key_type, created, primary, min_decryption, labels,
+            digests))
 
     def _unseal_version(
         self, rec: KeyRecord, v: VersionRecord, key_type: KeyType | None
@@ -604,12 +692,15 @@ class Keyring:
             try:
                 rec = self._seal_new(kt, name, 1, slot, length, public)
                 now = rec.created
-                self._store.create_key(KeyRecord(name, kt.value, now, 1, 1, labels), rec)
+                digest = _digest(rec)
+                mac = self._row_mac(name, kt.value, now, 1, 1, labels, [(1, digest)])
+                self._store.create_key(
+                    KeyRecord(name, kt.value, now, 1, 1, labels, row_mac=mac), rec)
             except BaseException:
                 slot.free()
                 raise
             key = _Key(name, kt, now, 1, 1, labels)
-            key.versions[1] = _Version(1, now, public, slot, length)
+            key.versions[1] = _Version(1, now, public, slot, length, digest=digest)
             with self._rw.write():
                 self._keys[name] = key
                 self._name_added(name)
@@ -626,12 +717,16 @@ class Keyring:
             slot, public, length = self._generate(kt)
             try:
                 rec = self._seal_new(kt, name, n, slot, length, public)
-                self._store.add_version(name, rec)
+                digest = _digest(rec)
+                mac = self._row_mac(name, kt.value, key.created, n, key.min_decryption,
+                                    key.labels, [*key.digests(), (n, digest)])
+                self._store.add_version(name, rec, row_mac=mac)
             except BaseException:
                 slot.free()
                 raise
             with self._rw.write():
-                key.versions[n] = _Version(n, rec.created, public, slot, length)
+                key.versions[n] = _Version(n, rec.created, public, slot, length,
+                                           digest=digest)
                 key.primary = n
             return key.info()
 
@@ -645,7 +740,9 @@ class Keyring:
                     f"the minimum decryption version of {name!r} must be between 1 and its "
                     f"primary version {key.primary}; got {version}"
                 )
-            self._store.set_min_decryption_version(name, version)
+            mac = self._row_mac(name, key.type.value, key.created, key.primary, version,
+                                key.labels, key.digests())
+            self._store.set_min_decryption_version(name, version, row_mac=mac)
             with self._rw.write():
                 key.min_decryption = version
             return key.info()
@@ -655,6 +752,9 @@ class Keyring:
         with self._mutate:
             self._require_open()
             key = self._get(name)
+            # a damaged key's row is not trusted: a new MAC over it would
+            # vouch for whatever was changed
+            self._require_intact(key)
             v = key.versions.get(version)
             if v is None:
                 raise VersionNotFound(f"key {name!r} has no version {version}")
@@ -663,7 +763,10 @@ class Keyring:
                     f"version {version} is the primary version of {name!r}: rotate first, "
                     "or delete the whole key"
                 )
-            self._store.delete_version(name, version)
+            mac = self._row_mac(name, key.type.value, key.created, key.primary,
+                                key.min_decryption, key.labels,
+                                [d for d in key.digests() if d[0] != version])
+            self._store.delete_version(name, version, row_mac=mac)
             with self._rw.write():
                 del key.versions[version]
                 if v.slot is not None:
@@ -690,6 +793,10 @@ class Keyring:
             key = self._get(name)
             n = key.primary if version is None else version
             v = key.versions.get(n)
+            if (v is not None and v.damaged is not None and v.damaged != key.damaged
+                    and key.type.asymmetric):
+                # the version's own damage says more than the key's
+                raise IntegrityError(f"key {name!r} version {n}: {v.damaged}")
             if key.damaged is not None:
                 raise IntegrityError(f"key {name!r}: {key.damaged}")
             if v is None:
@@ -824,4 +931,5 @@ class Keyring:
                 self._import_slot.free()
             while self._scratch:
                 self._scratch.pop().free()
+            self._row_key.close()
             self._kek.close()

@@ -12,30 +12,52 @@ The KEK is 32 bytes in a secret slot.  It comes from one of:
 
 A random check value sealed under the KEK at initialisation tells a wrong
 passphrase (or key file) from a corrupted record, before anything changes.
+Its associated data also says whether the store's key rows are
+authenticated (see below): a store written before row authentication has
+the v1 check, and is migrated on its first unseal.
 
 Every key version is sealed with XChaCha20-Poly1305 under the KEK, with
 associated data binding the store id, the key's name, version and type: a
 record copied to another key, version, type or store does not open.
+
+The rest of a key's row (created time, primary and minimum decryption
+version, labels) and its *set* of version records are authenticated as a
+whole by a row MAC: HMAC-SHA-256, under a key derived from the KEK into a
+secret slot, over a length-prefixed encoding of those fields and one digest
+per version record (:func:`row_mac_message`).  Rolling a rotation back,
+lowering the minimum decryption version, editing labels or deleting a
+version row by hand then fails the check and the key loads as damaged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
 import struct
 import tempfile
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from backends import Slot, SlotAllocator
 from backends import _sodium as na
-from clients.errors import IntegrityError, InvalidArgument, WrongPassphrase
+from clients.errors import DecryptionFailed, IntegrityError, InvalidArgument, WrongPassphrase
 
 KEK_BYTES = 32
 # libsodium's crypto_pwhash_argon2id_{OPS,MEM}LIMIT_{MIN,MAX} on 64-bit
 _OPS_RANGE = (1, 2**32 - 1)
 _MEM_RANGE = (8192, 4398046510080)
 _CHECK_AD = b"secretvault/v1 kek-check"
+#: the check of a store whose key rows carry a row MAC: once a store has it,
+#: a key row without a MAC is damaged, not a row from before the change
+#: (the check cannot be forged without the KEK, so the marker cannot be
+#: turned back to v1 by editing the file -- only by restoring an old copy)
+_CHECK_AD_V2 = b"secretvault/v2 kek-check, key rows authenticated"
+_ROW_MAC_KEY_INFO = b"secretvault/v1 row-mac key"
+_ROW_MAC_DOMAIN = b"secretvault/v1 key row"
+ROW_MAC_BYTES = na.HMACSHA256_BYTES
 _IMPORT_AD = b"secretvault/v1 import-key"
 
 
@@ -188,6 +210,86 @@ def version_ad(store_id: bytes, name: str, version: int, key_type: str) -> bytes
     return b"".join(struct.pack(">H", len(f)) + f for f in fields) + struct.pack(">I", version)
 
 
+def _lp(field: bytes) -> bytes:
+    return struct.pack(">I", len(field)) + field
+
+
+def _text(value: str) -> bytes:
+    # labels come from JSON, which may carry lone surrogates: encode them
+    # losslessly rather than fail
+    return _lp(value.encode("utf-8", "surrogatepass"))
+
+
+def version_digest(version: int, created: float, public_key: bytes | None, nonce: bytes,
+                   sealed: bytes) -> bytes:
+    """SHA-256 of one version record as stored (public data): what the row
+    MAC covers for it.  The sealed bytes are included so that an older
+    sealed record with the same name, version and type (from a deleted and
+    recreated key) cannot be put back in place of the current one."""
+    return hashlib.sha256(
+        b"secretvault/v1 version record"
+        + struct.pack(">Id", version, created)
+        + (b"\x00" if public_key is None else b"\x01" + _lp(public_key))
+        + _lp(nonce) + _lp(sealed)
+    ).digest()
+
+
+def row_mac_message(
+    store_id: bytes, name: str, key_type: str, created: float, primary_version: int,
+    min_decryption_version: int, labels: Mapping[str, str],
+    versions: Iterable[tuple[int, bytes]],
+) -> bytes:
+    """The canonical, length-prefixed encoding a key row's MAC is taken over.
+
+    ``versions`` are (version number, :func:`version_digest`) pairs; they and
+    the labels are sorted here, so the encoding does not depend on the order
+    rows come back in.
+    """
+    parts = [_lp(_ROW_MAC_DOMAIN), _lp(store_id), _text(name), _text(key_type),
+             struct.pack(">dII", created, primary_version, min_decryption_version),
+             struct.pack(">I", len(labels))]
+    parts += [_text(k) + _text(v) for k, v in sorted(labels.items())]
+    vs = sorted(versions)
+    parts.append(struct.pack(">I", len(vs)))
+    parts += [struct.pack(">I", n) + _lp(d) for n, d in vs]
+    return b"".join(parts)
+
+
+class RowMacKey:
+    """The key-row MAC key: HMAC-SHA-256(KEK, a fixed label), in a secret slot.
+
+    Derived once per unseal; the HMAC state (which holds the key's pads) is
+    secret scratch too.  Tags are public.
+    """
+
+    def __init__(self, allocator: SlotAllocator, kek: Slot) -> None:
+        self._key = allocator.allocate(ROW_MAC_BYTES)
+        try:
+            self._state = allocator.allocate(na.HMACSHA256_STATEBYTES)
+        except BaseException:
+            self._key.free()
+            raise
+        self._lock = threading.Lock()
+        try:
+            na.hmacsha256_into(self._key.ptr, self._state.ptr, kek.ptr, KEK_BYTES,
+                               _ROW_MAC_KEY_INFO)
+        except BaseException:
+            self.close()
+            raise
+
+    def mac(self, message: bytes) -> bytes:
+        with self._lock:
+            return na.hmacsha256(self._state.ptr, self._key.ptr, ROW_MAC_BYTES, message)
+
+    def verify(self, message: bytes, tag: bytes) -> bool:
+        return na.constant_time_equal(self.mac(message), tag)
+
+    def close(self) -> None:
+        for slot in (self._key, getattr(self, "_state", None)):
+            if slot is not None and not slot.freed:
+                slot.free()
+
+
 class Kek:
     """The key-encryption key, in a secret slot."""
 
@@ -236,17 +338,30 @@ class Kek:
             raise IntegrityError("sealed record failed authentication")
         return length
 
+    def row_mac_key(self, allocator: SlotAllocator) -> RowMacKey:
+        return RowMacKey(allocator, self._slot)
+
     def make_check(self) -> bytes:
+        """A check value of the current format (key rows authenticated)."""
         nonce = na.random_bytes(na.AEAD_XCHACHA_NPUBBYTES)
-        return nonce + na.aead_xchacha_encrypt(self._slot.ptr, nonce, b"", _CHECK_AD)
+        return nonce + na.aead_xchacha_encrypt(self._slot.ptr, nonce, b"", _CHECK_AD_V2)
+
+    def check_version(self, check: bytes) -> int | None:
+        """2: the check opens and the store's key rows are authenticated;
+        1: it opens, and the store predates row MACs; None: wrong KEK (or a
+        corrupted check)."""
+        n = na.AEAD_XCHACHA_NPUBBYTES
+        for version, ad in ((2, _CHECK_AD_V2), (1, _CHECK_AD)):
+            try:
+                na.aead_xchacha_decrypt(self._slot.ptr, check[:n], check[n:], ad)
+            except DecryptionFailed:
+                pass  # not this one
+            else:
+                return version
+        return None
 
     def verify_check(self, check: bytes) -> bool:
-        n = na.AEAD_XCHACHA_NPUBBYTES
-        try:
-            na.aead_xchacha_decrypt(self._slot.ptr, check[:n], check[n:], _CHECK_AD)
-        except Exception:
-            return False
-        return True
+        return self.check_version(check) is not None
 
     def close(self) -> None:
         if not self._slot.freed:

@@ -51,6 +51,9 @@ class KeyRecord:
     min_decryption_version: int
     labels: Mapping[str, str] = field(default_factory=dict)
     versions: tuple[VersionRecord, ...] = ()
+    #: the row MAC (see ``sealing.row_mac_message``) over this row and its
+    #: versions; None in a row written before row MACs existed
+    row_mac: bytes | None = None
     #: why the stored key row (or one of its version rows' numbers) does not
     #: parse; set by :meth:`Store.load` only, never written
     damaged: str | None = None
@@ -65,15 +68,26 @@ class Store(Protocol):
         """Write the store's metadata once, on first start."""
         ...
 
-    def create_key(self, key: KeyRecord, version: VersionRecord) -> None: ...
+    # Every call that changes a key writes the key's new row MAC (computed by
+    # the keyring over the state after the change) in the same transaction:
+    # a crash leaves the old row and its old MAC, or the new and the new.
 
-    def add_version(self, name: str, version: VersionRecord) -> None:
+    def create_key(self, key: KeyRecord, version: VersionRecord) -> None:
+        """Insert the key row (with ``key.row_mac``) and its first version."""
+        ...
+
+    def add_version(self, name: str, version: VersionRecord, *, row_mac: bytes) -> None:
         """Add a version and make it primary."""
         ...
 
-    def set_min_decryption_version(self, name: str, version: int) -> None: ...
+    def set_min_decryption_version(self, name: str, version: int, *, row_mac: bytes) -> None: ...
 
-    def delete_version(self, name: str, version: int) -> None: ...
+    def delete_version(self, name: str, version: int, *, row_mac: bytes) -> None: ...
+
+    def migrate_row_macs(self, macs: Mapping[str, bytes], meta: Mapping[str, bytes]) -> None:
+        """One transaction: set the row MAC of each named key that has none,
+        and write ``meta`` (insert or replace)."""
+        ...
 
     def delete_key(self, name: str) -> None: ...
 
@@ -106,7 +120,8 @@ CREATE TABLE IF NOT EXISTS keys (
     created                REAL NOT NULL,
     labels                 TEXT NOT NULL,
     primary_version        INTEGER NOT NULL,
-    min_decryption_version INTEGER NOT NULL
+    min_decryption_version INTEGER NOT NULL,
+    row_mac                BLOB
 );
 CREATE TABLE IF NOT EXISTS key_versions (
     name       TEXT NOT NULL REFERENCES keys(name) ON DELETE CASCADE,
@@ -142,6 +157,11 @@ class SQLiteStore:
             # others do not)
             self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
+            # a store from before row MACs has no row_mac column: it is added
+            # by migrate_row_macs, once the keyring has unsealed it (opening
+            # the file, or a wrong passphrase, changes nothing)
+            self._has_row_mac = "row_mac" in {
+                row[1] for row in self._db.execute("PRAGMA table_info(keys)")}
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open the key store {path}: {e}") from None
         self._lock = threading.Lock()
@@ -187,13 +207,17 @@ class SQLiteStore:
 
     def init_meta(self, items: Mapping[str, bytes]) -> None:
         with self._tx() as db:
+            if not self._has_row_mac:  # an empty file left by an old version
+                db.execute("ALTER TABLE keys ADD COLUMN row_mac BLOB")
             db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", items.items())
+        self._has_row_mac = True
 
     def create_key(self, key: KeyRecord, version: VersionRecord) -> None:
         try:
             with self._tx() as db:
                 db.execute(
-                    "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO keys (name, type, created, labels, primary_version, "
+                    "min_decryption_version, row_mac) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         key.name,
                         key.type,
@@ -201,6 +225,7 @@ class SQLiteStore:
                         json.dumps(dict(key.labels), sort_keys=True),
                         version.version,
                         key.min_decryption_version,
+                        key.row_mac,
                     ),
                 )
                 self._insert_version(db, key.name, version)
@@ -214,31 +239,44 @@ class SQLiteStore:
             (name, v.version, v.created, v.public_key, v.nonce, v.sealed),
         )
 
-    def add_version(self, name: str, version: VersionRecord) -> None:
+    def add_version(self, name: str, version: VersionRecord, *, row_mac: bytes) -> None:
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE keys SET primary_version = ? WHERE name = ?", (version.version, name)
+                "UPDATE keys SET primary_version = ?, row_mac = ? WHERE name = ?",
+                (version.version, row_mac, name),
             )
             if cur.rowcount == 0:
                 raise KeyNotFound(f"no key named {name!r}")
             self._insert_version(db, name, version)
 
-    def set_min_decryption_version(self, name: str, version: int) -> None:
+    def set_min_decryption_version(self, name: str, version: int, *, row_mac: bytes) -> None:
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE keys SET min_decryption_version = ? WHERE name = ?", (version, name)
+                "UPDATE keys SET min_decryption_version = ?, row_mac = ? WHERE name = ?",
+                (version, row_mac, name),
             )
             if cur.rowcount == 0:
                 raise KeyNotFound(f"no key named {name!r}")
 
-    def delete_version(self, name: str, version: int) -> None:
+    def delete_version(self, name: str, version: int, *, row_mac: bytes) -> None:
         with self._tx() as db:
             cur = db.execute(
                 "DELETE FROM key_versions WHERE name = ? AND version = ?", (name, version)
             )
             if cur.rowcount == 0:
                 raise VersionNotFound(f"key {name!r} has no version {version}")
+            db.execute("UPDATE keys SET row_mac = ? WHERE name = ?", (row_mac, name))
         self._scrub_wal()
+
+    def migrate_row_macs(self, macs: Mapping[str, bytes], meta: Mapping[str, bytes]) -> None:
+        with self._tx() as db:
+            if not self._has_row_mac:
+                db.execute("ALTER TABLE keys ADD COLUMN row_mac BLOB")
+            db.executemany("UPDATE keys SET row_mac = ? WHERE name = ? AND row_mac IS NULL",
+                           [(mac, name) for name, mac in macs.items()])
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                           meta.items())
+        self._has_row_mac = True
 
     def delete_key(self, name: str) -> None:
         with self._tx() as db:
@@ -257,7 +295,9 @@ class SQLiteStore:
             # another type from being stored, so every value is checked
             keys = self._db.execute(
                 "SELECT CAST(name AS BLOB), CAST(type AS BLOB), created, CAST(labels AS BLOB), "
-                "primary_version, min_decryption_version FROM keys ORDER BY name"
+                "primary_version, min_decryption_version, "
+                + ("CAST(row_mac AS BLOB) " if self._has_row_mac else "NULL ")
+                + "FROM keys ORDER BY name"
             ).fetchall()
             versions: dict[bytes, list[VersionRecord]] = {}
             bad_numbers: dict[bytes, list[str]] = {}
@@ -335,7 +375,7 @@ def _is_version(value: object) -> TypeGuard[int]:
 def _parse_key(row: tuple[object, ...], versions: tuple[VersionRecord, ...],
                problems: list[str]) -> KeyRecord:
     """One ``keys`` row as a record; what does not parse is named in ``damaged``."""
-    raw_name, raw_type, created, raw_labels, primary, min_dec = row
+    raw_name, raw_type, created, raw_labels, primary, min_dec, row_mac = row
     problems = list(problems)
 
     def text(value: object, what: str) -> str:
@@ -376,6 +416,7 @@ def _parse_key(row: tuple[object, ...], versions: tuple[VersionRecord, ...],
         min_decryption_version=min_dec if _is_version(min_dec) else 1,
         labels=labels,
         versions=versions,
+        row_mac=bytes(row_mac) if isinstance(row_mac, bytes) else None,
         damaged="; ".join(problems) or None,
     )
 

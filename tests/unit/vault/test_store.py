@@ -46,16 +46,16 @@ def test_key_lifecycle(store: SQLiteStore, store_path: str) -> None:
     store.create_key(_k("b", "ed25519"), VersionRecord(1, 2.0, b"p" * 32, b"n" * 24, b"s" * 80))
     with pytest.raises(KeyExists):
         store.create_key(_k("a"), _v(1))
-    store.add_version("a", _v(2))
-    store.add_version("a", _v(3))
+    store.add_version("a", _v(2), row_mac=b"m")
+    store.add_version("a", _v(3), row_mac=b"m")
     with pytest.raises(KeyNotFound):
-        store.add_version("zz", _v(2))
-    store.set_min_decryption_version("a", 2)
+        store.add_version("zz", _v(2), row_mac=b"m")
+    store.set_min_decryption_version("a", 2, row_mac=b"m")
     with pytest.raises(KeyNotFound):
-        store.set_min_decryption_version("zz", 2)
-    store.delete_version("a", 1)
+        store.set_min_decryption_version("zz", 2, row_mac=b"m")
+    store.delete_version("a", 1, row_mac=b"m")
     with pytest.raises(VersionNotFound):
-        store.delete_version("a", 1)
+        store.delete_version("a", 1, row_mac=b"m")
     assert store.count() == 3
 
     reopened = SQLiteStore(store_path)
@@ -80,7 +80,7 @@ def test_failed_transaction_leaves_nothing(store: SQLiteStore) -> None:
     store.create_key(_k("a"), _v(1))
     # a duplicate version aborts the add: the primary version stays 1
     with pytest.raises(sqlite3.IntegrityError):
-        store.add_version("a", _v(1))
+        store.add_version("a", _v(1), row_mac=b"m")
     (rec,) = store.load()
     assert rec.primary_version == 1 and len(rec.versions) == 1
 
@@ -132,13 +132,13 @@ def test_deletion_removes_the_sealed_copy_from_disk(
         return VersionRecord(n, 1.0, None, b"n" * 24, marker + bytes([n]))
 
     store.create_key(_k("gone"), version(1))
-    store.add_version("gone", version(2))
+    store.add_version("gone", version(2), row_mac=b"m")
     assert marker + b"\x01" in _on_disk(store_path)
     if what == "key":
         store.delete_key("gone")
         assert marker not in _on_disk(store_path)
     else:
-        store.delete_version("gone", 1)
+        store.delete_version("gone", 1, row_mac=b"m")
         assert marker + b"\x01" not in _on_disk(store_path)
         assert marker + b"\x02" in _on_disk(store_path)
 
