@@ -456,14 +456,15 @@ def test_memlock_limit_exhaustion_reports_figures_and_keeps_earlier_keys(
     vaults: Vaults,
 ) -> None:
     """The arithmetic of deploy/README.md, checked against the real kernel:
-    one page holds the key-encryption key and the import key (32-byte
-    slots), each further page 64 Ed25519 keys, and the mapping is charged
-    to RLIMIT_MEMLOCK whole at mmap time."""
+    one page holds the key-encryption key, the import key and the row-MAC
+    key (32-byte slots), one the row-MAC HMAC state (a 256-byte slot), each
+    further page 64 Ed25519 keys, and the mapping is charged to
+    RLIMIT_MEMLOCK whole at mmap time."""
     from clients import VaultClient
     from clients.errors import MemlockExceeded
 
     limit = MEMLOCK_PAGES * PAGE
-    expected = 64 * (MEMLOCK_PAGES - 1)
+    expected = 64 * (MEMLOCK_PAGES - 2)
     vault = vaults.start(memlock=limit)
     vault.wait_serving()
     with VaultClient(vault.socket) as client:
@@ -495,7 +496,8 @@ def test_memlock_limit_exhaustion_reports_figures_and_keeps_earlier_keys(
         assert after.memlock.HasField("headroom_bytes") and after.memlock.headroom_bytes == 0
         assert after.memlock.headroom_keys["ed25519"] == 0
         # the 32-byte class still has room on the page it already holds
-        assert after.memlock.headroom_keys["x25519"] == 126
+        # (128 slots less the KEK, the import key and the row-MAC key)
+        assert after.memlock.headroom_keys["x25519"] == 125
         assert after.keys_by_type["ed25519"] == expected
 
     # the CLI says the same in one line, with a non-zero status
@@ -908,7 +910,8 @@ def test_compose_runs_vault_with_limits_and_client_on_socket_volume(
 
         stats = json.loads(podman("exec", vault, "secretvault", "stats", "--json").stdout)
         assert int(stats["memlock"]["soft"]) == memlock
-        assert int(stats["memlock"]["headroom_keys"]["ed25519"]) == 64 * (memlock // PAGE - 1) - 2
+        # two pages are the vault's own (see the memlock test); two keys exist
+        assert int(stats["memlock"]["headroom_keys"]["ed25519"]) == 64 * (memlock // PAGE - 2) - 2
         assert int(stats["memcg"]["limit"]) == 512 << 20
         inspect = json.loads(podman("inspect", vault).stdout)[0]
         assert inspect["HostConfig"]["ReadonlyRootfs"] is True
