@@ -13,6 +13,7 @@ the transaction in flight, which was never acknowledged.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -30,6 +31,7 @@ from clients.errors import (
     VersionNotFound,
 )
 
+_log = logging.getLogger("secretvault.store")
 
 @dataclass(frozen=True, slots=True)
 class VersionRecord:
@@ -191,12 +193,26 @@ class SQLiteStore:
         secure_delete zeroes the record in the database pages, but the WAL
         still holds earlier images of those pages until it is checkpointed
         and truncated: only then is the sealed copy gone from disk files.
+
+        It runs after the deletion has committed, so it never fails the call
+        (the caller must update its memory to match the disk): a checkpoint
+        that fails or is blocked by another reader is logged, and the next
+        deletion's checkpoint, or closing the store, finishes the job.
         """
         with self._lock:
             try:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                busy, log_frames, done = self._db.execute(
+                    "PRAGMA wal_checkpoint(TRUNCATE)"
+                ).fetchone()
             except sqlite3.DatabaseError as e:
-                raise _store_error(e) from None
+                _log.error("deletion committed, but the WAL of %s could not be checkpointed "
+                           "(%s): earlier copies of the record stay in %s-wal until the next "
+                           "checkpoint", self.path, e, self.path)
+                return
+        if busy or log_frames != done:
+            _log.warning("deletion committed, but another reader of %s blocked the WAL "
+                         "checkpoint: earlier copies of the record stay in %s-wal until the "
+                         "next checkpoint", self.path, self.path)
 
     def get_meta(self, key: str) -> bytes | None:
         with self._lock:

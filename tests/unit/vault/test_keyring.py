@@ -359,3 +359,52 @@ def test_key_material_is_in_the_backend_regions(ring: Keyring, allocator: SlotAl
     assert slot is not None
     regions = [s.region for s in allocator._regions]
     assert any(r.address <= slot.address < r.address + r.length for r in regions)
+
+
+class _CheckpointFails:
+    """The store's connection, but WAL checkpoints fail (disk full, I/O error)."""
+
+    def __init__(self, db: object) -> None:
+        self._db = db
+
+    def execute(self, sql: str, *args: object) -> object:
+        if "wal_checkpoint" in sql:
+            import sqlite3
+
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+def test_a_failed_wal_scrub_after_a_committed_deletion_keeps_memory_and_disk_agreed(
+    ring: Keyring, allocator: SlotAllocator, store: SQLiteStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The deletion committed: it is reported done, memory follows the disk,
+    and the key keeps working (its row MAC covers the versions on disk)."""
+    ring.create("k", "xchacha20-poly1305")
+    ring.rotate("k")
+    ring.rotate("k")
+    ring.create("gone", "ed25519")
+    real = store._db
+    store._db = _CheckpointFails(real)  # type: ignore[assignment]
+    try:
+        info = ring.delete_version("k", 1)
+        ring.delete("gone")
+    finally:
+        store._db = real
+    assert [v.version for v in info.versions] == [2, 3]
+    assert "could not be checkpointed" in caplog.text
+    with pytest.raises(KeyNotFound):
+        ring.get("gone")
+    assert ring.rotate("k").primary_version == 4
+    again = _reopen(ring, allocator, store)
+    assert again.damaged_keys() == {}
+    assert [v.version for v in again.get("k").versions] == [2, 3, 4]
+    _, token = again.encrypt("k", b"still works")
+    assert again.decrypt("k", token)[1] == b"still works"
+    with pytest.raises(KeyNotFound):
+        again.get("gone")
+    again.close()
