@@ -78,10 +78,6 @@ class _Page:
     def address(self) -> int:
         return self.region.region.address + self.index * PAGE_SIZE
 
-    @property
-    def capacity(self) -> int:
-        return PAGE_SIZE // self.size
-
 
 class Slot:
     """A handle on ``size`` bytes of secret memory.

@@ -294,13 +294,7 @@ def hmacsha256(state: Ptr, key: Ptr, keylen: int, message: bytes) -> bytes:
     secret memory too; it is wiped before returning.
     """
     mac = ffi.new("unsigned char[32]")
-    try:
-        if lib.crypto_auth_hmacsha256_init(state, key, keylen) != 0:
-            raise BackendError("crypto_auth_hmacsha256_init failed")
-        lib.crypto_auth_hmacsha256_update(state, message, len(message))
-        lib.crypto_auth_hmacsha256_final(state, mac)
-    finally:
-        sodium_memzero(state, HMACSHA256_STATEBYTES)
+    hmacsha256_into(mac, state, key, keylen, message)
     return bytes(mac)
 
 

@@ -360,9 +360,6 @@ class Kek:
                 return version
         return None
 
-    def verify_check(self, check: bytes) -> bool:
-        return self.check_version(check) is not None
-
     def close(self) -> None:
         if not self._slot.freed:
             self._slot.free()

@@ -63,9 +63,6 @@ from vault.stats import OperationCounters, StatsSource
 
 log = logging.getLogger("secretvault.server")
 
-#: a Unix listener bound to a policy identity (same record the policy file yields)
-UnixListener = SocketBinding
-
 DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
 
 
@@ -83,7 +80,7 @@ class ServerConfig:
     unix_socket: bool = True
     #: more Unix sockets, each bound to a policy identity (added to those the
     #: policy file declares)
-    listeners: tuple[UnixListener, ...] = ()
+    listeners: tuple[SocketBinding, ...] = ()
     #: ``HOST:PORT`` (or a bare ``PORT``: 127.0.0.1) to also listen on TCP with TLS
     #: (port 0 picks one: see VaultServer.tcp_port); needs tls_cert/tls_key
     tcp: str | None = None
@@ -297,7 +294,7 @@ def clear_stale_socket(path: str) -> None:
         f"another server is already listening on {path}: stop it or choose another --socket")
 
 
-def _bind_unix(server: grpc.Server, listener: UnixListener) -> None:
+def _bind_unix(server: grpc.Server, listener: SocketBinding) -> None:
     path = listener.path
     prepare_socket_dir(path, listener.mode, listener.group)
     clear_stale_socket(path)
@@ -408,10 +405,10 @@ class VaultServer:
         )
         return server
 
-    def _unix_listeners(self) -> list[UnixListener]:
-        out: list[UnixListener] = []
+    def _unix_listeners(self) -> list[SocketBinding]:
+        out: list[SocketBinding] = []
         if self.config.unix_socket:
-            out.append(UnixListener(self.config.vault.socket, OWNER, 0o600, None))
+            out.append(SocketBinding(self.config.vault.socket, OWNER, 0o600, None))
         out.extend(self.config.listeners)
         out.extend(self.policy.sockets)
         paths = [os.path.abspath(u.path) for u in out]
@@ -732,7 +729,7 @@ if __name__ == "__main__":
 
 __all__ = [
     "ServerConfig",
-    "UnixListener",
+    "SocketBinding",
     "VaultServer",
     "create_server",
     "main",

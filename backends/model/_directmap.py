@@ -246,10 +246,6 @@ class DirectMap:
     def is_present(self, pfn: int) -> bool:
         return not (self._invalid[pfn] or self._invalid_2m[pfn >> 9])
 
-    def split_regions_2m(self) -> int:
-        """2 MiB regions mapped with 4 KiB entries (``DirectMap4k`` granules)."""
-        return self._l2.count(_SPLIT)
-
     def replay(self, frames: Sequence[int]) -> tuple[int, int]:
         """Invalidate ``frames`` one by one; the (level-2, level-3) splits made."""
         l2, l3 = self.level2_splits, self.level3_splits

@@ -19,7 +19,7 @@ import pytest
 
 from clients.errors import InvalidArgument
 from tests.integration._support import cleanup, start
-from vault.server import UnixListener, prepare_socket_dir
+from vault.server import SocketBinding, prepare_socket_dir
 
 pytestmark = pytest.mark.root
 
@@ -148,8 +148,8 @@ def test_root_repairs_its_own_leftover_directory(base: str) -> None:
 @pytest.mark.memfd_secret
 def test_listeners_in_one_directory_cannot_need_two_groups(base: str) -> None:
     shared = os.path.join(base, "shared")
-    listeners = (UnixListener(os.path.join(shared, "a.sock"), "a", 0o660, DAEMON),
-                 UnixListener(os.path.join(shared, "b.sock"), "b", 0o660, ADM))
+    listeners = (SocketBinding(os.path.join(shared, "a.sock"), "a", 0o660, DAEMON),
+                 SocketBinding(os.path.join(shared, "b.sock"), "b", 0o660, ADM))
     with pytest.raises(InvalidArgument, match=r"share the directory .* but need different "
                        r"groups"):
         start(base, listeners=listeners)
