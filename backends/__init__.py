@@ -3,13 +3,13 @@
 Three backends implement :class:`SecretMemoryBackend`:
 
 * :class:`MemfdSecretBackend` — real secret memory, memfd_secret(2);
-* the page-by-page and pooled-PMD *models* (``backends.model``), which
+* the page-by-page and pooled-PMD *models* (``secretvault.backends.model``), which
   simulate the direct map and run on locked ordinary memory.
 
 :class:`SlotAllocator` packs keys into the pages of any of them.
 """
 
-from backends._base import (
+from secretvault.backends._base import (
     KEY_SLOT_SIZES,
     BackendStats,
     DirectMapStats,
@@ -20,10 +20,10 @@ from backends._base import (
     SecretMemoryStats,
     SizeClassStats,
 )
-from backends._memfd import MemfdSecretBackend
-from backends._procfs import PAGE_SIZE, MemcgReading
-from backends._slots import SIZE_CLASSES, Slot, SlotAllocator, size_class
-from backends._sys import harden_process
+from secretvault.backends._memfd import MemfdSecretBackend
+from secretvault.backends._procfs import PAGE_SIZE, MemcgReading
+from secretvault.backends._slots import SIZE_CLASSES, Slot, SlotAllocator, size_class
+from secretvault.backends._sys import harden_process
 
 __all__ = [
     "KEY_SLOT_SIZES",

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from backends import _sodium
-from backends._procfs import PAGE_SIZE, MemcgReading
+from secretvault.backends import _sodium
+from secretvault.backends._procfs import PAGE_SIZE, MemcgReading
 
 Protection = Literal["secretmem", "model"]
 

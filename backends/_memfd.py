@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 import threading
 
-from backends import _procfs, _sys
-from backends._base import BackendStats, DirectMapStats, Protection, Region
-from clients.errors import BackendError
+from secretvault.api.errors import BackendError
+from secretvault.backends import _procfs, _sys
+from secretvault.backends._base import BackendStats, DirectMapStats, Protection, Region
 
 _COUNTERS = ("direct_map_level2_splits", "direct_map_level3_splits")
 

@@ -28,8 +28,9 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from backends import _procfs, _sodium, _sys
-from backends._base import (
+from secretvault.api.errors import InvalidArgument, MemlockExceeded, SlotFreed
+from secretvault.backends import _procfs, _sodium, _sys
+from secretvault.backends._base import (
     KEY_SLOT_SIZES,
     MemlockStats,
     Region,
@@ -37,7 +38,6 @@ from backends._base import (
     SecretMemoryStats,
     SizeClassStats,
 )
-from clients.errors import InvalidArgument, MemlockExceeded, SlotFreed
 
 PAGE_SIZE = _procfs.PAGE_SIZE
 SIZE_CLASSES: tuple[int, ...] = (32, 64, 128, 256)
@@ -84,7 +84,7 @@ class Slot:
 
     ``ptr`` is a cffi ``unsigned char *`` straight into the region: hand it
     to libsodium, never copy out of it.  After :meth:`free` every use raises
-    :class:`~clients.errors.SlotFreed`.
+    :class:`~secretvault.api.errors.SlotFreed`.
     """
 
     __slots__ = ("_allocator", "_page", "_ptr", "address", "size")

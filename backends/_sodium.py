@@ -22,7 +22,7 @@ import nacl._sodium as _nacl_sodium
 import nacl.bindings  # noqa: F401  (runs sodium_init once, as PyNaCl does)
 from cffi import FFI
 
-from clients.errors import BackendError, DecryptionFailed, InvalidImport
+from secretvault.api.errors import BackendError, DecryptionFailed, InvalidImport
 
 Ptr = Any  # a cffi ``unsigned char *``
 

@@ -2,7 +2,7 @@
 
 Everything here is a thin function named after the system call it makes.
 Each call site checks the return value and turns ``errno`` into a typed
-:class:`~clients.errors.VaultError`, so nothing above this module ever sees a
+:class:`~secretvault.api.errors.VaultError`, so nothing above this module ever sees a
 bare ``OSError`` from a secret-memory syscall.
 """
 
@@ -15,13 +15,13 @@ import platform
 import resource
 from dataclasses import dataclass
 
-from backends import _procfs
-from clients.errors import (
+from secretvault.api.errors import (
     BackendError,
     MemlockExceeded,
     SecretMemoryExhausted,
     SecretMemoryUnavailable,
 )
+from secretvault.backends import _procfs
 
 PAGE_SIZE = _procfs.PAGE_SIZE
 

@@ -40,16 +40,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from backends import MemfdSecretBackend, Slot, SlotAllocator
-from backends import _sodium as na
 from benchmarks._measure import PeerMissing, Run, median, throughput
-from clients import framing
-from clients.errors import SecretMemoryUnavailable
-from clients.framing import Kind
-from vault import crypto
-from vault.crypto import KeyType
-from vault.keyring import Keyring
-from vault.sealing import (
+from secretvault.api import framing
+from secretvault.api.errors import SecretMemoryUnavailable
+from secretvault.api.framing import Kind
+from secretvault.backends import MemfdSecretBackend, Slot, SlotAllocator
+from secretvault.backends import _sodium as na
+from secretvault.vault import crypto
+from secretvault.vault.crypto import KeyType
+from secretvault.vault.keyring import Keyring
+from secretvault.vault.sealing import (
     Kek,
     UnsealSource,
     create_key_file,
@@ -57,7 +57,7 @@ from vault.sealing import (
     version_ad,
     version_digest,
 )
-from vault.store import SQLiteStore
+from secretvault.vault.store import SQLiteStore
 
 KEY_FILE = "unseal.key"
 STORE_FILE = "keys.sqlite3"

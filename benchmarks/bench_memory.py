@@ -37,10 +37,16 @@ import sys
 import time
 from collections.abc import Callable
 
-from backends import MemfdSecretBackend, SlotAllocator, _sodium, _sys
-from backends._base import BackendStats, DirectMapStats, Protection, Region, SecretMemoryBackend
 from benchmarks._measure import Measure, median, per_round_ratio
-from clients.errors import SecretMemoryUnavailable
+from secretvault.api.errors import SecretMemoryUnavailable
+from secretvault.backends import MemfdSecretBackend, SlotAllocator, _sodium, _sys
+from secretvault.backends._base import (
+    BackendStats,
+    DirectMapStats,
+    Protection,
+    Region,
+    SecretMemoryBackend,
+)
 
 PAGE = _sys.PAGE_SIZE
 ED25519_SLOT = 64

@@ -27,11 +27,11 @@ import sys
 import time
 from collections import deque
 
-from backends import MemfdSecretBackend, _sodium
-from backends.model import DEFAULT_MEMORY, Machine, PageByPageDesign, PooledPmdDesign
-from backends.model._machine import SecretFile, SecretmemDesign
 from benchmarks._measure import Measure, per_round_ratio
-from clients.errors import SecretMemoryUnavailable
+from secretvault.api.errors import SecretMemoryUnavailable
+from secretvault.backends import MemfdSecretBackend, _sodium
+from secretvault.backends.model import DEFAULT_MEMORY, Machine, PageByPageDesign, PooledPmdDesign
+from secretvault.backends.model._machine import SecretFile, SecretmemDesign
 
 MiB = 1 << 20
 FILE_PAGES = 256

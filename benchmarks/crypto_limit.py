@@ -1,6 +1,6 @@
 """The crypto limit: libsodium in-process, on one core, no RPC.
 
-Each operation runs through the same ``backends._sodium`` pointer functions
+Each operation runs through the same ``secretvault.backends._sodium`` pointer functions
 the vault uses, twice: with the key in a secret-memory slot (a
 :class:`backends.SlotAllocator` over :class:`backends.MemfdSecretBackend`)
 and with the key in an ordinary cffi buffer on the C heap.  Same code, same
@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from backends import MemfdSecretBackend, SlotAllocator, _sodium
 from benchmarks._measure import PeerMissing, Run
-from clients.errors import SecretMemoryUnavailable
+from secretvault.api.errors import SecretMemoryUnavailable
+from secretvault.backends import MemfdSecretBackend, SlotAllocator, _sodium
 
 SIGN_MESSAGE = bytes(range(64))
 SEAL_PAYLOAD = bytes(range(32))

@@ -1,6 +1,6 @@
 """Secret memory per key, pages per 100,000 keys, and 2 MiB regions touched.
 
-A real vault (``vault.app.open_vault``: memfd_secret backend, slot
+A real vault (``secretvault.vault.app.open_vault``: memfd_secret backend, slot
 allocator, keyring, SQLite store) is opened on a temporary data directory
 and asked for ``keys`` Ed25519 keys through ``Keyring.create``, exactly as
 the CreateKey RPC does.  The store lives on tmpfs (``/dev/shm``) when there
@@ -34,9 +34,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from backends import PAGE_SIZE
 from benchmarks._measure import PeerMissing
-from clients.errors import SecretMemoryUnavailable
+from secretvault.api.errors import SecretMemoryUnavailable
+from secretvault.backends import PAGE_SIZE
 
 ED25519_SLOT_BYTES = 64
 PAGES_PER_2M = (2 << 20) // PAGE_SIZE
@@ -79,7 +79,7 @@ class KeyMemory:
 
 
 def measure_key_memory(keys: int = 100_000) -> KeyMemory:
-    from vault.app import VaultConfig, open_vault
+    from secretvault.vault.app import VaultConfig, open_vault
 
     # a private mkdtemp directory on tmpfs, so the store's fsyncs are free
     shm = "/dev/shm"  # noqa: S108

@@ -1,7 +1,7 @@
 """The secretvault server under test, and the requests the benchmark sends it.
 
 The server is the real one, started the way a user starts it --
-``secretvault serve`` (``python -m vault.cli serve``) as a child process, so
+``secretvault serve`` (``python -m secretvault.vault.cli serve``) as a child process, so
 it has its own interpreter and GIL, like the echo server it is compared
 with -- on a fresh data directory, with:
 
@@ -62,7 +62,7 @@ keys = ["bench/*"]
 
 
 def _pb() -> Any:
-    from clients._proto.secretvault.v1 import crypto_pb2
+    from secretvault.api._proto.secretvault.v1 import crypto_pb2
 
     return crypto_pb2
 
@@ -92,7 +92,7 @@ def wire_requests_offline() -> dict[str, bytes]:
 
 
 def _signature(token: bytes) -> bytes:
-    from clients import framing
+    from secretvault.api import framing
 
     _version, sig = framing.unframe(framing.Kind.SIGNATURE, token)
     return sig
@@ -103,7 +103,11 @@ class VaultServer:
 
     def __init__(self, workdir: Path, tls: TlsFiles) -> None:
         try:
-            from clients._proto.secretvault.v1 import crypto_pb2_grpc, keys_pb2, keys_pb2_grpc
+            from secretvault.api._proto.secretvault.v1 import (
+                crypto_pb2_grpc,
+                keys_pb2,
+                keys_pb2_grpc,
+            )
         except ImportError as e:
             raise PeerMissing(f"the secretvault wire types are not importable ({e})") from e
         self._tls = tls
@@ -111,7 +115,7 @@ class VaultServer:
         policy = workdir / "policy.toml"
         policy.write_text(POLICY)
         argv = [
-            sys.executable, "-m", "vault.cli", "serve",
+            sys.executable, "-m", "secretvault.vault.cli", "serve",
             "--socket", str(self.socket),
             "--data-dir", str(workdir / "data"),
             "--policy", str(policy),
@@ -242,8 +246,8 @@ def in_process_forms() -> Iterator[dict[str, tuple[Callable[[int], None], int]]]
     """
     import tempfile
 
-    from vault.app import VaultConfig, open_vault
-    from vault.servicers import CryptoServicer
+    from secretvault.vault.app import VaultConfig, open_vault
+    from secretvault.vault.servicers import CryptoServicer
 
     pb = _pb()
     with tempfile.TemporaryDirectory(prefix="sv-bench-inproc-") as d:

@@ -2,20 +2,20 @@
 
 The public names are all here::
 
-    from clients import VaultClient, AsyncVaultClient, KeyNotFound
+    from secretvault.clients import VaultClient, AsyncVaultClient, KeyNotFound
 
 * :class:`VaultClient` / :class:`AsyncVaultClient`: connect to a Unix socket
   (``$SECRETVAULT_SOCKET`` or the server's default) or ``host:port`` with
   :class:`TlsConfig`; context managers; retries per :class:`RetryPolicy`.
-* :mod:`clients.local`: verify, export, seal and encrypt without the vault.
-* :mod:`clients.errors`: the one error tree, the same names as the server's.
+* :mod:`secretvault.clients.local`: verify, export, seal and encrypt without the vault.
+* :mod:`secretvault.api.errors`: the one error tree, the same names as the server's.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from clients.errors import (
+from secretvault.api.errors import (
     ConnectionFailed,
     DeadlineExceeded,
     DecryptionFailed,
@@ -40,8 +40,8 @@ from clients.errors import (
 )
 
 if TYPE_CHECKING:
-    from clients._proto.secretvault.v1.stats_pb2 import Stats
-    from clients._types import (
+    from secretvault.api._proto.secretvault.v1.stats_pb2 import Stats
+    from secretvault.clients._types import (
         NO_RETRY,
         Decrypt,
         Encrypt,
@@ -57,17 +57,17 @@ if TYPE_CHECKING:
         Verify,
         VerifyMac,
     )
-    from clients.aio import AsyncVaultClient
-    from clients.client import VaultClient
+    from secretvault.clients.aio import AsyncVaultClient
+    from secretvault.clients.client import VaultClient
 
-# The server imports clients.errors, clients.framing and clients._proto: the
+# The server imports secretvault.api.errors, secretvault.api.framing and secretvault.api._proto: the
 # client classes (and grpc's channel machinery) load only when asked for.
 _LAZY = {
-    "VaultClient": "clients.client",
-    "AsyncVaultClient": "clients.aio",
-    "Stats": "clients._proto.secretvault.v1.stats_pb2",
+    "VaultClient": "secretvault.clients.client",
+    "AsyncVaultClient": "secretvault.clients.aio",
+    "Stats": "secretvault.api._proto.secretvault.v1.stats_pb2",
     **{
-        name: "clients._types"
+        name: "secretvault.clients._types"
         for name in (
             "NO_RETRY", "Decrypt", "Encrypt", "Key", "KeyVersion", "Mac", "Operation",
             "PublicKey", "Result", "RetryPolicy", "Sign", "TlsConfig", "Verify", "VerifyMac",

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from clients.errors import (
+from secretvault.api.errors import (
     BY_NAME,
     ConnectionFailed,
     DeadlineExceeded,

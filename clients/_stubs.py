@@ -11,7 +11,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients._proto.secretvault.v1 import (
+from secretvault.api._proto.secretvault.v1 import (
     crypto_pb2,
     crypto_pb2_grpc,
     keys_pb2,

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeAlias
 
-from clients import local
-from clients.errors import InvalidArgument, VaultError, WrongKeyType
+from secretvault.api.errors import InvalidArgument, VaultError, WrongKeyType
+from secretvault.clients import local
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +143,7 @@ class RetryPolicy:
     only while the channel has not connected — nothing was sent — or when
     the server says it refused the call unprocessed (``ShuttingDown``);
     a connection lost after sending raises
-    :class:`~clients.errors.OutcomeUnknown` instead of a blind retry.
+    :class:`~secretvault.api.errors.OutcomeUnknown` instead of a blind retry.
     """
 
     max_attempts: int = 5

@@ -15,10 +15,12 @@ from typing import Any
 
 import grpc
 
-from clients import _errors, local
-from clients._paths import default_socket_path
-from clients._proto.secretvault.v1 import crypto_pb2, keys_pb2
-from clients._types import (
+from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2
+from secretvault.api.errors import InvalidArgument
+from secretvault.api.paths import default_socket_path
+from secretvault.api.pubkeys import FORMATS
+from secretvault.clients import _errors, local
+from secretvault.clients._types import (
     Decrypt,
     Encrypt,
     Key,
@@ -32,8 +34,6 @@ from clients._types import (
     Verify,
     VerifyMac,
 )
-from clients.errors import InvalidArgument
-from clients.pubkeys import FORMATS
 
 KEY_TYPE_TO_WIRE: dict[str, keys_pb2.KeyType] = {
     "ed25519": keys_pb2.KEY_TYPE_ED25519,
@@ -172,7 +172,7 @@ def public_key_request(name: str, version: int, fmt: str) -> keys_pb2.GetPublicK
     if fmt not in FORMAT_TO_WIRE:
         raise InvalidArgument(f"unknown public key format {fmt!r}; use one of {', '.join(FORMATS)}")
     # the raw bytes are always fetched; other formats are encoded locally from
-    # them with the same code the server uses (clients.pubkeys)
+    # them with the same code the server uses (secretvault.api.pubkeys)
     return keys_pb2.GetPublicKeyRequest(
         name=name, version=version, format=keys_pb2.PUBLIC_KEY_FORMAT_RAW
     )

@@ -3,7 +3,7 @@
 
 ::
 
-    from clients import AsyncVaultClient
+    from secretvault.clients import AsyncVaultClient
 
     async with AsyncVaultClient() as vault:
         token = await vault.sign("ci/release", b"artifact digest")
@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from clients import _errors, _stubs, _wire, local
-from clients._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
-from clients._types import (
+from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
+from secretvault.api.errors import ShuttingDown
+from secretvault.clients import _errors, _stubs, _wire, local
+from secretvault.clients._types import (
     Decrypt,
     Encrypt,
     Key,
@@ -36,8 +37,7 @@ from clients._types import (
     Verify,
     VerifyMac,
 )
-from clients.client import DEFAULT_TIMEOUT
-from clients.errors import ShuttingDown
+from secretvault.clients.client import DEFAULT_TIMEOUT
 
 T = TypeVar("T")
 Req = TypeVar("Req")

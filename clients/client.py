@@ -2,14 +2,14 @@
 
 ::
 
-    from clients import VaultClient
+    from secretvault.clients import VaultClient
 
     with VaultClient() as vault:                      # $SECRETVAULT_SOCKET or the default
         vault.create_key("ci/release", "ed25519")
         token = vault.sign("ci/release", b"artifact digest")
         assert vault.public_key("ci/release").verify(b"artifact digest", token)
 
-Every failure is a :class:`clients.errors.VaultError` subclass with the same
+Every failure is a :class:`secretvault.api.errors.VaultError` subclass with the same
 name the server raised (``KeyNotFound``, ``PermissionDenied``...).
 """
 
@@ -24,9 +24,10 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2
 
-from clients import _errors, _stubs, _wire, local
-from clients._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
-from clients._types import (
+from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
+from secretvault.api.errors import ShuttingDown
+from secretvault.clients import _errors, _stubs, _wire, local
+from secretvault.clients._types import (
     Decrypt,
     Encrypt,
     Key,
@@ -40,7 +41,6 @@ from clients._types import (
     Verify,
     VerifyMac,
 )
-from clients.errors import ShuttingDown
 
 T = TypeVar("T")
 Req = TypeVar("Req")
@@ -194,7 +194,7 @@ class VaultClient:
     ) -> Key:
         """Import key material, sealed here to the vault's import key first.
 
-        ``material``: the raw key (see :func:`clients.local.parse_key_material`).
+        ``material``: the raw key (see :func:`secretvault.clients.local.parse_key_material`).
         It crosses the wire only inside the sealed box.
         """
         local.check_material(type, len(material))

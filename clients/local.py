@@ -27,10 +27,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from clients import framing
-from clients.errors import InvalidArgument, InvalidImport, MalformedCiphertext, WrongKeyType
-from clients.framing import Kind
-from clients.pubkeys import ASYMMETRIC, encode_public_key
+from secretvault.api import framing
+from secretvault.api.errors import InvalidArgument, InvalidImport, MalformedCiphertext, WrongKeyType
+from secretvault.api.framing import Kind
+from secretvault.api.pubkeys import ASYMMETRIC, encode_public_key
 
 KEY_TYPES = ("ed25519", "x25519", "xchacha20-poly1305", "hmac-sha256")
 SIGNATURE_BYTES = 64
@@ -102,7 +102,7 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     """Whether ``signature`` (a vault token or 64 raw bytes) signs ``message``.
 
     ``public_key`` is raw (32 bytes), PEM or OpenSSH.  A badly framed token
-    raises :class:`~clients.errors.MalformedCiphertext`; a well-formed
+    raises :class:`~secretvault.api.errors.MalformedCiphertext`; a well-formed
     signature that does not verify returns False.
     """
     key = load_public_key(public_key)

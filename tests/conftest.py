@@ -21,8 +21,8 @@ def memfd_secret_unavailable() -> str | None:
     The probe creates one secret file and closes it without mapping it, so it
     costs no memlock and leaves nothing behind.
     """
-    from backends import _sys
-    from clients.errors import VaultError
+    from secretvault.api.errors import VaultError
+    from secretvault.backends import _sys
 
     try:
         fd = _sys.memfd_secret()

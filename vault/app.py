@@ -10,12 +10,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from backends import MemfdSecretBackend, SecretMemoryBackend, SlotAllocator, harden_process
-from clients._paths import default_socket_path
-from clients.errors import InvalidArgument
-from vault.keyring import Keyring, Progress
-from vault.sealing import Argon2Params, UnsealSource, create_key_file
-from vault.store import SQLiteStore, Store
+from secretvault.api.errors import InvalidArgument
+from secretvault.api.paths import default_socket_path
+from secretvault.backends import (
+    MemfdSecretBackend,
+    SecretMemoryBackend,
+    SlotAllocator,
+    harden_process,
+)
+from secretvault.vault.keyring import Keyring, Progress
+from secretvault.vault.sealing import Argon2Params, UnsealSource, create_key_file
+from secretvault.vault.store import SQLiteStore, Store
 
 BackendName = Literal["memfd_secret", "page-model", "pooled-pmd-model"]
 BACKENDS: tuple[BackendName, ...] = ("memfd_secret", "page-model", "pooled-pmd-model")
@@ -78,7 +83,7 @@ def make_backend(config: VaultConfig) -> SecretMemoryBackend:
     if config.backend == "memfd_secret":
         return MemfdSecretBackend()
     if config.backend in ("page-model", "pooled-pmd-model"):
-        from backends.model import make_model_backend
+        from secretvault.backends.model import make_model_backend
 
         return make_model_backend(
             config.backend,

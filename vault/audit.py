@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import NamedTuple
 
-from clients.errors import AuditUnavailable
+from secretvault.api.errors import AuditUnavailable
 
 log = logging.getLogger("secretvault.audit")
 

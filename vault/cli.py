@@ -1,6 +1,6 @@
 """The ``secretvault`` command.
 
-``serve`` runs the server (``vault.server``); every other subcommand is a
+``serve`` runs the server (``secretvault.vault.server``); every other subcommand is a
 client of it, built on :mod:`clients`.  A user mistake — a bad argument, a
 missing file, an unknown key, an unreachable vault — ends with one line on
 stderr naming the problem and the fix, and a non-zero exit status, never a
@@ -24,9 +24,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from clients import framing
-from clients._paths import SOCKET_ENV, default_socket_path
-from clients.errors import (
+from secretvault.api import framing
+from secretvault.api.errors import (
     ConnectionFailed,
     DeadlineExceeded,
     DecryptionFailed,
@@ -59,9 +58,10 @@ from clients.errors import (
     WrongKeyType,
     WrongPassphrase,
 )
-from clients.framing import Kind
-from clients.local import KEY_TYPES
-from clients.pubkeys import FORMATS
+from secretvault.api.framing import Kind
+from secretvault.api.paths import SOCKET_ENV, default_socket_path
+from secretvault.api.pubkeys import FORMATS
+from secretvault.clients.local import KEY_TYPES
 
 PROG = "secretvault"
 
@@ -70,7 +70,7 @@ EXIT_MISMATCH = 1
 EXIT_ERROR = 2
 
 if TYPE_CHECKING:  # the client (and grpc) load only when a subcommand needs them
-    from clients import Key, Stats, VaultClient
+    from secretvault.clients import Key, Stats, VaultClient
 
 
 class CliError(Exception):
@@ -259,7 +259,7 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 
 def _client(args: argparse.Namespace) -> VaultClient:
-    from clients import TlsConfig, VaultClient
+    from secretvault.clients import TlsConfig, VaultClient
 
     if args.connect:
         if not args.ca_cert:
@@ -449,7 +449,7 @@ def cmd_keys_public(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_import(args: argparse.Namespace) -> int:
-    from clients import local
+    from secretvault.clients import local
 
     try:
         material = local.read_key_material(args.from_file, args.type)
@@ -769,12 +769,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def server_config(args: argparse.Namespace) -> Any:
-    """``secretvault serve``'s arguments as a :class:`vault.server.ServerConfig`."""
+    """``secretvault serve``'s arguments as a :class:`secretvault.vault.server.ServerConfig`."""
     from dataclasses import replace
 
-    from vault.app import VaultConfig
-    from vault.sealing import Argon2Params
-    from vault.server import ServerConfig
+    from secretvault.vault.app import VaultConfig
+    from secretvault.vault.sealing import Argon2Params
+    from secretvault.vault.server import ServerConfig
 
     changes: dict[str, Any] = {"backend": args.backend}
     if args.socket:
@@ -815,7 +815,7 @@ def server_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vault.server import run
+    from secretvault.vault.server import run
 
     config = server_config(args)
     try:
@@ -854,7 +854,7 @@ def _add_model(sub: Any) -> None:
         "direct-map splits, memory held and failures side by side.",
         formatter_class=_Formatter,
     )
-    from backends.model import report
+    from secretvault.backends.model import report
 
     report.configure_parser(compare)
     compare.set_defaults(func=report.run)
@@ -979,7 +979,7 @@ exit status: 0 success; 1 verify/verify-mac found a mismatch; 2 error (one line 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vault.app import BACKENDS, PASSPHRASE_ENV, default_data_dir
+    from secretvault.vault.app import BACKENDS, PASSPHRASE_ENV, default_data_dir
 
     parser = _Parser(
         prog=PROG,

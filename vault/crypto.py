@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import enum
 
-from backends import KEY_SLOT_SIZES, Slot
-from backends import _sodium as na
-from clients.errors import InvalidImport, WrongKeyType
+from secretvault.api.errors import InvalidImport, WrongKeyType
+from secretvault.backends import KEY_SLOT_SIZES, Slot
+from secretvault.backends import _sodium as na
 
 
 class KeyType(enum.StrEnum):

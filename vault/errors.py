@@ -1,6 +1,6 @@
 """The one table from the vault's errors to gRPC status codes, at the server edge.
 
-Every :class:`~clients.errors.VaultError` class names its status code in its
+Every :class:`~secretvault.api.errors.VaultError` class names its status code in its
 ``status`` attribute; :data:`STATUS` resolves those names once, at import,
 for the whole tree (an unknown name fails here, not in the middle of a call).
 The error's class name travels in the trailing metadata
@@ -21,7 +21,7 @@ from typing import NoReturn
 
 import grpc
 
-from clients.errors import BY_NAME, VaultError
+from secretvault.api.errors import BY_NAME, VaultError
 
 log = logging.getLogger("secretvault.server")
 

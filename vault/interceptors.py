@@ -23,7 +23,7 @@ For each call it:
    and per listener (RESOURCE_EXHAUSTED, ``TooManyCalls``, beyond), and a
    stream that receives nothing for ``stream_idle_seconds`` is cancelled,
    so no caller can park the handler threads;
-5. maps any error to its status through ``vault.errors`` (the one table);
+5. maps any error to its status through ``secretvault.vault.errors`` (the one table);
 6. writes the audit lines and counts the operations.  An operation that
    changes keys is audited as an ``attempt`` before it runs and refused
    when that line cannot be written; for any other, the result is withheld
@@ -47,7 +47,7 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from clients.errors import (
+from secretvault.api.errors import (
     PermissionDenied,
     RequestTooLarge,
     ShuttingDown,
@@ -55,18 +55,18 @@ from clients.errors import (
     Unauthenticated,
     VaultError,
 )
-from vault import errors
-from vault.audit import AuditLog, Entry
-from vault.metrics import Metrics
-from vault.policy import ANONYMOUS, UNKNOWN, Policy
-from vault.servicers import (
+from secretvault.vault import errors
+from secretvault.vault.audit import AuditLog, Entry
+from secretvault.vault.metrics import Metrics
+from secretvault.vault.policy import ANONYMOUS, UNKNOWN, Policy
+from secretvault.vault.servicers import (
     LIST_VISIBLE,
     MAX_BATCH_OPERATIONS,
     Malformed,
     method_paths,
     watch_interval,
 )
-from vault.stats import OperationCounters
+from secretvault.vault.stats import OperationCounters
 
 log = logging.getLogger("secretvault.server")
 
@@ -167,7 +167,7 @@ def check_methods() -> None:
     if missing:
         raise RuntimeError(
             f"the server edge has no policy entry for {', '.join(missing)}: add it to "
-            "vault.interceptors.METHODS (operation name, key, audited version)")
+            "secretvault.vault.interceptors.METHODS (operation name, key, audited version)")
 
 
 def _op_target(op: Request) -> tuple[str, str | None]:

@@ -20,10 +20,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from backends import Slot, SlotAllocator
-from backends import _sodium as na
-from clients import framing
-from clients.errors import (
+from secretvault.api import framing
+from secretvault.api.errors import (
     DecryptionFailed,
     FailedPrecondition,
     ImportKeyUnavailable,
@@ -38,12 +36,14 @@ from clients.errors import (
     WrongKeyType,
     WrongPassphrase,
 )
-from clients.framing import Kind
-from clients.pubkeys import encode_public_key
-from vault import crypto
-from vault._rwlock import RWLock
-from vault.crypto import KeyType
-from vault.sealing import (
+from secretvault.api.framing import Kind
+from secretvault.api.pubkeys import encode_public_key
+from secretvault.backends import Slot, SlotAllocator
+from secretvault.backends import _sodium as na
+from secretvault.vault import crypto
+from secretvault.vault._rwlock import RWLock
+from secretvault.vault.crypto import KeyType
+from secretvault.vault.sealing import (
     IMPORT_KEY_AD,
     Argon2Params,
     Kek,
@@ -52,7 +52,7 @@ from vault.sealing import (
     version_ad,
     version_digest,
 )
-from vault.store import KeyRecord, Store, VersionRecord
+from secretvault.vault.store import KeyRecord, Store, VersionRecord
 
 #: Key names: 1 to 128 characters from ``A-Z a-z 0-9 . _ - /``, starting with
 #: a letter or digit, with no empty, ``.`` or ``..`` path segment.  Slashes

@@ -1,4 +1,4 @@
-"""Prometheus metrics, built from the same :class:`~vault.stats.VaultStats` record.
+"""Prometheus metrics, built from the same :class:`~secretvault.vault.stats.VaultStats` record.
 
 Gauges and counters are produced at scrape time from one
 :meth:`StatsSource.snapshot` (the record the gRPC ``Stats`` message is made
@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from vault.stats import StatsSource, VaultStats
+from secretvault.vault.stats import StatsSource, VaultStats
 
 log = logging.getLogger("secretvault.server")
 

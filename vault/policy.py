@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clients.errors import InvalidArgument, PermissionDenied
+from secretvault.api.errors import InvalidArgument, PermissionDenied
 
 #: the identity of the default socket: the server's own user, allowed everything
 OWNER = "owner"

@@ -1,7 +1,7 @@
 """What ``secretvault serve`` shows while the keyring unseals the store.
 
 :class:`UnsealProgress` is the ``progress`` callback of
-:meth:`vault.keyring.Keyring.open`.  With many key versions (more than
+:meth:`secretvault.vault.keyring.Keyring.open`.  With many key versions (more than
 :data:`BAR_THRESHOLD`) and a terminal on stderr it draws a rich progress bar
 there, which goes away when unsealing ends; in every case :meth:`line` is the
 one summary line (count and time) printed afterwards.  Piped or logged

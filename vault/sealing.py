@@ -41,9 +41,14 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from backends import Slot, SlotAllocator
-from backends import _sodium as na
-from clients.errors import DecryptionFailed, IntegrityError, InvalidArgument, WrongPassphrase
+from secretvault.api.errors import (
+    DecryptionFailed,
+    IntegrityError,
+    InvalidArgument,
+    WrongPassphrase,
+)
+from secretvault.backends import Slot, SlotAllocator
+from secretvault.backends import _sodium as na
 
 KEK_BYTES = 32
 # libsodium's crypto_pwhash_argon2id_{OPS,MEM}LIMIT_{MIN,MAX} on 64-bit

@@ -43,15 +43,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from clients.errors import FailedPrecondition, InvalidArgument, VaultError
-from vault.app import Vault, VaultConfig, open_vault
-from vault.audit import AuditLog
-from vault.interceptors import Authenticator, Edge, EdgeInterceptor
-from vault.keyring import Progress
-from vault.metrics import Metrics, split_host_port
-from vault.policy import OWNER, Policy, SocketBinding
-from vault.progress import UnsealProgress
-from vault.servicers import (
+from secretvault.api.errors import FailedPrecondition, InvalidArgument, VaultError
+from secretvault.vault.app import Vault, VaultConfig, open_vault
+from secretvault.vault.audit import AuditLog
+from secretvault.vault.interceptors import Authenticator, Edge, EdgeInterceptor
+from secretvault.vault.keyring import Progress
+from secretvault.vault.metrics import Metrics, split_host_port
+from secretvault.vault.policy import OWNER, Policy, SocketBinding
+from secretvault.vault.progress import UnsealProgress
+from secretvault.vault.servicers import (
     MAX_BATCH_OPERATIONS,
     SERVICE_NAMES,
     CryptoServicer,
@@ -59,7 +59,7 @@ from vault.servicers import (
     StatsServicer,
     generic_handlers,
 )
-from vault.stats import OperationCounters, StatsSource
+from secretvault.vault.stats import OperationCounters, StatsSource
 
 log = logging.getLogger("secretvault.server")
 
@@ -71,7 +71,7 @@ class ServerConfig:
     """Everything ``secretvault serve`` configures.  Field names are stable.
 
     The default socket is ``vault.socket``; the data directory, backend and
-    unseal material are in :class:`~vault.app.VaultConfig`.
+    unseal material are in :class:`~secretvault.vault.app.VaultConfig`.
     """
 
     #: the vault itself: data directory, default socket path, backend, unseal
@@ -551,7 +551,7 @@ def create_server(config: ServerConfig, *, vault: Vault | None = None,
     """A started server.  Opens the vault unless one is given (then it is not closed).
 
     ``progress(done, total)`` is called as the keyring unseals each key
-    version (see :class:`vault.progress.UnsealProgress`).
+    version (see :class:`secretvault.vault.progress.UnsealProgress`).
     """
     config.validate()
     owns = vault is None
@@ -634,7 +634,7 @@ def summary(server: VaultServer) -> str:
 def run(config: ServerConfig) -> int:
     """Serve until SIGTERM or SIGINT, then drain, zero secret memory, and return 0.
 
-    Raises :class:`~clients.errors.VaultError` (a one-line message naming
+    Raises :class:`~secretvault.api.errors.VaultError` (a one-line message naming
     the fix) when the server cannot start.  Must be called from the main
     thread (it installs the signal handlers, and restores them on return).
     """
@@ -681,12 +681,12 @@ def run(config: ServerConfig) -> int:
             signal.signal(s, handler)
 
 
-# --- python -m vault.server (development and tests; users run `secretvault serve`) ---------
+# --- python -m secretvault.vault.server (development and tests; users run `secretvault serve`) ---
 
 
 def _parse(argv: Sequence[str] | None) -> ServerConfig:
-    """``python -m vault.server ARGS`` is ``secretvault serve ARGS``: one parser."""
-    from vault.cli import build_parser, server_config
+    """``python -m secretvault.vault.server ARGS`` is ``secretvault serve ARGS``: one parser."""
+    from secretvault.vault.cli import build_parser, server_config
 
     args = build_parser().parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
     config = server_config(args)
@@ -721,8 +721,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # run the imported module, not this __main__ copy: the CLI's parser builds
-    # vault.server.ServerConfig, and there must be one such class
-    from vault.server import main as _main
+    # secretvault.vault.server.ServerConfig, and there must be one such class
+    from secretvault.vault.server import main as _main
 
     sys.exit(_main())
 

@@ -1,8 +1,8 @@
 """The gRPC servicers: decode the request, call the keyring, encode the reply.
 
 Nothing here checks policy, writes audit lines or maps errors to status
-codes: the edge interceptor (``vault.interceptors``) does all of that, once,
-for every method.  A servicer raises :class:`~clients.errors.VaultError`
+codes: the edge interceptor (``secretvault.vault.interceptors``) does all of that, once,
+for every method.  A servicer raises :class:`~secretvault.api.errors.VaultError`
 for anything wrong with the request.
 
 Batch and stream forms run each operation through the same functions as the
@@ -26,8 +26,8 @@ import grpc
 from google.protobuf import message as _message
 from google.protobuf import message_factory
 
-from clients import framing
-from clients._proto.secretvault.v1 import (
+from secretvault.api import framing
+from secretvault.api._proto.secretvault.v1 import (
     crypto_pb2,
     crypto_pb2_grpc,
     keys_pb2,
@@ -35,11 +35,11 @@ from clients._proto.secretvault.v1 import (
     stats_pb2,
     stats_pb2_grpc,
 )
-from clients.errors import InvalidArgument, RequestTooLarge
-from vault import errors
-from vault.crypto import KeyType
-from vault.keyring import KeyInfo, Keyring
-from vault.stats import StatsSource, to_proto
+from secretvault.api.errors import InvalidArgument, RequestTooLarge
+from secretvault.vault import errors
+from secretvault.vault.crypto import KeyType
+from secretvault.vault.keyring import KeyInfo, Keyring
+from secretvault.vault.stats import StatsSource, to_proto
 
 #: the most operations one BatchRequest may carry (documented in crypto.proto)
 MAX_BATCH_OPERATIONS = 10_000

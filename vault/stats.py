@@ -3,7 +3,7 @@
 :class:`VaultStats` joins the allocator's :class:`~backends.SecretMemoryStats`
 (secret-memory accounting, memlock, memcg, direct map), the key counts by
 type and the operation counters.  The gRPC ``Stats`` message
-(:func:`to_proto`) and the Prometheus metrics (``vault.metrics``) are both
+(:func:`to_proto`) and the Prometheus metrics (``secretvault.vault.metrics``) are both
 built from it, so they can never disagree about what they describe.
 """
 
@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from backends import SecretMemoryStats
-from clients._proto.secretvault.v1 import stats_pb2
+from secretvault.api._proto.secretvault.v1 import stats_pb2
+from secretvault.backends import SecretMemoryStats
 
 
 @dataclass(frozen=True, slots=True)

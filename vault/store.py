@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, TypeGuard
 
-from clients.errors import (
+from secretvault.api.errors import (
     KeyExists,
     KeyNotFound,
     StoreBusy,

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from backends.model._backend import ModelBackend, inherited_memlock_limit
-from backends.model._directmap import DirectMap
-from backends.model._machine import (
+from secretvault.api.errors import InvalidArgument
+from secretvault.backends.model._backend import ModelBackend, inherited_memlock_limit
+from secretvault.backends.model._directmap import DirectMap
+from secretvault.backends.model._machine import (
     DEFAULT_CMA,
     DEFAULT_MEMLOCK,
     DEFAULT_MEMORY,
@@ -36,8 +37,8 @@ from backends.model._machine import (
     SecretFile,
     SecretmemDesign,
 )
-from backends.model._pagebypage import PageByPageDesign, PageModelBackend
-from backends.model._physmem import (
+from secretvault.backends.model._pagebypage import PageByPageDesign, PageModelBackend
+from secretvault.backends.model._physmem import (
     CMA,
     MIGRATE_NAMES,
     MOVABLE,
@@ -46,9 +47,8 @@ from backends.model._physmem import (
     UNMOVABLE,
     PhysicalMemory,
 )
-from backends.model._pooled import PooledPmdDesign, PooledPmdModelBackend
-from backends.model._workload import QUIET, BackgroundWorkload, WorkloadConfig
-from clients.errors import InvalidArgument
+from secretvault.backends.model._pooled import PooledPmdDesign, PooledPmdModelBackend
+from secretvault.backends.model._workload import QUIET, BackgroundWorkload, WorkloadConfig
 
 #: the CLI's ``--backend`` values of the two models
 MODEL_BACKENDS: tuple[str, ...] = (PageByPageDesign.name, PooledPmdDesign.name)
@@ -72,7 +72,7 @@ def make_model_backend(
     CAP_IPC_LOCK or when unlimited); ``None`` means unlimited.
     ``cma_bytes`` and ``fallback`` only concern the pooled model; the
     page-by-page model reserves no CMA area.  Bad values raise
-    :class:`~clients.errors.InvalidArgument`.
+    :class:`~secretvault.api.errors.InvalidArgument`.
     """
     limit = inherited_memlock_limit() if memlock_limit == "inherit" else memlock_limit
     if limit is not None and (not isinstance(limit, int) or limit < 0):

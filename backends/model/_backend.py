@@ -8,7 +8,7 @@ kernel's direct map and root can read it -- and every stat says so with
 ``protection="model"``.
 
 Beside the bytes, each region is a secret file of a simulated machine
-(:class:`~backends.model._machine.SecretmemDesign`), whose frames, direct
+(:class:`~secretvault.backends.model._machine.SecretmemDesign`), whose frames, direct
 map and charges are what :meth:`ModelBackend.statistics` reports.
 
 Page faults: a real first touch cannot be observed on locked memory (mlock
@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import threading
 
-from backends import _procfs, _sodium, _sys
-from backends._base import BackendStats, DirectMapStats, Protection, Region
-from backends.model._machine import Machine, ModelProcess, SecretFile, SecretmemDesign
-from clients.errors import BackendError
+from secretvault.api.errors import BackendError
+from secretvault.backends import _procfs, _sodium, _sys
+from secretvault.backends._base import BackendStats, DirectMapStats, Protection, Region
+from secretvault.backends.model._machine import Machine, ModelProcess, SecretFile, SecretmemDesign
 
 PAGE_SIZE = _procfs.PAGE_SIZE
 

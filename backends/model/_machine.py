@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from backends.model._directmap import PAGE_BYTES, DirectMap
-from backends.model._physmem import PhysicalMemory
-from backends.model._workload import BackgroundWorkload, WorkloadConfig
-from clients.errors import MemlockExceeded
+from secretvault.api.errors import MemlockExceeded
+from secretvault.backends.model._directmap import PAGE_BYTES, DirectMap
+from secretvault.backends.model._physmem import PhysicalMemory
+from secretvault.backends.model._workload import BackgroundWorkload, WorkloadConfig
 
 GiB = 1 << 30
 MiB = 1 << 20

@@ -12,11 +12,11 @@
 
 from __future__ import annotations
 
-from backends.model._backend import ModelBackend
-from backends.model._directmap import PAGE_BYTES
-from backends.model._machine import Machine, ModelProcess, SecretFile, SecretmemDesign
-from backends.model._physmem import UNMOVABLE
-from clients.errors import SecretMemoryExhausted
+from secretvault.api.errors import SecretMemoryExhausted
+from secretvault.backends.model._backend import ModelBackend
+from secretvault.backends.model._directmap import PAGE_BYTES
+from secretvault.backends.model._machine import Machine, ModelProcess, SecretFile, SecretmemDesign
+from secretvault.backends.model._physmem import UNMOVABLE
 
 
 class PageByPageDesign(SecretmemDesign):

@@ -20,17 +20,17 @@ direct map fragmentation" (the design the review turned down).
 
 from __future__ import annotations
 
-from backends.model._backend import ModelBackend
-from backends.model._directmap import BYTES_2M, PAGE_BYTES, PAGES_PER_2M
-from backends.model._machine import (
+from secretvault.api.errors import PoolExhausted, SecretMemoryExhausted
+from secretvault.backends.model._backend import ModelBackend
+from secretvault.backends.model._directmap import BYTES_2M, PAGE_BYTES, PAGES_PER_2M
+from secretvault.backends.model._machine import (
     DEFAULT_CMA,
     Machine,
     ModelProcess,
     SecretFile,
     SecretmemDesign,
 )
-from backends.model._physmem import UNMOVABLE
-from clients.errors import PoolExhausted, SecretMemoryExhausted
+from secretvault.backends.model._physmem import UNMOVABLE
 
 
 class PooledPmdDesign(SecretmemDesign):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from backends.model._physmem import MOVABLE, RECLAIMABLE, UNMOVABLE, PhysicalMemory
+from secretvault.backends.model._physmem import MOVABLE, RECLAIMABLE, UNMOVABLE, PhysicalMemory
 
 _TABLE = 256  # resolution of the precomputed choice tables
 

@@ -1,7 +1,7 @@
 """``secretvault model compare``: run the scenarios on both models, tabulate.
 
 Wired into the CLI through :func:`configure_parser` and :func:`run`; also
-runs alone: ``python -m backends.model.report --help``.
+runs alone: ``python -m secretvault.backends.model.report --help``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from backends.model._machine import DEFAULT_CMA, DEFAULT_MEMORY
-from backends.model.scenarios import SCENARIOS, ModelResult, ScenarioConfig, run_scenario
+from secretvault.backends.model._machine import DEFAULT_CMA, DEFAULT_MEMORY
+from secretvault.backends.model.scenarios import (
+    SCENARIOS,
+    ModelResult,
+    ScenarioConfig,
+    run_scenario,
+)
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

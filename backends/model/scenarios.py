@@ -26,8 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from backends.model._directmap import PAGE_BYTES
-from backends.model._machine import (
+from secretvault.api.errors import MemlockExceeded, SecretMemoryExhausted
+from secretvault.backends.model._directmap import PAGE_BYTES
+from secretvault.backends.model._machine import (
     DEFAULT_CMA,
     DEFAULT_MEMORY,
     Machine,
@@ -35,10 +36,9 @@ from backends.model._machine import (
     SecretFile,
     SecretmemDesign,
 )
-from backends.model._pagebypage import PageByPageDesign
-from backends.model._pooled import PooledPmdDesign
-from backends.model._workload import WorkloadConfig
-from clients.errors import MemlockExceeded, SecretMemoryExhausted
+from secretvault.backends.model._pagebypage import PageByPageDesign
+from secretvault.backends.model._pooled import PooledPmdDesign
+from secretvault.backends.model._workload import WorkloadConfig
 
 ED25519_SLOT = 64
 SLOTS_PER_PAGE = PAGE_BYTES // ED25519_SLOT

@@ -53,13 +53,13 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from backends import _procfs, _sodium
-from backends._memfd import MemfdSecretBackend
-from backends.model._directmap import BYTES_2M, PAGES_PER_1G, PAGES_PER_2M, DirectMap
-from backends.model._machine import GiB, Machine
-from backends.model._pagebypage import PageByPageDesign
-from backends.model._workload import WorkloadConfig
-from clients.errors import SecretMemoryUnavailable
+from secretvault.api.errors import SecretMemoryUnavailable
+from secretvault.backends import _procfs, _sodium
+from secretvault.backends._memfd import MemfdSecretBackend
+from secretvault.backends.model._directmap import BYTES_2M, PAGES_PER_1G, PAGES_PER_2M, DirectMap
+from secretvault.backends.model._machine import GiB, Machine
+from secretvault.backends.model._pagebypage import PageByPageDesign
+from secretvault.backends.model._workload import WorkloadConfig
 
 _L2 = "direct_map_level2_splits"
 _L3 = "direct_map_level3_splits"

@@ -288,7 +288,8 @@ def test_image_builds(image_build: Build) -> None:
 
     probe = (
         "import sys, os, importlib.util as u;"
-        "import grpc, nacl.bindings, cryptography.hazmat.bindings._rust, vault, backends, clients;"
+        "import grpc, nacl.bindings, cryptography.hazmat.bindings._rust;"
+        "import secretvault.vault, secretvault.backends, secretvault.clients;"
         "print(sys.version_info[:2], os.getuid(), u.find_spec('pip') is None,"
         " open('/proc/self/status').read().split('CapEff:')[1].split()[0])"
     )
@@ -342,7 +343,7 @@ def test_seccomp_profile_is_runtime_default_plus_explicit_memfd_secret() -> None
 def cli(*args: str, socket: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """The ``secretvault`` command of this environment, on the host."""
     exe = Path(sys.executable).with_name("secretvault")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vault.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "secretvault.vault.cli"]
     return subprocess.run(
         [*cmd, *args], input=stdin, capture_output=True, timeout=60, check=False,
         env=dict(os.environ, SECRETVAULT_SOCKET=socket),
@@ -353,7 +354,7 @@ def verify_independently(public_raw: bytes, message: bytes, token: bytes) -> Non
     """Ed25519 verification with ``cryptography``, not through the vault."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from clients.local import signature_payload
+    from secretvault.clients.local import signature_payload
 
     _, raw = signature_payload(token)
     Ed25519PublicKey.from_public_bytes(public_raw).verify(raw, message)  # raises if bad
@@ -363,7 +364,7 @@ def verify_independently(public_raw: bytes, message: bytes, token: bytes) -> Non
 def test_host_client_signs_through_shared_socket_and_keys_survive_restart(
     vaults: Vaults, tmp_path: Path
 ) -> None:
-    from clients import VaultClient
+    from secretvault.clients import VaultClient
 
     vault = vaults.start()
     vault.wait_serving()
@@ -460,8 +461,8 @@ def test_memlock_limit_exhaustion_reports_figures_and_keeps_earlier_keys(
     key (32-byte slots), one the row-MAC HMAC state (a 256-byte slot), each
     further page 64 Ed25519 keys, and the mapping is charged to
     RLIMIT_MEMLOCK whole at mmap time."""
-    from clients import VaultClient
-    from clients.errors import MemlockExceeded
+    from secretvault.api.errors import MemlockExceeded
+    from secretvault.clients import VaultClient
 
     limit = MEMLOCK_PAGES * PAGE
     expected = 64 * (MEMLOCK_PAGES - 2)
@@ -508,7 +509,7 @@ def test_memlock_limit_exhaustion_reports_figures_and_keeps_earlier_keys(
 
 @pytest.mark.memfd_secret
 def test_memory_cgroup_figures_appear_in_stats(vaults: Vaults) -> None:
-    from clients import VaultClient
+    from secretvault.clients import VaultClient
 
     memory = 256 << 20
     vault = vaults.start(extra=("--memory", str(memory)))
@@ -550,8 +551,8 @@ APP_UID = 10002  # deploy/policy.toml: the application's socket is group 10002
 #: outcomes as JSON: "OK", the error's gRPC status, or the errno name.
 APP_PROBE = r"""
 import errno, json, os, socket, sys
-from clients import VaultClient
-from clients.errors import VaultError
+from secretvault.clients import VaultClient
+from secretvault.api.errors import VaultError
 
 out = {"uid": os.getuid(), "socket": os.environ["SECRETVAULT_SOCKET"]}
 
@@ -614,7 +615,7 @@ def check_app_probe(output: str, app_socket: str) -> None:
 def test_container_policies_agree() -> None:
     """compose.yaml mounts deploy/policy.toml; the Kubernetes ConfigMap
     carries its own copy: they must grant the same."""
-    from vault.policy import Policy
+    from secretvault.vault.policy import Policy
 
     yaml = _yaml()
     docs = yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "secretvault.yaml").read_text())

@@ -1,8 +1,8 @@
 """Helpers for the integration tests: real servers on real sockets.
 
 Servers run either in the test process (:func:`start`, through
-``vault.server.create_server``) or as a child process (:class:`Child`,
-through ``python -m vault.server``), always on the memfd_secret backend and
+``secretvault.vault.server.create_server``) or as a child process (:class:`Child`,
+through ``python -m secretvault.vault.server``), always on the memfd_secret backend and
 in a short directory under /tmp (a Unix socket path is limited to 107 bytes,
 which pytest's own tmp_path can exceed).
 """
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from nacl.public import PublicKey, SealedBox
 
-from clients._proto.secretvault.v1 import (
+from secretvault.api._proto.secretvault.v1 import (
     crypto_pb2,
     crypto_pb2_grpc,
     keys_pb2,
@@ -37,8 +37,8 @@ from clients._proto.secretvault.v1 import (
     stats_pb2,
     stats_pb2_grpc,
 )
-from vault.app import VaultConfig
-from vault.server import ServerConfig, VaultServer, create_server
+from secretvault.vault.app import VaultConfig
+from secretvault.vault.server import ServerConfig, VaultServer, create_server
 
 REPO = Path(__file__).resolve().parents[2]
 ED25519 = keys_pb2.KEY_TYPE_ED25519
@@ -118,7 +118,7 @@ def code_of(call: Any, *args: Any, **kwargs: Any) -> tuple[grpc.StatusCode, str,
 
 
 class Child:
-    """``python -m vault.server`` in a child process; always killed at exit."""
+    """``python -m secretvault.vault.server`` in a child process; always killed at exit."""
 
     def __init__(self, base: str, args: Sequence[str] = (), *,
                  prefix: Sequence[str] = (), env: dict[str, str] | None = None,
@@ -131,7 +131,7 @@ class Child:
         full_env.update(env or {})
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "vault.server", "--socket", self.socket,
+            [*prefix, sys.executable, "-m", "secretvault.vault.server", "--socket", self.socket,
              "--data-dir", os.path.join(base, "data"), *args],
             stdin=stdin, stdout=subprocess.DEVNULL, stderr=self._stderr,
             env=full_env, cwd=str(REPO),

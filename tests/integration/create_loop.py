@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from vault.app import VaultConfig, open_vault
+from secretvault.vault.app import VaultConfig, open_vault
 
 TYPES = ("ed25519", "xchacha20-poly1305", "hmac-sha256", "x25519")
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
+from secretvault.vault import cli
+from secretvault.vault.server import VaultServer
 from tests.integration._support import REPO, Pki, cleanup, short_dir, start
-from vault import cli
-from vault.server import VaultServer
 
 pytestmark = pytest.mark.memfd_secret
 
@@ -38,7 +38,7 @@ FAST_KDF = ["--argon2-ops", "1", "--argon2-mem", str(8 << 20)]
 def command() -> list[str]:
     """The installed entry point if this venv has it, else the module."""
     script = Path(sys.executable).with_name("secretvault")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "vault.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "secretvault.vault.cli"]
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -152,7 +152,7 @@ def test_every_subcommand_named_in_the_issue_exists() -> None:
 def test_help_is_complete() -> None:
     for path, parser in [([], cli.build_parser()), *_subparsers(cli.build_parser())]:
         if path[:2] == ["model", "compare"]:
-            continue  # backends.model.report owns those options
+            continue  # secretvault.backends.model.report owns those options
         assert parser.description, path
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction | argparse._VersionAction):

@@ -21,7 +21,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from clients import (
+from secretvault.api import framing
+from secretvault.api.framing import Kind
+from secretvault.clients import (
     AsyncVaultClient,
     ConnectionFailed,
     Decrypt,
@@ -45,12 +47,10 @@ from clients import (
     VerifyMac,
     VersionNotFound,
     WrongKeyType,
-    framing,
     local,
 )
-from clients.framing import Kind
+from secretvault.vault.server import VaultServer
 from tests.integration._support import Pki, cleanup, short_dir, start
-from vault.server import VaultServer
 
 pytestmark = pytest.mark.memfd_secret
 
@@ -565,7 +565,7 @@ def test_server_only_tls(pki_dir: str) -> None:
 
 
 def test_tcp_target_without_tls_is_refused_before_connecting() -> None:
-    from clients import InvalidArgument
+    from secretvault.clients import InvalidArgument
 
     with pytest.raises(InvalidArgument, match="TLS"):
         VaultClient("localhost:7443")

@@ -35,10 +35,10 @@ import pytest
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
-from clients import framing
-from clients.framing import Kind
-from vault.app import KEY_FILE_NAME, PASSPHRASE_ENV, VaultConfig, open_vault
-from vault.keyring import Keyring
+from secretvault.api import framing
+from secretvault.api.framing import Kind
+from secretvault.vault.app import KEY_FILE_NAME, PASSPHRASE_ENV, VaultConfig, open_vault
+from secretvault.vault.keyring import Keyring
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 30

@@ -22,7 +22,8 @@ from typing import Any
 import grpc
 import pytest
 
-from clients._proto.secretvault.v1 import crypto_pb2, keys_pb2
+from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2
+from secretvault.vault.server import VaultServer
 from tests.integration._support import (
     ED25519,
     Pki,
@@ -34,7 +35,6 @@ from tests.integration._support import (
     stubs,
     tls_channel,
 )
-from vault.server import VaultServer
 
 pytestmark = pytest.mark.memfd_secret
 C = grpc.StatusCode
@@ -304,7 +304,7 @@ def test_changes_are_refused_when_their_attempt_cannot_be_audited(base: str) -> 
 
 def test_a_method_missing_from_the_edge_table_stops_the_server_from_starting(
         base: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vault import interceptors
+    from secretvault.vault import interceptors
 
     monkeypatch.delitem(interceptors.METHODS, "/secretvault.v1.KeyService/GetKey")
     with pytest.raises(RuntimeError, match="KeyService/GetKey"):
@@ -313,7 +313,7 @@ def test_a_method_missing_from_the_edge_table_stops_the_server_from_starting(
 
 def test_a_method_missing_from_the_edge_table_is_unimplemented(
         base: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vault import interceptors
+    from secretvault.vault import interceptors
 
     # as if the start-up check had not been there: the call must still not run
     monkeypatch.delitem(interceptors.METHODS, "/secretvault.v1.KeyService/GetKey")

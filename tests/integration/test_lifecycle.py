@@ -1,6 +1,6 @@
 """The server as a process: SIGTERM drains, memlock exhaustion, socket permissions.
 
-These start ``python -m vault.server`` as a child, the way ``secretvault
+These start ``python -m secretvault.vault.server`` as a child, the way ``secretvault
 serve`` and the container run it.
 """
 
@@ -26,8 +26,12 @@ from typing import Any
 import grpc
 import pytest
 
-from backends import MemfdSecretBackend, Region, SlotAllocator
-from clients._proto.secretvault.v1 import crypto_pb2, keys_pb2
+from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2
+from secretvault.backends import MemfdSecretBackend, Region, SlotAllocator
+from secretvault.vault.keyring import Keyring
+from secretvault.vault.sealing import UnsealSource, create_key_file
+from secretvault.vault.server import HOLD_AFTER_STOP_ENV, summary
+from secretvault.vault.store import SQLiteStore
 from tests._proc import secretmem_mappings, vm_locked_bytes
 from tests.integration._support import (
     AEAD,
@@ -43,10 +47,6 @@ from tests.integration._support import (
     stubs,
 )
 from tests.unit.vault._support import raw
-from vault.keyring import Keyring
-from vault.sealing import UnsealSource, create_key_file
-from vault.server import HOLD_AFTER_STOP_ENV, summary
-from vault.store import SQLiteStore
 
 pytestmark = pytest.mark.memfd_secret
 C = grpc.StatusCode
@@ -375,7 +375,7 @@ def test_damaged_records_do_not_stop_the_server(base: str) -> None:
 
 # --- the unseal progress -------------------------------------------------------------------
 
-MANY = 1500  # more than vault.progress.BAR_THRESHOLD
+MANY = 1500  # more than secretvault.vault.progress.BAR_THRESHOLD
 
 
 def _populate(base: str, n: int) -> None:
@@ -424,8 +424,8 @@ def test_a_terminal_gets_the_unseal_bar(base: str) -> None:
     env.update(PYTHONPATH=str(REPO), TERM="xterm-256color")
     env.pop("NO_COLOR", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vault.server", "--socket", os.path.join(base, "run", "v.sock"),
-         "--data-dir", os.path.join(base, "data")],
+        [sys.executable, "-m", "secretvault.vault.server",
+         "--socket", os.path.join(base, "run", "v.sock"), "--data-dir", os.path.join(base, "data")],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env,
         cwd=str(REPO))
     os.close(slave)

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from backends import _sodium
-from clients._proto.secretvault.v1 import crypto_pb2, keys_pb2
+from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2
+from secretvault.backends import _sodium
 from tests.integration._support import (
     AEAD,
     ED25519,

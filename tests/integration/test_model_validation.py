@@ -1,6 +1,6 @@
 """The models against the real kernel (root, memfd_secret, x86-64).
 
-Runs :func:`backends.model.validate.validate` and prints its figures.  What
+Runs :func:`secretvault.backends.model.validate.validate` and prints its figures.  What
 it asserts, and the tolerances (documented in ``backends/model/validate.py``
 and ``docs/models.md``):
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.model.validate import missing_prerequisite, validate
+from secretvault.backends.model.validate import missing_prerequisite, validate
 
 pytestmark = [pytest.mark.root, pytest.mark.memfd_secret]
 

@@ -18,12 +18,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from backends import SlotAllocator
-from clients import framing
-from clients.framing import Kind
+from secretvault.api import framing
+from secretvault.api.framing import Kind
+from secretvault.backends import SlotAllocator
+from secretvault.vault.keyring import Keyring
+from secretvault.vault.store import SQLiteStore
 from tests.unit.vault._support import make_backend, open_ring
-from vault.keyring import Keyring
-from vault.store import SQLiteStore
 
 OPENSSL = shutil.which("openssl")
 MESSAGES = [b"", b"hello from secretvault", bytes(range(256)) * 16]

@@ -19,7 +19,9 @@ from typing import Any
 import grpc
 import pytest
 
-from clients._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
+from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
+from secretvault.vault.policy import Policy
+from secretvault.vault.server import VaultServer
 from tests.integration._support import (
     AEAD,
     ED25519,
@@ -31,8 +33,6 @@ from tests.integration._support import (
     stubs,
     wrap,
 )
-from vault.policy import Policy
-from vault.server import VaultServer
 
 pytestmark = pytest.mark.memfd_secret
 
@@ -251,7 +251,7 @@ def test_policy_cell(world: World, who: str, op: str, prefix: str, form: str) ->
 
 
 def test_policy_file_mistakes_are_refused() -> None:
-    from vault.policy import PolicyError
+    from secretvault.vault.policy import PolicyError
     bad = [
         {"identities": {"owner": {}}},  # reserved
         {"identities": {"x": {"allow": [{"operations": ["sing"], "keys": ["*"]}]}}},

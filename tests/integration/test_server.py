@@ -25,9 +25,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
-from clients import framing
-from clients._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
-from clients.errors import FailedPrecondition
+from secretvault.api import framing
+from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
+from secretvault.api.errors import FailedPrecondition
+from secretvault.vault.server import VaultServer
 from tests.integration._support import (
     AEAD,
     ED25519,
@@ -43,7 +44,6 @@ from tests.integration._support import (
     tls_channel,
     wrap,
 )
-from vault.server import VaultServer
 
 pytestmark = pytest.mark.memfd_secret
 C = grpc.StatusCode
@@ -656,7 +656,7 @@ def test_server_only_tls_caller_is_anonymous() -> None:
 
 
 def test_tcp_without_tls_is_refused() -> None:
-    from clients.errors import InvalidArgument
+    from secretvault.api.errors import InvalidArgument
     with pytest.raises(InvalidArgument, match="TCP needs TLS"):
         start("/nonexistent/never-created", tcp="127.0.0.1:0")
 

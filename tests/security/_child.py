@@ -20,10 +20,10 @@ import resource
 import sys
 from collections.abc import Callable
 
-from backends import _sodium, _sys
-from backends._memfd import MemfdSecretBackend
-from backends._slots import Slot, SlotAllocator
-from clients.errors import MemlockExceeded, SecretMemoryUnavailable
+from secretvault.api.errors import MemlockExceeded, SecretMemoryUnavailable
+from secretvault.backends import _sodium, _sys
+from secretvault.backends._memfd import MemfdSecretBackend
+from secretvault.backends._slots import Slot, SlotAllocator
 from tests.security import _kernel
 
 # Import everything a scenario touches *before* dropping privileges: nobody

@@ -157,7 +157,7 @@ def deny_syscall(nr: int = MEMFD_SECRET_NR, err: int = errno.ENOSYS) -> None:
 
 
 def raw_memfd_secret() -> tuple[int, int]:
-    """(fd or -1, errno) of the bare syscall, bypassing backends._sys."""
+    """(fd or -1, errno) of the bare syscall, bypassing secretvault.backends._sys."""
     _libc.syscall.restype = ctypes.c_long
     ctypes.set_errno(0)
     fd = _libc.syscall(ctypes.c_long(MEMFD_SECRET_NR), ctypes.c_uint(os.O_CLOEXEC))

@@ -28,11 +28,11 @@ import gc
 import json
 import sys
 
-from backends import _sodium as na
-from clients import framing
-from clients.framing import Kind
-from vault.app import VaultConfig, open_vault
-from vault.sealing import Argon2Params
+from secretvault.api import framing
+from secretvault.api.framing import Kind
+from secretvault.backends import _sodium as na
+from secretvault.vault.app import VaultConfig, open_vault
+from secretvault.vault.sealing import Argon2Params
 
 KDF = Argon2Params(ops=1, mem=8 << 20)
 ROUNDS = 1500
@@ -53,7 +53,7 @@ def _send(obj: object) -> None:
 
 
 def _exercise(vault_keyring: object, rounds: int) -> int:
-    from vault.keyring import Keyring
+    from secretvault.vault.keyring import Keyring
 
     ring = vault_keyring
     assert isinstance(ring, Keyring)

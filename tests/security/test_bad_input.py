@@ -32,8 +32,8 @@ import grpc
 import pytest
 from google.protobuf import message as _message
 
-from clients import framing
-from clients._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
+from secretvault.api import framing
+from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
 from tests.integration._support import (
     AEAD,
     ED25519,

@@ -43,8 +43,8 @@ import nacl.pwhash
 import pytest
 from nacl.signing import SigningKey, VerifyKey
 
+from secretvault.vault.sealing import Argon2Params
 from tests.unit.vault._support import wrap
-from vault.sealing import Argon2Params
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = "tests.security.residue_server"

@@ -1,7 +1,7 @@
 """What the kernel promises about the vault's secret memory, checked on its own regions.
 
 Every test allocates through ``SlotAllocator(MemfdSecretBackend())`` (or, for
-the fd tests, the same ``backends._sys`` calls the backend makes), puts a
+the fd tests, the same ``secretvault.backends._sys`` calls the backend makes), puts a
 random key there, attacks it, and asserts the kernel's refusal with its exact
 errno.  Each also has a *control*: the same attack on ordinary memory, which
 must succeed, so a test cannot pass because the attack itself is broken.
@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from backends import _sodium, _sys
-from backends._memfd import MemfdSecretBackend
-from backends._slots import PAGE_SIZE, Slot, SlotAllocator
+from secretvault.backends import _sodium, _sys
+from secretvault.backends._memfd import MemfdSecretBackend
+from secretvault.backends._slots import PAGE_SIZE, Slot, SlotAllocator
 
 pytestmark = pytest.mark.memfd_secret
 

@@ -1,7 +1,7 @@
 """Backends for the allocator's unit tests: a real one, observed.
 
 :class:`AnonymousBackend` hands out locked, no-dump, no-fork *anonymous*
-memory through ``backends._sys`` (the same calls the model backends use), so
+memory through ``secretvault.backends._sys`` (the same calls the model backends use), so
 the allocator's rules are checked on machines without memfd_secret too.
 :class:`Recording` wraps any backend and records what the allocator asked of
 it; :class:`MemlockBudget` makes it refuse regions past a page budget with
@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import os
 
-from backends import _sys
-from backends._base import (
+from secretvault.api.errors import BackendError, MemlockExceeded
+from secretvault.backends import _sys
+from secretvault.backends._base import (
     BackendStats,
     DirectMapStats,
     Protection,
     Region,
     SecretMemoryBackend,
 )
-from clients.errors import BackendError, MemlockExceeded
 
 _NO_DIRECT_MAP = DirectMapStats(
     source="model",

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from backends import _procfs, _sodium, _sys
-from backends._base import SecretMemoryBackend
-from backends._memfd import MemfdSecretBackend
-from clients.errors import BackendError
+from secretvault.api.errors import BackendError
+from secretvault.backends import _procfs, _sodium, _sys
+from secretvault.backends._base import SecretMemoryBackend
+from secretvault.backends._memfd import MemfdSecretBackend
 from tests.unit.backends._backends import secret_fds, vma
 
 pytestmark = pytest.mark.memfd_secret
@@ -125,7 +125,7 @@ def test_statistics_is_safe_against_a_concurrent_free() -> None:
     import threading
     import time
 
-    from backends import SlotAllocator
+    from secretvault.backends import SlotAllocator
 
     alloc = SlotAllocator(
         MemfdSecretBackend(), min_region_pages=1, max_region_pages=1, reserve_regions=0

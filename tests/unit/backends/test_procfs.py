@@ -1,4 +1,4 @@
-"""backends._procfs: /proc and cgroup readers, on this machine and on fixture trees."""
+"""secretvault.backends._procfs: /proc and cgroup readers, on this machine and on fixture trees."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from backends import _procfs, _sodium, _sys
-from backends._procfs import PAGES_PER_1G, PAGES_PER_2M
+from secretvault.backends import _procfs, _sodium, _sys
+from secretvault.backends._procfs import PAGES_PER_1G, PAGES_PER_2M
 
 
 def test_vmstat_selects_counters() -> None:

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from backends import _sodium, _sys
-from backends._memfd import MemfdSecretBackend
-from backends._slots import PAGE_SIZE, SIZE_CLASSES, SlotAllocator, size_class
-from clients.errors import InvalidArgument, MemlockExceeded, SlotFreed
+from secretvault.api.errors import InvalidArgument, MemlockExceeded, SlotFreed
+from secretvault.backends import _sodium, _sys
+from secretvault.backends._memfd import MemfdSecretBackend
+from secretvault.backends._slots import PAGE_SIZE, SIZE_CLASSES, SlotAllocator, size_class
 from tests.unit.backends._backends import AnonymousBackend, MemlockBudget, Recording
 
 
@@ -312,7 +312,7 @@ def test_headroom_arithmetic(alloc: SlotAllocator, monkeypatch: pytest.MonkeyPat
     soft, locked = 1 << 20, 64 << 10
     monkeypatch.setattr(_sys, "memlock_rlimit", lambda: (soft, 2 * soft))
     monkeypatch.setattr(_sys, "vm_locked_bytes", lambda: locked)
-    monkeypatch.setattr("backends._procfs.has_cap_ipc_lock", lambda: False)
+    monkeypatch.setattr("secretvault.backends._procfs.has_cap_ipc_lock", lambda: False)
     for _ in range(10):
         alloc.allocate(64)
     m = alloc.statistics().memlock
@@ -329,7 +329,7 @@ def test_headroom_arithmetic(alloc: SlotAllocator, monkeypatch: pytest.MonkeyPat
 def test_headroom_is_zero_past_the_limit_and_none_when_unlimited(
     alloc: SlotAllocator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("backends._procfs.has_cap_ipc_lock", lambda: False)
+    monkeypatch.setattr("secretvault.backends._procfs.has_cap_ipc_lock", lambda: False)
     monkeypatch.setattr(_sys, "memlock_rlimit", lambda: (PAGE_SIZE, PAGE_SIZE))
     monkeypatch.setattr(_sys, "vm_locked_bytes", lambda: 16 * PAGE_SIZE)
     m = alloc.statistics().memlock
@@ -339,5 +339,5 @@ def test_headroom_is_zero_past_the_limit_and_none_when_unlimited(
     assert m.headroom_bytes is None
     assert all(v is None for _, v in m.headroom_keys)
     monkeypatch.setattr(_sys, "memlock_rlimit", lambda: (PAGE_SIZE, PAGE_SIZE))
-    monkeypatch.setattr("backends._procfs.has_cap_ipc_lock", lambda: True)
+    monkeypatch.setattr("secretvault.backends._procfs.has_cap_ipc_lock", lambda: True)
     assert alloc.statistics().memlock.headroom_bytes is None, "CAP_IPC_LOCK bypasses"

@@ -1,4 +1,4 @@
-"""backends._sys: the syscall layer and the typed errors it raises."""
+"""secretvault.backends._sys: the syscall layer and the typed errors it raises."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from backends import _sodium, _sys
-from clients.errors import BackendError
+from secretvault.api.errors import BackendError
+from secretvault.backends import _sodium, _sys
 from tests.unit.backends._backends import secret_fds, vma
 
 PAGE = _sys.PAGE_SIZE

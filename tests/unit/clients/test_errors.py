@@ -7,8 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
-from clients import _errors
-from clients.errors import (
+from secretvault.api.errors import (
     BY_NAME,
     ConnectionFailed,
     DeadlineExceeded,
@@ -26,6 +25,7 @@ from clients.errors import (
     VaultError,
     WrongKeyType,
 )
+from secretvault.clients import _errors
 
 
 class FailedCall(grpc.RpcError):

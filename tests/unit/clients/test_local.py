@@ -16,15 +16,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from nacl.public import PrivateKey, SealedBox
 
-from clients import framing, local
-from clients._types import PublicKey
-from clients.errors import (
+from secretvault.api import framing
+from secretvault.api.errors import (
     InvalidArgument,
     InvalidImport,
     MalformedCiphertext,
     WrongKeyType,
 )
-from clients.framing import Kind
+from secretvault.api.framing import Kind
+from secretvault.clients import local
+from secretvault.clients._types import PublicKey
 
 RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 

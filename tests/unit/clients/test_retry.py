@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 import pytest
 
-from clients import VaultClient
-from clients._types import RetryPolicy
-from clients.errors import ConnectionFailed, KeyNotFound, OutcomeUnknown, ShuttingDown
+from secretvault.api.errors import ConnectionFailed, KeyNotFound, OutcomeUnknown, ShuttingDown
+from secretvault.clients import VaultClient
+from secretvault.clients._types import RetryPolicy
 from tests.unit.clients.test_errors import FailedCall
 
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.002)

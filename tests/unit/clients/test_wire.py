@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from clients import _wire
-from clients._proto.secretvault.v1 import crypto_pb2, keys_pb2
-from clients._types import Decrypt, Encrypt, Mac, RetryPolicy, Sign, TlsConfig, Verify
-from clients.errors import InvalidArgument, KeyNotFound, VaultError
+from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2
+from secretvault.api.errors import InvalidArgument, KeyNotFound, VaultError
+from secretvault.clients import _wire
+from secretvault.clients._types import Decrypt, Encrypt, Mac, RetryPolicy, Sign, TlsConfig, Verify
 
 
 @pytest.mark.parametrize(

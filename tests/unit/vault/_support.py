@@ -14,10 +14,10 @@ from typing import Any
 
 from nacl.public import PublicKey, SealedBox
 
-from backends import MemfdSecretBackend, SecretMemoryBackend, SlotAllocator, _sodium
-from vault.keyring import Keyring
-from vault.sealing import Argon2Params, UnsealSource
-from vault.store import SQLiteStore
+from secretvault.backends import MemfdSecretBackend, SecretMemoryBackend, SlotAllocator, _sodium
+from secretvault.vault.keyring import Keyring
+from secretvault.vault.sealing import Argon2Params, UnsealSource
+from secretvault.vault.store import SQLiteStore
 
 #: Argon2id at its cheapest that libsodium accepts for this test's purposes:
 #: every test but the one of the default parameters uses it

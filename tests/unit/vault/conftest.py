@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from backends import SlotAllocator
+from secretvault.backends import SlotAllocator
+from secretvault.vault.keyring import Keyring
+from secretvault.vault.store import SQLiteStore
 from tests.unit.vault._support import make_backend, open_ring
-from vault.keyring import Keyring
-from vault.store import SQLiteStore
 
 
 @pytest.fixture(

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from backends import Region, Slot
+from secretvault.backends import Region, Slot
+from secretvault.vault.app import Vault, VaultConfig, open_vault
+from secretvault.vault.sealing import Argon2Params
 from tests._proc import secretmem_mappings
 from tests.unit.vault._support import raw
-from vault.app import Vault, VaultConfig, open_vault
-from vault.sealing import Argon2Params
 
 pytestmark = pytest.mark.memfd_secret
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from backends import SlotAllocator
-from clients import framing
-from clients.errors import ImportKeyUnavailable, IntegrityError, WrongPassphrase
-from clients.framing import Kind
+from secretvault.api import framing
+from secretvault.api.errors import ImportKeyUnavailable, IntegrityError, WrongPassphrase
+from secretvault.api.framing import Kind
+from secretvault.backends import SlotAllocator
+from secretvault.vault.keyring import Keyring
+from secretvault.vault.sealing import UnsealSource, create_key_file
+from secretvault.vault.store import SQLiteStore
 from tests.unit.vault._support import PASSPHRASE, open_ring, wrap
-from vault.keyring import Keyring
-from vault.sealing import UnsealSource, create_key_file
-from vault.store import SQLiteStore
 
 
 def _sql(path: str, *statements: str) -> None:

@@ -18,21 +18,21 @@ from nacl.exceptions import BadSignatureError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
-from backends import SlotAllocator
-from backends import _sodium as na
-from clients import framing
-from clients.errors import (
+from secretvault.api import framing
+from secretvault.api.errors import (
     DecryptionFailed,
     InvalidArgument,
     InvalidImport,
     MalformedCiphertext,
     WrongKeyType,
 )
-from clients.framing import Kind
+from secretvault.api.framing import Kind
+from secretvault.backends import SlotAllocator
+from secretvault.backends import _sodium as na
+from secretvault.vault import crypto
+from secretvault.vault.crypto import KeyType
+from secretvault.vault.keyring import Keyring
 from tests.unit.vault._support import vectors, wrap
-from vault import crypto
-from vault.crypto import KeyType
-from vault.keyring import Keyring
 
 ED25519 = vectors("rfc8032_ed25519")
 HMAC = vectors("rfc4231_hmac_sha256")

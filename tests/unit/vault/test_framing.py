@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clients.errors import MalformedCiphertext
-from clients.framing import HEADER_SIZE, Kind, frame, unframe
+from secretvault.api.errors import MalformedCiphertext
+from secretvault.api.framing import HEADER_SIZE, Kind, frame, unframe
 
 
 @pytest.mark.parametrize("kind", list(Kind))

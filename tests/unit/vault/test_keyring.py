@@ -8,9 +8,8 @@ import pytest
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import SigningKey
 
-from backends import SlotAllocator
-from clients import framing
-from clients.errors import (
+from secretvault.api import framing
+from secretvault.api.errors import (
     FailedPrecondition,
     InvalidArgument,
     InvalidImport,
@@ -20,11 +19,12 @@ from clients.errors import (
     StoreSealed,
     VersionNotFound,
 )
-from clients.framing import Kind
+from secretvault.api.framing import Kind
+from secretvault.backends import SlotAllocator
+from secretvault.vault.keyring import Keyring, validate_name
+from secretvault.vault.sealing import UnsealSource
+from secretvault.vault.store import SQLiteStore
 from tests.unit.vault._support import PASSPHRASE, open_ring, raw, wrap
-from vault.keyring import Keyring, validate_name
-from vault.sealing import UnsealSource
-from vault.store import SQLiteStore
 
 
 def _reopen(ring: Keyring, allocator: SlotAllocator, store: SQLiteStore) -> Keyring:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from backends import SlotAllocator
+from secretvault.backends import SlotAllocator
+from secretvault.vault import keyring as keyring_module
+from secretvault.vault.keyring import Keyring
+from secretvault.vault.store import SQLiteStore
 from tests.unit.vault._support import open_ring
-from vault import keyring as keyring_module
-from vault.keyring import Keyring
-from vault.store import SQLiteStore
 
 NAMES = ["a", "pub/1", "pub/2", "pub/x/3", "pua", "pub", "q/1", "pub/4", "z"]
 

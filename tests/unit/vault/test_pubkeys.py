@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from clients.errors import InvalidArgument, WrongKeyType
-from clients.pubkeys import FORMATS, encode_public_key
+from secretvault.api.errors import InvalidArgument, WrongKeyType
+from secretvault.api.pubkeys import FORMATS, encode_public_key
 
 ED_PK = bytes(SigningKey(bytes(range(32))).verify_key)
 X_PK = bytes(PrivateKey(bytes(range(32))).public_key)

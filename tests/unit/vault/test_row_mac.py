@@ -13,14 +13,14 @@ from collections.abc import Callable
 
 import pytest
 
-from backends import SlotAllocator
-from backends import _sodium as na
-from clients.errors import IntegrityError, WrongPassphrase
+from secretvault.api.errors import IntegrityError, WrongPassphrase
+from secretvault.backends import SlotAllocator
+from secretvault.backends import _sodium as na
+from secretvault.vault import sealing
+from secretvault.vault.keyring import Keyring
+from secretvault.vault.sealing import Argon2Params, Kek, UnsealSource
+from secretvault.vault.store import SQLiteStore
 from tests.unit.vault._support import PASSPHRASE, open_ring
-from vault import sealing
-from vault.keyring import Keyring
-from vault.sealing import Argon2Params, Kek, UnsealSource
-from vault.store import SQLiteStore
 
 
 def _sql(path: str, *statements: str) -> None:

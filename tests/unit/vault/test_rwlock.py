@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from vault._rwlock import RWLock
+from secretvault.vault._rwlock import RWLock
 
 WAIT = 5.0  # seconds a test waits for something that must happen
 

@@ -9,11 +9,10 @@ from pathlib import Path
 import nacl.pwhash
 import pytest
 
-from backends import SlotAllocator
-from backends import _sodium as na
-from clients.errors import IntegrityError, InvalidArgument, WrongPassphrase
-from tests.unit.vault._support import FAST_KDF, PASSPHRASE, open_ring, raw
-from vault.sealing import (
+from secretvault.api.errors import IntegrityError, InvalidArgument, WrongPassphrase
+from secretvault.backends import SlotAllocator
+from secretvault.backends import _sodium as na
+from secretvault.vault.sealing import (
     KEK_BYTES,
     Argon2Params,
     Kek,
@@ -22,7 +21,8 @@ from vault.sealing import (
     read_key_file,
     version_ad,
 )
-from vault.store import SQLiteStore
+from secretvault.vault.store import SQLiteStore
+from tests.unit.vault._support import FAST_KDF, PASSPHRASE, open_ring, raw
 
 SALT = bytes(range(16))
 

@@ -11,9 +11,7 @@ import time
 import grpc
 import pytest
 
-from backends import DirectMapStats, MemlockStats, SecretMemoryStats, SizeClassStats
-from backends._procfs import MemcgReading
-from clients.errors import (
+from secretvault.api.errors import (
     BY_NAME,
     AuditUnavailable,
     KeyNotFound,
@@ -21,11 +19,13 @@ from clients.errors import (
     PermissionDenied,
     StoreSealed,
 )
-from vault import errors
-from vault.audit import AuditLog, AuditRecord
-from vault.metrics import families, split_host_port
-from vault.policy import OWNER, Policy
-from vault.stats import OperationCounters, VaultStats, to_proto
+from secretvault.backends import DirectMapStats, MemlockStats, SecretMemoryStats, SizeClassStats
+from secretvault.backends._procfs import MemcgReading
+from secretvault.vault import errors
+from secretvault.vault.audit import AuditLog, AuditRecord
+from secretvault.vault.metrics import families, split_host_port
+from secretvault.vault.policy import OWNER, Policy
+from secretvault.vault.stats import OperationCounters, VaultStats, to_proto
 
 
 def test_every_error_class_has_a_status_code() -> None:
@@ -53,7 +53,7 @@ def test_unexpected_exceptions_are_internal_without_detail(
 
 def test_internal_vault_errors_keep_their_detail_in_the_log(
         caplog: pytest.LogCaptureFixture) -> None:
-    from clients.errors import StoreError
+    from secretvault.api.errors import StoreError
 
     with caplog.at_level(logging.ERROR, "secretvault.server"):
         code, name, message = errors.describe(
@@ -141,7 +141,7 @@ def _reference_line(now: float, r: AuditRecord) -> str:
 
 def test_audit_lines_are_exactly_json(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     now = 1764111600.25  # fixed, so the reference and the log agree to the microsecond
-    monkeypatch.setattr("vault.audit.time.time", lambda: now)
+    monkeypatch.setattr("secretvault.vault.audit.time.time", lambda: now)
     records = [
         AuditRecord("tls:spiffe://ex.org/caf\u00e9", "tcp:127.0.0.1:1", "sign",
                     'k"ey\\with\nodd\u2028chars\U0001f600\udc80', 7, "ok"),
@@ -174,7 +174,7 @@ def test_a_batch_is_audited_in_one_write(tmp_path: object,
         writes.append(len(data))
         return real_write(fd, data)
 
-    monkeypatch.setattr("vault.audit.os.write", counting_write)
+    monkeypatch.setattr("secretvault.vault.audit.os.write", counting_write)
     log.write_entries("ci", "unix:/s", [("sign", f"ci/k{i}", 1, "ok") for i in range(100)])
     log.write_entries("ci", "unix:/s", [])  # nothing: no write at all
     assert len(writes) == 1
@@ -236,7 +236,7 @@ def test_host_port() -> None:
 
 
 def test_reserved_identity_names_and_the_anonymous_grants() -> None:
-    from vault.policy import ANONYMOUS, RESERVED, PolicyError
+    from secretvault.vault.policy import ANONYMOUS, RESERVED, PolicyError
 
     assert {"owner", "anonymous", "unknown"} <= RESERVED
     for name in sorted(RESERVED):
@@ -278,7 +278,7 @@ def test_who_may_open_a_stream_and_what_a_listing_shows() -> None:
 def test_a_refused_batch_is_one_summary_line(tmp_path: object,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     now = 1764111600.5
-    monkeypatch.setattr("vault.audit.time.time", lambda: now)
+    monkeypatch.setattr("secretvault.vault.audit.time.time", lambda: now)
     path = os.path.join(str(tmp_path), "audit.log")
     log = AuditLog(path)
     log.write_summary("ci", "unix:/s", "mac", 'k"ey', "PERMISSION_DENIED", 5,
@@ -314,14 +314,14 @@ class _Context:
 
 
 def _edge() -> object:
-    from vault.interceptors import Authenticator, Edge, EdgeInterceptor
+    from secretvault.vault.interceptors import Authenticator, Edge, EdgeInterceptor
 
     edge = Edge(Policy(), AuditLog(os.devnull), OperationCounters(), None)
     return EdgeInterceptor(edge, Authenticator("unix:/s", OWNER, Policy()))
 
 
 def test_a_method_the_edge_table_lacks_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vault import interceptors
+    from secretvault.vault import interceptors
 
     ran: list[object] = []
 
@@ -357,7 +357,7 @@ def test_a_method_the_edge_table_lacks_is_refused(monkeypatch: pytest.MonkeyPatc
 def test_batches_take_short_turns_in_arrival_order() -> None:
     import threading
 
-    from vault.servicers import BatchTurns
+    from secretvault.vault.servicers import BatchTurns
 
     turns = BatchTurns()
     turns.POLL = 0.01
@@ -396,8 +396,8 @@ def test_batches_take_short_turns_in_arrival_order() -> None:
 
 
 def test_long_lived_calls_are_counted_and_idle_ones_cancelled() -> None:
-    from clients.errors import TooManyCalls
-    from vault.interceptors import LongCalls
+    from secretvault.api.errors import TooManyCalls
+    from secretvault.vault.interceptors import LongCalls
 
     class Ctx:
         def __init__(self) -> None:

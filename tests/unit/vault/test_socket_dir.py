@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from clients.errors import InvalidArgument
+from secretvault.api.errors import InvalidArgument
+from secretvault.vault.server import SocketBinding, prepare_socket_dir
 from tests.integration._support import cleanup, start
-from vault.server import SocketBinding, prepare_socket_dir
 
 pytestmark = pytest.mark.root
 

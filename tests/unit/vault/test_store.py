@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from clients.errors import KeyExists, KeyNotFound, StoreError, VersionNotFound
-from vault.store import KeyRecord, SQLiteStore, VersionRecord
+from secretvault.api.errors import KeyExists, KeyNotFound, StoreError, VersionNotFound
+from secretvault.vault.store import KeyRecord, SQLiteStore, VersionRecord
 
 
 def _v(n: int, created: float = 1.0) -> VersionRecord:
@@ -149,7 +149,7 @@ def test_deletion_removes_the_sealed_copy_from_disk(
      (sqlite3.SQLITE_IOERR, "StoreError")],
 )
 def test_sqlite_failures_map_to_typed_errors(code: int, error: str) -> None:
-    from vault.store import _store_error
+    from secretvault.vault.store import _store_error
 
     e = sqlite3.OperationalError("boom")
     e.sqlite_errorcode = code  # type: ignore[attr-defined]
@@ -159,7 +159,7 @@ def test_sqlite_failures_map_to_typed_errors(code: int, error: str) -> None:
 def test_a_locked_store_is_store_busy_and_changes_nothing(
     store: SQLiteStore, store_path: str
 ) -> None:
-    from clients.errors import StoreBusy
+    from secretvault.api.errors import StoreBusy
 
     other = sqlite3.connect(store_path, isolation_level=None)
     other.execute("PRAGMA busy_timeout=0")

@@ -1,5 +1,5 @@
 """The unseal progress: the keyring drives the callback to its total, and
-:class:`vault.progress.UnsealProgress` draws a bar only on a terminal and
+:class:`secretvault.vault.progress.UnsealProgress` draws a bar only on a terminal and
 only for many key versions, then gives one summary line."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import threading
 
 from rich.console import Console
 
-from backends import SlotAllocator
+from secretvault.backends import SlotAllocator
+from secretvault.vault.keyring import Keyring
+from secretvault.vault.progress import BAR_THRESHOLD, UnsealProgress
+from secretvault.vault.sealing import UnsealSource
+from secretvault.vault.store import SQLiteStore
 from tests.unit.vault._support import FAST_KDF, PASSPHRASE, open_ring
-from vault.keyring import Keyring
-from vault.progress import BAR_THRESHOLD, UnsealProgress
-from vault.sealing import UnsealSource
-from vault.store import SQLiteStore
 
 MANY = 2000
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from backends import SecretMemoryBackend, SlotAllocator, _sodium
-from backends.model import (
+from secretvault.api.errors import BackendError, InvalidArgument, MemlockExceeded, PoolExhausted
+from secretvault.backends import SecretMemoryBackend, SlotAllocator, _sodium
+from secretvault.backends.model import (
     MODEL_BACKENDS,
     QUIET,
     Machine,
@@ -15,7 +16,6 @@ from backends.model import (
     PooledPmdModelBackend,
     make_model_backend,
 )
-from clients.errors import BackendError, InvalidArgument, MemlockExceeded, PoolExhausted
 
 MiB = 1 << 20
 PAGE = 4096
@@ -192,7 +192,7 @@ def test_statistics_carry_the_models_own_counters(backend: ModelBackend) -> None
 
 
 def test_inherited_memlock_limit_follows_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    from backends.model import _backend
+    from secretvault.backends.model import _backend
 
     monkeypatch.setattr(_backend._sys, "memlock_rlimit", lambda: (65536, 65536))
     monkeypatch.setattr(_backend._procfs, "has_cap_ipc_lock", lambda: False)

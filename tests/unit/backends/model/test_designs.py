@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from backends.model import (
+from secretvault.api.errors import MemlockExceeded, PoolExhausted, SecretMemoryExhausted
+from secretvault.backends.model import (
     QUIET,
     Machine,
     PageByPageDesign,
     PooledPmdDesign,
     WorkloadConfig,
 )
-from clients.errors import MemlockExceeded, PoolExhausted, SecretMemoryExhausted
 
 MiB = 1 << 20
 PAGE = 4096

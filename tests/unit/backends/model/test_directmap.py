@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.model import DirectMap
+from secretvault.backends.model import DirectMap
 
 GIB_PAGES = 1 << 18
 MB2_PAGES = 512

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from backends.model import CMA, MOVABLE, PAGEBLOCK_PAGES, RECLAIMABLE, UNMOVABLE, PhysicalMemory
+from secretvault.backends.model import (
+    CMA,
+    MOVABLE,
+    PAGEBLOCK_PAGES,
+    RECLAIMABLE,
+    UNMOVABLE,
+    PhysicalMemory,
+)
 
 
 def test_boot_state_every_pageblock_free_and_movable_cma_on_top() -> None:

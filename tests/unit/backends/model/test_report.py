@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.model import report
+from secretvault.backends.model import report
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -7,9 +7,15 @@ import random
 
 import pytest
 
-from backends import SlotAllocator
-from backends.model import QUIET, Machine, PageByPageDesign, make_model_backend
-from backends.model.scenarios import MODELS, SCENARIOS, KeyringSim, ScenarioConfig, run_scenario
+from secretvault.backends import SlotAllocator
+from secretvault.backends.model import QUIET, Machine, PageByPageDesign, make_model_backend
+from secretvault.backends.model.scenarios import (
+    MODELS,
+    SCENARIOS,
+    KeyringSim,
+    ScenarioConfig,
+    run_scenario,
+)
 from tests.unit.backends._backends import Recording
 
 MiB = 1 << 20

@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 
-from backends.model.validate import PhaseResult, ValidationResult, ram_ranges
+from secretvault.backends.model.validate import PhaseResult, ValidationResult, ram_ranges
 
 IOMEM = """\
 00000000-00000fff : Reserved

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.model import Machine, PageByPageDesign, WorkloadConfig
+from secretvault.backends.model import Machine, PageByPageDesign, WorkloadConfig
 
 MiB = 1 << 20
 

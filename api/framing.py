@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import struct
 
-from clients.errors import MalformedCiphertext
+from secretvault.api.errors import MalformedCiphertext
 
 MAGIC = b"SV"
 HEADER = struct.Struct(">2scI")

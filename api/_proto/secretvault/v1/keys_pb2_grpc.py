@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from clients._proto.secretvault.v1 import keys_pb2 as secretvault_dot_v1_dot_keys__pb2
+from secretvault.api._proto.secretvault.v1 import keys_pb2 as secretvault_dot_v1_dot_keys__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -1,7 +1,7 @@
 """The one error tree of secretvault, shared by the server and its clients.
 
 Every error the vault raises is a :class:`VaultError`.  The server maps each
-class to one gRPC status code (``STATUS`` below, read by ``vault.errors``);
+class to one gRPC status code (``STATUS`` below, read by ``secretvault.vault.errors``);
 the client maps the status and the class name carried in the trailing
 metadata back to the same class, so a caller catches ``KeyNotFound`` whether
 the keyring is in-process or across a socket.

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from clients.errors import InvalidArgument, WrongKeyType
+from secretvault.api.errors import InvalidArgument, WrongKeyType
 
 Format = Literal["raw", "pem", "openssh", "jwk"]
 FORMATS: tuple[Format, ...] = ("raw", "pem", "openssh", "jwk")
