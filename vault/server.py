@@ -46,7 +46,7 @@ from grpc_reflection.v1alpha import reflection
 from secretvault.api.errors import FailedPrecondition, InvalidArgument, VaultError
 from secretvault.vault.app import Vault, VaultConfig, open_vault
 from secretvault.vault.audit import AuditLog
-from secretvault.vault.interceptors import Authenticator, Edge, EdgeInterceptor
+from secretvault.vault.edge import Authenticator, Edge, EdgeInterceptor
 from secretvault.vault.keyring import Progress
 from secretvault.vault.metrics import Metrics, split_host_port
 from secretvault.vault.policy import OWNER, Policy, SocketBinding

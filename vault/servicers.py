@@ -1,7 +1,7 @@
 """The gRPC servicers: decode the request, call the keyring, encode the reply.
 
 Nothing here checks policy, writes audit lines or maps errors to status
-codes: the edge interceptor (``secretvault.vault.interceptors``) does all of that, once,
+codes: the edge interceptor (``secretvault.vault.edge``) does all of that, once,
 for every method.  A servicer raises :class:`~secretvault.api.errors.VaultError`
 for anything wrong with the request.
 

@@ -304,7 +304,7 @@ def test_changes_are_refused_when_their_attempt_cannot_be_audited(base: str) -> 
 
 def test_a_method_missing_from_the_edge_table_stops_the_server_from_starting(
         base: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from secretvault.vault import interceptors
+    from secretvault.vault.edge import interceptor as interceptors
 
     monkeypatch.delitem(interceptors.METHODS, "/secretvault.v1.KeyService/GetKey")
     with pytest.raises(RuntimeError, match="KeyService/GetKey"):
@@ -313,7 +313,7 @@ def test_a_method_missing_from_the_edge_table_stops_the_server_from_starting(
 
 def test_a_method_missing_from_the_edge_table_is_unimplemented(
         base: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from secretvault.vault import interceptors
+    from secretvault.vault.edge import interceptor as interceptors
 
     # as if the start-up check had not been there: the call must still not run
     monkeypatch.delitem(interceptors.METHODS, "/secretvault.v1.KeyService/GetKey")

@@ -314,14 +314,14 @@ class _Context:
 
 
 def _edge() -> object:
-    from secretvault.vault.interceptors import Authenticator, Edge, EdgeInterceptor
+    from secretvault.vault.edge import Authenticator, Edge, EdgeInterceptor
 
     edge = Edge(Policy(), AuditLog(os.devnull), OperationCounters(), None)
     return EdgeInterceptor(edge, Authenticator("unix:/s", OWNER, Policy()))
 
 
 def test_a_method_the_edge_table_lacks_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from secretvault.vault import interceptors
+    from secretvault.vault.edge import interceptor as interceptors
 
     ran: list[object] = []
 
@@ -397,7 +397,7 @@ def test_batches_take_short_turns_in_arrival_order() -> None:
 
 def test_long_lived_calls_are_counted_and_idle_ones_cancelled() -> None:
     from secretvault.api.errors import TooManyCalls
-    from secretvault.vault.interceptors import LongCalls
+    from secretvault.vault.edge.interceptor import LongCalls
 
     class Ctx:
         def __init__(self) -> None:

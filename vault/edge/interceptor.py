@@ -167,7 +167,7 @@ def check_methods() -> None:
     if missing:
         raise RuntimeError(
             f"the server edge has no policy entry for {', '.join(missing)}: add it to "
-            "secretvault.vault.interceptors.METHODS (operation name, key, audited version)")
+            "secretvault.vault.edge.interceptor.METHODS (operation name, key, audited version)")
 
 
 def _op_target(op: Request) -> tuple[str, str | None]:
