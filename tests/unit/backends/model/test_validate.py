@@ -9,7 +9,8 @@ import dataclasses
 
 import pytest
 
-from secretvault.backends.model.validate import PhaseResult, ValidationResult, ram_ranges
+from secretvault.backends.model._validation import PhaseResult, ValidationResult
+from secretvault.backends.model.validate import ram_ranges
 
 IOMEM = """\
 00000000-00000fff : Reserved
