@@ -1,7 +1,7 @@
 """The secretvault server under test, and the requests the benchmark sends it.
 
 The server is the real one, started the way a user starts it --
-``secretvault serve`` (``python -m secretvault.vault.cli serve``) as a child process, so
+``secretvault serve`` (``python -m secretvault serve``) as a child process, so
 it has its own interpreter and GIL, like the echo server it is compared
 with -- on a fresh data directory, with:
 
@@ -115,7 +115,7 @@ class VaultServer:
         policy = workdir / "policy.toml"
         policy.write_text(POLICY)
         argv = [
-            sys.executable, "-m", "secretvault.vault.cli", "serve",
+            sys.executable, "-m", "secretvault", "serve",
             "--socket", str(self.socket),
             "--data-dir", str(workdir / "data"),
             "--policy", str(policy),

@@ -343,7 +343,7 @@ def test_seccomp_profile_is_runtime_default_plus_explicit_memfd_secret() -> None
 def cli(*args: str, socket: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """The ``secretvault`` command of this environment, on the host."""
     exe = Path(sys.executable).with_name("secretvault")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "secretvault.vault.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "secretvault"]
     return subprocess.run(
         [*cmd, *args], input=stdin, capture_output=True, timeout=60, check=False,
         env=dict(os.environ, SECRETVAULT_SOCKET=socket),

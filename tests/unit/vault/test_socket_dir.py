@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from secretvault.api.errors import InvalidArgument
-from secretvault.vault.server import SocketBinding, prepare_socket_dir
+from secretvault.vault.listeners import prepare_socket_dir
+from secretvault.vault.policy import SocketBinding
 from tests.integration._support import cleanup, start
 
 pytestmark = pytest.mark.root

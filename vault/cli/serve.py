@@ -1,0 +1,145 @@
+"""``secretvault serve``: run the vault until SIGTERM or SIGINT.
+
+:func:`server_config` turns the options into a
+:class:`~secretvault.vault.config.ServerConfig` (each option that sets a
+config field is named by it: the parser takes its default from that field).
+:func:`run` opens the vault, prints the start-up summary, serves, then on a
+signal drains in-flight calls, zeroes and unmaps every secret page, and
+returns 0.  :func:`cmd_serve` is the subcommand: it turns a file the server
+cannot open into one line naming the fix, and holds a stopped server for a
+test when :data:`HOLD_AFTER_STOP_ENV` asks it to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import fields, replace
+from types import FrameType
+from typing import Any
+
+from secretvault.vault.app import VaultConfig
+from secretvault.vault.cli.errors import CliError
+from secretvault.vault.config import ServerConfig
+from secretvault.vault.sealing import Argon2Params
+
+#: development and tests only: after a stop, hold the process (its memory
+#: unmapped, its files closed) until a line arrives on stdin, so a test can
+#: read /proc/PID/maps and /proc/PID/status of the stopped server from outside
+HOLD_AFTER_STOP_ENV = "SECRETVAULT_DEV_HOLD_AFTER_STOP"
+
+
+def _vault_config(args: argparse.Namespace) -> VaultConfig:
+    """The vault's part of the options: paths made absolute, the rest as given."""
+    changes: dict[str, Any] = {"backend": args.backend}
+    if args.socket:
+        changes["socket"] = os.path.abspath(args.socket)
+    if args.data_dir:
+        changes["data_dir"] = os.path.abspath(args.data_dir)
+    if args.unseal_key_file:
+        changes["unseal_key_file"] = os.path.abspath(args.unseal_key_file)
+    if args.passphrase_file:
+        changes["passphrase_file"] = os.path.abspath(args.passphrase_file)
+    if args.argon2_ops or args.argon2_mem:
+        d = Argon2Params()
+        changes["kdf"] = Argon2Params(args.argon2_ops or d.ops, args.argon2_mem or d.mem)
+    if args.model_memory:
+        changes["model_memory_bytes"] = args.model_memory
+    if args.model_cma:
+        changes["model_cma_bytes"] = args.model_cma
+    if args.model_fallback:
+        changes["model_fallback"] = True
+    return replace(VaultConfig(), **changes)
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """``secretvault serve``'s arguments as a :class:`ServerConfig`.
+
+    An option that sets a server field has that field's name as its ``dest``
+    (``--grace`` is ``grace_seconds``), so each is passed through by name;
+    the ranges are checked once, by :meth:`ServerConfig.validate`.
+    """
+    given = vars(args)
+    server = {f.name: given[f.name] for f in fields(ServerConfig) if f.name in given}
+    return ServerConfig(vault=_vault_config(args), **server)
+
+
+def run(config: ServerConfig) -> int:
+    """Serve until SIGTERM or SIGINT, then drain, zero secret memory, and return 0.
+
+    Raises :class:`~secretvault.api.errors.VaultError` (a one-line message naming
+    the fix) when the server cannot start.  Must be called from the main
+    thread (it installs the signal handlers, and restores them on return).
+    """
+    # the server's modules (and grpc with them) load only for serve, and only
+    # after main has set GRPC_VERBOSITY
+    from secretvault.vault.progress import UnsealProgress
+    from secretvault.vault.server import create_server
+    from secretvault.vault.summary import summary
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
+                            "%(message)s", stream=sys.stderr)
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        # a bar on a terminal while many key versions unseal; one line after
+        progress = UnsealProgress()
+        try:
+            server = create_server(config, progress=progress)
+        finally:
+            progress.close()
+        if progress.started:
+            print(progress.line(), file=sys.stderr, flush=True)
+        with server:
+            print(summary(server), file=sys.stderr, flush=True)
+            while not stop.wait(1.0):
+                pass
+            server.begin_stop(config.grace_seconds)
+            name = signal.Signals(received[0]).name if received else "stop"
+            print(f"secretvault: {name}: draining in-flight calls (up to "
+                  f"{config.grace_seconds:g} s), then zeroing secret memory", file=sys.stderr,
+                  flush=True)
+        # said only when the backend agrees that nothing is mapped any more
+        left = server.vault.backend.statistics()
+        if left.regions or left.pages_mapped:
+            print(f"secretvault: stopped, but {left.regions} secret regions "
+                  f"({left.pages_mapped} pages) are still mapped", file=sys.stderr, flush=True)
+            return 1
+        print("secretvault: stopped; secret memory zeroed and unmapped", file=sys.stderr,
+              flush=True)
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = server_config(args)
+    try:
+        code = run(config)
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        if isinstance(e, PermissionError):
+            fix = ("run it as a user who may write there, or choose --socket and --data-dir "
+                   "you can write")
+        elif isinstance(e, FileNotFoundError):
+            fix = "check the path"
+        else:
+            fix = "check the paths given to serve"
+        raise CliError(f"cannot start the vault:{where}: {e.strerror or e}", fix) from None
+    if os.environ.get(HOLD_AFTER_STOP_ENV) == "1":
+        print("secretvault: holding after stop until a line on stdin", file=sys.stderr,
+              flush=True)
+        sys.stdin.readline()
+    return code

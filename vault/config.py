@@ -1,0 +1,111 @@
+"""What ``secretvault serve`` configures: :class:`ServerConfig`, its defaults and its ranges.
+
+The field defaults are the one statement of each default: the ``serve``
+command builds its options (and their help) from them.  :meth:`ServerConfig.validate`
+is the one place each limit is checked; :func:`secretvault.vault.server.create_server`
+calls it before anything is opened.
+
+Nothing here loads grpc: the command imports this module before it sets
+``GRPC_VERBOSITY``, which grpc reads once, when it is first imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from secretvault.api.errors import InvalidArgument
+from secretvault.vault.app import VaultConfig
+from secretvault.vault.policy import SocketBinding
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``secretvault serve`` configures.  Field names are stable.
+
+    The default socket is ``vault.socket``; the data directory, backend and
+    unseal material are in :class:`~secretvault.vault.app.VaultConfig`.
+    """
+
+    #: the vault itself: data directory, default socket path, backend, unseal
+    vault: VaultConfig = field(default_factory=VaultConfig)
+    #: serve the default Unix socket (``vault.socket``); False: TCP only
+    unix_socket: bool = True
+    #: more Unix sockets, each bound to a policy identity (added to those the
+    #: policy file declares)
+    listeners: tuple[SocketBinding, ...] = ()
+    #: ``HOST:PORT`` (or a bare ``PORT``: 127.0.0.1) to also listen on TCP with TLS
+    #: (port 0 picks one: see VaultServer.tcp_port); needs tls_cert/tls_key
+    tcp: str | None = None
+    #: PEM server certificate chain and private key for TCP
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: PEM CA bundle: when set, TCP requires a client certificate it signed
+    #: (mutual TLS) and the certificate's SAN URI, else CN, is the identity
+    client_ca: str | None = None
+    #: the TOML policy file; None: only the server's own user may do anything
+    policy_file: str | None = None
+    #: audit log path; None or "-": stderr
+    audit_log: str | None = None
+    #: keep serving when the audit log cannot be written (default: fail closed)
+    audit_fail_open: bool = False
+    #: ``HOST:PORT`` (or a bare ``PORT``: loopback, 127.0.0.1) of the Prometheus
+    #: endpoint; None: no metrics endpoint.  Keep it on loopback unless
+    #: something else must scrape it (it has no access control).
+    metrics: str | None = None
+    #: largest request message accepted (bytes); RESOURCE_EXHAUSTED beyond
+    max_message_bytes: int = 4 << 20
+    #: most operations in one BatchRequest; RESOURCE_EXHAUSTED beyond
+    max_batch_operations: int = 10_000
+    #: seconds in-flight calls get to finish on SIGTERM before being cancelled
+    grace_seconds: float = 10.0
+    #: handler threads of each listener.  Every listener has its own, so calls
+    #: on one socket (or the TCP port) cannot take the threads of another; a
+    #: Stream or WatchStats holds one for as long as it lasts, so those take at
+    #: most half of a listener's threads (TooManyCalls beyond)
+    workers: int = 64
+    #: calls one listener accepts at once (running, or queued for a thread);
+    #: RESOURCE_EXHAUSTED beyond
+    max_concurrent_rpcs: int = 256
+    #: Streams and WatchStats one identity may hold open at once, over all
+    #: listeners; RESOURCE_EXHAUSTED (TooManyCalls) beyond
+    max_streams_per_identity: int = 8
+    #: a Stream that receives no operation for this long is cancelled, and so is
+    #: a WatchStats that cannot send an update for this long past its interval
+    #: (the client stopped reading): neither may park a handler thread
+    stream_idle_seconds: float = 60.0
+
+    def validate(self) -> None:
+        """Refuse a configuration that cannot serve, or a limit out of its range."""
+        # loaded here, not with this module: every run of the command reads
+        # these defaults to build its parser, and needs no prometheus_client
+        from secretvault.vault.metrics import split_host_port
+
+        if not self.unix_socket and not self.tcp:
+            raise InvalidArgument("nothing to listen on: enable the Unix socket or give --tcp")
+        if self.tcp is not None:
+            try:
+                split_host_port(self.tcp)
+            except ValueError as e:
+                raise InvalidArgument(f"--tcp: {e}") from None
+            if not (self.tls_cert and self.tls_key):
+                raise InvalidArgument(
+                    "TCP needs TLS: give --tls-cert and --tls-key (and --client-ca for "
+                    "mutual TLS); plain-text TCP is not offered")
+        elif self.tls_cert or self.tls_key or self.client_ca:
+            raise InvalidArgument("TLS files were given without --tcp HOST:PORT")
+        if self.metrics is not None:
+            try:
+                split_host_port(self.metrics)
+            except ValueError as e:
+                raise InvalidArgument(f"metrics address: {e}") from None
+        if not 1024 <= self.max_message_bytes <= 1 << 30:
+            raise InvalidArgument("max_message_bytes must be between 1 KiB and 1 GiB")
+        if not 1 <= self.max_batch_operations <= 1_000_000:
+            raise InvalidArgument("max_batch_operations must be between 1 and 1,000,000")
+        if self.grace_seconds < 0 or self.workers < 1:
+            raise InvalidArgument("grace_seconds must be >= 0 and workers >= 1")
+        if self.max_concurrent_rpcs < 1 or self.max_streams_per_identity < 1:
+            raise InvalidArgument("max_concurrent_rpcs and max_streams_per_identity must be "
+                                  ">= 1")
+        if not 0 < self.stream_idle_seconds <= 86400:
+            raise InvalidArgument("stream_idle_seconds must be more than 0 and at most a day")
