@@ -12,6 +12,10 @@ depend on it, and it depends on none of them.
 
 from __future__ import annotations
 
+#: the trailing-metadata key the server names an error's class in
+#: (``secretvault-error: KeyNotFound``) and the client reads it back from
+ERROR_METADATA_KEY = "secretvault-error"
+
 
 class VaultError(Exception):
     """Root of every error secretvault raises."""

@@ -17,6 +17,7 @@ import grpc
 
 from secretvault.api.errors import (
     BY_NAME,
+    ERROR_METADATA_KEY,
     ConnectionFailed,
     DeadlineExceeded,
     FailedPrecondition,
@@ -29,9 +30,6 @@ from secretvault.api.errors import (
     ResourceExhausted,
     VaultError,
 )
-
-#: the trailing-metadata key the server sets on every error
-ERROR_METADATA_KEY = "secretvault-error"
 
 #: a status code the server did not explain -> the root of its family
 BY_STATUS: dict[str, type[VaultError]] = {

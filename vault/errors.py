@@ -21,12 +21,9 @@ from typing import NoReturn
 
 import grpc
 
-from secretvault.api.errors import BY_NAME, VaultError
+from secretvault.api.errors import BY_NAME, ERROR_METADATA_KEY, VaultError
 
 log = logging.getLogger("secretvault.server")
-
-#: the trailing-metadata key carrying the error's class name
-ERROR_METADATA_KEY = "secretvault-error"
 
 
 def _status_table() -> dict[type[VaultError], grpc.StatusCode]:

@@ -36,7 +36,6 @@ from tests.integration._support import (
     tls_channel,
 )
 
-pytestmark = pytest.mark.memfd_secret
 C = grpc.StatusCode
 
 POLICY = """
@@ -304,20 +303,20 @@ def test_changes_are_refused_when_their_attempt_cannot_be_audited(base: str) -> 
 
 def test_a_method_missing_from_the_edge_table_stops_the_server_from_starting(
         base: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from secretvault.vault.edge import interceptor as interceptors
+    from secretvault.vault.edge import methods
 
-    monkeypatch.delitem(interceptors.METHODS, "/secretvault.v1.KeyService/GetKey")
+    monkeypatch.delitem(methods.METHODS, "/secretvault.v1.KeyService/GetKey")
     with pytest.raises(RuntimeError, match="KeyService/GetKey"):
         start(base)
 
 
 def test_a_method_missing_from_the_edge_table_is_unimplemented(
         base: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from secretvault.vault.edge import interceptor as interceptors
+    from secretvault.vault.edge import interceptor, methods
 
     # as if the start-up check had not been there: the call must still not run
-    monkeypatch.delitem(interceptors.METHODS, "/secretvault.v1.KeyService/GetKey")
-    monkeypatch.setattr(interceptors, "check_methods", lambda: None)
+    monkeypatch.delitem(methods.METHODS, "/secretvault.v1.KeyService/GetKey")
+    monkeypatch.setattr(interceptor, "check_methods", lambda: None)
     with start(base, policy_file=_policy(base)) as s:
         owner = stubs(s.config.vault.socket)
         owner.create("k")

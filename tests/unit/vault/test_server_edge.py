@@ -23,6 +23,7 @@ from secretvault.backends import DirectMapStats, MemlockStats, SecretMemoryStats
 from secretvault.backends._procfs import MemcgReading
 from secretvault.vault import errors
 from secretvault.vault.audit import AuditLog, AuditRecord
+from secretvault.vault.keyring import Keyring
 from secretvault.vault.metrics import families, split_host_port
 from secretvault.vault.policy import OWNER, Policy
 from secretvault.vault.stats import OperationCounters, VaultStats, to_proto
@@ -321,7 +322,7 @@ def _edge() -> object:
 
 
 def test_a_method_the_edge_table_lacks_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from secretvault.vault.edge import interceptor as interceptors
+    from secretvault.vault.edge import methods
 
     ran: list[object] = []
 
@@ -349,7 +350,7 @@ def test_a_method_the_edge_table_lacks_is_refused(monkeypatch: pytest.MonkeyPatc
         handler = edge.intercept_service(continuation, Details(method))  # type: ignore[attr-defined]
         assert handler.unary_unary(b"request", _Context()) == b"answer"
     # and the table must cover every method the descriptors list, or nothing starts
-    monkeypatch.delitem(interceptors.METHODS, "/secretvault.v1.CryptoService/Mac")
+    monkeypatch.delitem(methods.METHODS, "/secretvault.v1.CryptoService/Mac")
     with pytest.raises(RuntimeError, match="CryptoService/Mac"):
         _edge()
 
@@ -357,7 +358,7 @@ def test_a_method_the_edge_table_lacks_is_refused(monkeypatch: pytest.MonkeyPatc
 def test_batches_take_short_turns_in_arrival_order() -> None:
     import threading
 
-    from secretvault.vault.servicers import BatchTurns
+    from secretvault.vault.batch_turns import BatchTurns
 
     turns = BatchTurns()
     turns.POLL = 0.01
@@ -397,7 +398,7 @@ def test_batches_take_short_turns_in_arrival_order() -> None:
 
 def test_long_lived_calls_are_counted_and_idle_ones_cancelled() -> None:
     from secretvault.api.errors import TooManyCalls
-    from secretvault.vault.edge.interceptor import LongCalls
+    from secretvault.vault.edge.limits import LongCalls
 
     class Ctx:
         def __init__(self) -> None:
@@ -429,3 +430,118 @@ def test_long_lived_calls_are_counted_and_idle_ones_cancelled() -> None:
     assert b.cancelled and not a.cancelled
     b.callbacks[0]()  # type: ignore[operator]  # grpc reports the call ended
     assert calls.held("ci") == 0
+
+
+# --- the one guard, around every shape of method ------------------------------------------
+
+
+def test_every_shape_of_method_runs_the_same_prologue(tmp_path: object) -> None:
+    """Unary, server-streaming, batch and stream calls are all refused the same
+    way while draining and when the request did not parse: the servicer never
+    runs, the status and the error name are the same, and each refusal is one
+    audit line."""
+    from secretvault.api._proto.secretvault.v1 import crypto_pb2, stats_pb2
+    from secretvault.api.errors import ERROR_METADATA_KEY
+    from secretvault.vault.edge import Authenticator, Edge, EdgeInterceptor
+    from secretvault.vault.handlers import HANDLER_FACTORIES, Malformed
+
+    ran: list[str] = []
+
+    def unary(request: object, context: object) -> object:
+        ran.append("unary")
+        return crypto_pb2.SignResponse()
+
+    def streaming(request: object, context: object) -> object:
+        ran.append("streaming")
+        yield stats_pb2.Stats()
+
+    def stream(requests: object, context: object) -> object:
+        for _ in requests:  # type: ignore[attr-defined]
+            ran.append("stream")
+            yield crypto_pb2.OperationResult()
+
+    shapes = {  # method -> (request streaming, response streaming), servicer
+        "/secretvault.v1.CryptoService/Sign": ((False, False), unary),
+        "/secretvault.v1.StatsService/WatchStats": ((False, True), streaming),
+        "/secretvault.v1.CryptoService/Batch": ((False, False), unary),
+        "/secretvault.v1.CryptoService/Stream": ((True, True), stream),
+    }
+
+    class Details:
+        def __init__(self, method: str) -> None:
+            self.method = method
+
+    def continuation(details: Details) -> grpc.RpcMethodHandler:
+        shape, behavior = shapes[details.method]
+        return HANDLER_FACTORIES[shape](behavior)
+
+    path = os.path.join(str(tmp_path), "audit.log")
+    policy = Policy.from_dict({"identities": {"ci": {"allow": [
+        {"operations": ["sign", "watch_stats"], "keys": ["*"]}]}}})
+    edge = Edge(policy, AuditLog(path), OperationCounters(), None)
+    interceptor = EdgeInterceptor(edge, Authenticator("unix:/s", "ci", policy))
+
+    class Context(_Context):
+        def is_active(self) -> bool:
+            return True
+
+        def add_callback(self, callback: object) -> bool:
+            return True
+
+    def call(method: str, request: object) -> _Context:
+        handler = interceptor.intercept_service(continuation, Details(method))
+        ctx = Context()
+        with pytest.raises(_Aborted):
+            if handler.request_streaming:
+                list(handler.stream_stream(iter([request]), ctx))
+            elif handler.response_streaming:
+                list(handler.unary_stream(request, ctx))
+            else:
+                handler.unary_unary(request, ctx)
+        return ctx
+
+    requests = {
+        "/secretvault.v1.CryptoService/Sign": crypto_pb2.SignRequest(key="k"),
+        "/secretvault.v1.StatsService/WatchStats": stats_pb2.WatchStatsRequest(),
+        "/secretvault.v1.CryptoService/Batch": crypto_pb2.BatchRequest(),
+        "/secretvault.v1.CryptoService/Stream": crypto_pb2.Operation(),
+    }
+    # a request that did not parse (a stream's is one of its messages)
+    for method, request in requests.items():
+        ctx = call(method, Malformed("x.Y", "DecodeError"))
+        assert (ctx.code, ctx.trailing) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                            ((ERROR_METADATA_KEY, "InvalidArgument"),)), method
+    edge.draining.set()
+    for method, request in requests.items():
+        ctx = call(method, request)
+        assert (ctx.code, ctx.trailing) == (grpc.StatusCode.UNAVAILABLE,
+                                            ((ERROR_METADATA_KEY, "ShuttingDown"),)), method
+    assert ran == []
+    with open(path) as f:
+        lines = [json.loads(x) for x in f]
+    assert [(x["identity"], x["operation"], x["result"]) for x in lines] == [
+        ("ci", "sign", "INVALID_ARGUMENT"), ("ci", "watch_stats", "INVALID_ARGUMENT"),
+        ("ci", "batch", "INVALID_ARGUMENT"), ("ci", "stream", "INVALID_ARGUMENT"),
+        ("unknown", "sign", "UNAVAILABLE"), ("unknown", "watch_stats", "UNAVAILABLE"),
+        ("unknown", "batch", "UNAVAILABLE"), ("unknown", "stream", "UNAVAILABLE"),
+    ]
+
+
+def test_list_keys_shows_only_what_the_edge_hands_it(ring: Keyring) -> None:
+    """The visibility travels as an argument: what the edge passes is what is listed,
+    and a call that did not pass the edge lists nothing."""
+    from secretvault.api._proto.secretvault.v1 import keys_pb2
+    from secretvault.vault.servicers import KeyServicer
+
+    for name in ("a", "pub/1", "pub/2", "z"):
+        ring.create(name, "hmac-sha256")
+    keys = KeyServicer(ring)
+    request = keys_pb2.ListKeysRequest()
+
+    def names(response: keys_pb2.ListKeysResponse) -> list[str]:
+        return [k.name for k in response.keys]
+
+    assert names(keys.ListKeys(request, None)) == []
+    assert names(keys.ListKeys(request, None, None)) == ["a", "pub/1", "pub/2", "z"]
+    assert names(keys.ListKeys(request, None, lambda n: n.startswith("pub/"))) == \
+        ["pub/1", "pub/2"]
