@@ -9,8 +9,11 @@ cannot starve a delete.
 The read side is on every operation's path, so it is kept to one plain
 ``Lock`` acquire/release each way and a counter: a reader only waits on the
 condition variable when a writer holds or wants the lock, and the last
-reader out only notifies when a writer is waiting.  Writes (key creation,
-rotation, deletion) are rare and take the slower path.
+reader out only notifies when a writer is waiting.  ``with lock.read():``
+enters the lock itself, whose ``__enter__`` and ``__exit__`` *are* the
+acquire and release (no call through a wrapper), so the statement costs
+what calling them by hand does.  Writes (key creation, rotation, deletion)
+are rare and take the slower path.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from types import TracebackType
 
 
 class _Side:
-    """``with lock.read():`` / ``with lock.write():`` without a generator per use."""
+    """``with lock.write():`` without a generator per use."""
 
     __slots__ = ("_enter", "_exit")
 
@@ -41,7 +44,6 @@ class RWLock:
     __slots__ = (
         "_cond",
         "_lock",
-        "_read",
         "_readers",
         "_write",
         "_writer",
@@ -55,7 +57,6 @@ class RWLock:
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
-        self._read = _Side(self.acquire_read, self.release_read)
         self._write = _Side(self.acquire_write, self.release_write)
 
     # --- the read side: every operation --------------------------------------------
@@ -67,15 +68,19 @@ class RWLock:
                     self._cond.wait()
             self._readers += 1
 
-    def release_read(self) -> None:
+    def release_read(self, exc_type: type[BaseException] | None = None,
+                     exc: BaseException | None = None, tb: TracebackType | None = None) -> None:
         with self._lock:
             self._readers -= 1
             if self._readers == 0 and self._writers_waiting:
                 self._cond.notify_all()
 
-    def read(self) -> _Side:
-        """A context manager holding the read side (the same object every time)."""
-        return self._read
+    __enter__ = acquire_read
+    __exit__ = release_read
+
+    def read(self) -> RWLock:
+        """A context manager holding the read side: the lock itself."""
+        return self
 
     # --- the write side: mutations ---------------------------------------------------
 

@@ -18,9 +18,10 @@ from secretvault.backends import (
     SlotAllocator,
     harden_process,
 )
-from secretvault.vault.keyring import Keyring, Progress
+from secretvault.vault.keyring import Keyring
 from secretvault.vault.sealing import Argon2Params, UnsealSource, create_key_file
 from secretvault.vault.store import SQLiteStore, Store
+from secretvault.vault.unsealing import Progress
 
 BackendName = Literal["memfd_secret", "page-model", "pooled-pmd-model"]
 BACKENDS: tuple[BackendName, ...] = ("memfd_secret", "page-model", "pooled-pmd-model")

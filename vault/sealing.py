@@ -48,7 +48,7 @@ from secretvault.api.errors import (
     WrongPassphrase,
 )
 from secretvault.backends import Slot, SlotAllocator
-from secretvault.backends import _sodium as na
+from secretvault.vault import crypto
 
 KEK_BYTES = 32
 # libsodium's crypto_pwhash_argon2id_{OPS,MEM}LIMIT_{MIN,MAX} on 64-bit
@@ -62,7 +62,7 @@ _CHECK_AD = b"secretvault/v1 kek-check"
 _CHECK_AD_V2 = b"secretvault/v2 kek-check, key rows authenticated"
 _ROW_MAC_KEY_INFO = b"secretvault/v1 row-mac key"
 _ROW_MAC_DOMAIN = b"secretvault/v1 key row"
-ROW_MAC_BYTES = na.HMACSHA256_BYTES
+ROW_MAC_BYTES = crypto.MAC_BYTES
 _IMPORT_AD = b"secretvault/v1 import-key"
 
 
@@ -92,8 +92,8 @@ class Argon2Params:
                 raise ValueError(f"ops {ops} is outside {_OPS_RANGE[0]}..{_OPS_RANGE[1]}")
             if not _MEM_RANGE[0] <= mem <= _MEM_RANGE[1]:
                 raise ValueError(f"mem {mem} is outside {_MEM_RANGE[0]}..{_MEM_RANGE[1]}")
-            if len(salt) != na.PWHASH_SALTBYTES:
-                raise ValueError(f"the salt is {len(salt)} bytes, not {na.PWHASH_SALTBYTES}")
+            if len(salt) != crypto.SALT_BYTES:
+                raise ValueError(f"the salt is {len(salt)} bytes, not {crypto.SALT_BYTES}")
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             # ValueError covers JSONDecodeError, UnicodeDecodeError and bad hex
             why = f"missing field {e}" if isinstance(e, KeyError) else str(e)
@@ -144,7 +144,7 @@ def read_key_file(path: str, slot: Slot) -> None:
                 f"the unseal key file {path} is readable by others "
                 f"(mode {stat.S_IMODE(st.st_mode):o}): chmod 600 it"
             )
-        got = os.readv(fd, [na.ffi.buffer(slot.ptr, KEK_BYTES)])
+        got = crypto.read_into(fd, slot, KEK_BYTES)
         if got != KEK_BYTES:
             raise WrongPassphrase(f"short read from the unseal key file {path}")
     finally:
@@ -165,8 +165,8 @@ def create_key_file(path: str, allocator: SlotAllocator) -> None:
     try:
         try:
             with allocator.allocate(KEK_BYTES) as slot:
-                na.randombytes_buf(slot.ptr, KEK_BYTES)
-                if os.writev(fd, [na.ffi.buffer(slot.ptr, KEK_BYTES)]) != KEK_BYTES:
+                crypto.fill_random(slot, KEK_BYTES)
+                if crypto.write_from(fd, slot, KEK_BYTES) != KEK_BYTES:
                     raise OSError("short write")
             os.fsync(fd)
         finally:
@@ -197,13 +197,10 @@ def read_passphrase_file(path: str, slot: Slot) -> int:
             raise InvalidArgument(
                 f"the passphrase file {path} is {size} bytes; at most {slot.size} are allowed"
             )
-        n = os.readv(fd, [na.ffi.buffer(slot.ptr, slot.size)])
+        n = crypto.read_into(fd, slot, slot.size)
     finally:
         os.close(fd)
-    ptr = slot.ptr
-    for end in (b"\n"[0], b"\r"[0]):
-        if n and ptr[n - 1] == end:
-            n -= 1
+    n = crypto.trim_newline(slot, n)
     if n == 0:
         raise InvalidArgument(f"the passphrase file {path} is empty")
     return n
@@ -270,24 +267,23 @@ class RowMacKey:
     def __init__(self, allocator: SlotAllocator, kek: Slot) -> None:
         self._key = allocator.allocate(ROW_MAC_BYTES)
         try:
-            self._state = allocator.allocate(na.HMACSHA256_STATEBYTES)
+            self._state = allocator.allocate(crypto.HMAC_STATE_BYTES)
         except BaseException:
             self._key.free()
             raise
         self._lock = threading.Lock()
         try:
-            na.hmacsha256_into(self._key.ptr, self._state.ptr, kek.ptr, KEK_BYTES,
-                               _ROW_MAC_KEY_INFO)
+            crypto.hmac_sha256_into(self._key, kek, KEK_BYTES, self._state, _ROW_MAC_KEY_INFO)
         except BaseException:
             self.close()
             raise
 
     def mac(self, message: bytes) -> bytes:
         with self._lock:
-            return na.hmacsha256(self._state.ptr, self._key.ptr, ROW_MAC_BYTES, message)
+            return crypto.hmac_sha256(self._key, ROW_MAC_BYTES, self._state, message)
 
     def verify(self, message: bytes, tag: bytes) -> bool:
-        return na.constant_time_equal(self.mac(message), tag)
+        return crypto.constant_time_equal(self.mac(message), tag)
 
     def close(self) -> None:
         for slot in (self._key, getattr(self, "_state", None)):
@@ -314,31 +310,26 @@ class Kek:
                 params, salt = kdf
                 with allocator.allocate(MAX_PASSPHRASE_BYTES) as pw_slot:
                     n = read_passphrase_file(source.passphrase_file, pw_slot)
-                    na.crypto_pwhash_argon2id(
-                        slot.ptr, KEK_BYTES, pw_slot.ptr, n, salt, params.ops, params.mem
-                    )
+                    crypto.argon2id_into(slot, KEK_BYTES, pw_slot, n, salt, params.ops,
+                                         params.mem)
             else:
                 assert source.passphrase is not None and kdf is not None
                 params, salt = kdf
                 pw = source.passphrase
-                buf = na.ffi.from_buffer(pw)
-                na.crypto_pwhash_argon2id(
-                    slot.ptr, KEK_BYTES, buf, len(pw), salt, params.ops, params.mem
-                )
+                crypto.argon2id_into(slot, KEK_BYTES, pw, len(pw), salt, params.ops, params.mem)
         except BaseException:
             slot.free()
             raise
         return cls(slot)
 
     def seal(self, secret: Slot, length: int, ad: bytes) -> tuple[bytes, bytes]:
-        nonce = na.random_bytes(na.AEAD_XCHACHA_NPUBBYTES)
-        return nonce, na.aead_xchacha_encrypt_from(self._slot.ptr, nonce, secret.ptr, length, ad)
+        return crypto.seal(self._slot, secret, length, ad)
 
     def unseal_into(self, out: Slot, nonce: bytes, sealed: bytes, ad: bytes) -> int:
         """Open ``sealed`` straight into ``out``; returns the key length."""
-        length = len(sealed) - na.AEAD_XCHACHA_ABYTES
-        if not 0 < length <= out.size or not na.aead_xchacha_decrypt_into(
-            out.ptr, length, self._slot.ptr, nonce, sealed, ad
+        length = len(sealed) - crypto.TAG_BYTES
+        if not 0 < length <= out.size or not crypto.open_into(
+            self._slot, out, length, nonce, sealed, ad
         ):
             raise IntegrityError("sealed record failed authentication")
         return length
@@ -348,17 +339,15 @@ class Kek:
 
     def make_check(self) -> bytes:
         """A check value of the current format (key rows authenticated)."""
-        nonce = na.random_bytes(na.AEAD_XCHACHA_NPUBBYTES)
-        return nonce + na.aead_xchacha_encrypt(self._slot.ptr, nonce, b"", _CHECK_AD_V2)
+        return crypto.aead_encrypt(self._slot, b"", _CHECK_AD_V2)
 
     def check_version(self, check: bytes) -> int | None:
         """2: the check opens and the store's key rows are authenticated;
         1: it opens, and the store predates row MACs; None: wrong KEK (or a
         corrupted check)."""
-        n = na.AEAD_XCHACHA_NPUBBYTES
         for version, ad in ((2, _CHECK_AD_V2), (1, _CHECK_AD)):
             try:
-                na.aead_xchacha_decrypt(self._slot.ptr, check[:n], check[n:], ad)
+                crypto.aead_decrypt(self._slot, check, ad)
             except DecryptionFailed:
                 pass  # not this one
             else:

@@ -46,8 +46,8 @@ def _slots(v: Vault) -> list[Slot]:
     ring = v.keyring
     slots = [ver.slot for key in ring._keys.values() for ver in key.versions.values()
              if ver.slot is not None]
-    assert ring._import_slot is not None
-    slots += [ring._import_slot, ring._kek._slot, *ring._scratch]
+    assert ring._import.slot is not None
+    slots += [ring._import.slot, ring._unsealed.kek._slot, *ring._scratch]
     return slots
 
 

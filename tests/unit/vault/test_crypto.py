@@ -283,3 +283,11 @@ def test_wrong_type_is_refused_naming_the_key(ring: Keyring, kind: str, call: An
 def test_unknown_type_is_refused() -> None:
     with pytest.raises(WrongKeyType, match="unknown key type 'rsa'"):
         KeyType.parse("rsa")
+
+
+def test_a_stored_type_is_looked_up_without_raising() -> None:
+    """Unsealing reads a row's type with ``KeyType.lookup``: a type it does not
+    know damages that key's versions, it does not stop the unseal."""
+    assert KeyType.lookup("ed25519") is KeyType.ED25519
+    assert [KeyType.lookup(t.value) for t in KeyType] == list(KeyType)
+    assert KeyType.lookup("rsa") is None

@@ -21,7 +21,8 @@ from secretvault.api.errors import (
 )
 from secretvault.api.framing import Kind
 from secretvault.backends import SlotAllocator
-from secretvault.vault.keyring import Keyring, validate_name
+from secretvault.vault.keyring import Keyring
+from secretvault.vault.keys import validate_name
 from secretvault.vault.sealing import UnsealSource
 from secretvault.vault.store import SQLiteStore
 from tests.unit.vault._support import PASSPHRASE, open_ring, raw, wrap

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from secretvault.backends import SlotAllocator
-from secretvault.vault import keyring as keyring_module
+from secretvault.vault import keys as keys_module
 from secretvault.vault.keyring import Keyring
 from secretvault.vault.store import SQLiteStore
 from tests.unit.vault._support import open_ring
@@ -72,13 +72,13 @@ def test_a_page_builds_info_only_for_its_own_keys(
     for i in range(300):
         ring.create(f"k/{i:04d}", "hmac-sha256")
     built: list[str] = []
-    real = keyring_module._Key.info
+    real = keys_module.Key.info
 
-    def counting(self: keyring_module._Key) -> keyring_module.KeyInfo:
+    def counting(self: keys_module.Key) -> keys_module.KeyInfo:
         built.append(self.name)
         return real(self)
 
-    monkeypatch.setattr(keyring_module._Key, "info", counting)
+    monkeypatch.setattr(keys_module.Key, "info", counting)
     pages = _pages(ring, 25)
     assert len(pages) == 12 and sum(map(len, pages)) == 300
     # one KeyInfo per key listed, not one per key per page (O(N), not O(N^2))

@@ -87,7 +87,7 @@ def test_default_params_are_recorded_with_a_new_store(
     params, salt = Argon2Params.from_json(raw_kdf)
     assert params == Argon2Params(ops=3, mem=64 << 20) and len(salt) == 16
     expected = nacl.pwhash.argon2id.kdf(KEK_BYTES, PASSPHRASE, salt, opslimit=3, memlimit=64 << 20)
-    assert _kek_bytes(ring._kek) == expected
+    assert _kek_bytes(ring._unsealed.kek) == expected
     ring.close()
     # reopening uses the stored parameters, whatever the caller passes
     open_ring(allocator, store, kdf=FAST_KDF).close()
