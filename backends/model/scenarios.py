@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from secretvault.api.errors import MemlockExceeded, SecretMemoryExhausted
+from secretvault.backends._slots import SIZE_CLASSES, size_class
 from secretvault.backends.model._directmap import PAGE_BYTES
 from secretvault.backends.model._machine import (
     DEFAULT_CMA,
@@ -59,18 +60,28 @@ class _SimRegion:
 class SimPage:
     region: _SimRegion
     index: int
+    size: int  # the page's size class
     used: int = 0
+
+    @property
+    def slots(self) -> int:
+        return PAGE_BYTES // self.size
 
 
 class KeyringSim:
-    """One process's keyring of fixed-size keys, packed like SlotAllocator.
+    """One process's keyring, packed like SlotAllocator.
 
     Mirrors ``backends/_slots.py`` with its defaults (min 16, max 256 pages
-    per region, one empty region kept): a new region is ``mapped // 16``
-    pages clamped to [16, 256], halved on MemlockExceeded; a page is faulted
-    when first carved; slots go to the fullest partial page; a page with no
-    used slot goes back to its region's free list; a region with no page in
-    use is unmapped when more than one such region exists.
+    per region, one empty region kept): a key's size rounds up to its size
+    class (32, 64, 128, 256 bytes) and each page holds one class; a new
+    region is ``mapped // 16`` pages clamped to [16, 256], halved on
+    MemlockExceeded; a page is faulted when first carved; a key goes to the
+    fullest partial page of its class, else to a page of the first region
+    with one (its most recently emptied page, else its next untouched one);
+    a page with no used slot goes back to its region's free list; a region
+    with no page in use is unmapped when more than one such region exists.
+    ``tests/unit/backends/model/test_keyring_sim.py`` holds the two to the
+    same packing, key by key.
     """
 
     def __init__(
@@ -85,30 +96,40 @@ class KeyringSim:
     ) -> None:
         self.design = design
         self.process = process
-        self.per_page = PAGE_BYTES // slot_size
+        self.slot_size = slot_size  # what add() stores when given no size
         self._min = min_region_pages
         self._max = max_region_pages
         self._reserve = reserve_regions
         self.regions: list[_SimRegion] = []
-        # partial pages bucketed by used slots: the fullest is found at once
-        self._partial: list[dict[SimPage, None]] = [{} for _ in range(self.per_page)]
+        # per size class, partial pages bucketed by used slots: the fullest
+        # is found at once
+        self._partial: dict[int, list[dict[SimPage, None]]] = {}
+        self._clear_partial()
         self.keys = 0
         self.region_sizes: list[int] = []  # every region asked for, in order
 
-    def add(self) -> SimPage:
-        """Store one key; its page.  Raises what the design raises."""
-        page = self._page_with_room()
-        self._partial[page.used].pop(page, None)
+    def _clear_partial(self) -> None:
+        self._partial = {c: [{} for _ in range(PAGE_BYTES // c)] for c in SIZE_CLASSES}
+
+    def add(self, size: int | None = None) -> SimPage:
+        """Store one key of ``size`` bytes (default ``slot_size``); its page.
+
+        Raises what the design raises.
+        """
+        cls = size_class(self.slot_size if size is None else size)
+        page = self._page_with_room(cls)
+        buckets = self._partial[cls]
+        del buckets[page.used][page]
         page.used += 1
-        if page.used < self.per_page:
-            self._partial[page.used][page] = None
+        if page.used < page.slots:
+            buckets[page.used][page] = None
         self.keys += 1
         return page
 
-    def _page_with_room(self) -> SimPage:
-        for bucket in range(self.per_page - 1, -1, -1):
-            if self._partial[bucket]:
-                return next(iter(self._partial[bucket]))
+    def _page_with_room(self, cls: int) -> SimPage:
+        for bucket in reversed(self._partial[cls]):
+            if bucket:
+                return next(iter(bucket))
         state = next(
             (r for r in self.regions if r.free_pages or r.next_untouched < r.file.pages), None
         )
@@ -122,8 +143,8 @@ class KeyringSim:
             self.design.fault(state.file, index)
             state.next_untouched += 1
         state.pages_in_use += 1
-        page = SimPage(state, index)
-        self._partial[0][page] = None
+        page = SimPage(state, index, cls)
+        self._partial[cls][0][page] = None
         return page
 
     def _new_region(self) -> _SimRegion:
@@ -144,12 +165,13 @@ class KeyringSim:
 
     def remove(self, page: SimPage) -> None:
         """Delete one key stored in ``page``."""
-        if page.used < self.per_page:  # a full page is in no bucket
-            self._partial[page.used].pop(page, None)
+        buckets = self._partial[page.size]
+        if page.used < page.slots:  # a full page is in no bucket
+            del buckets[page.used][page]
         page.used -= 1
         self.keys -= 1
         if page.used:
-            self._partial[page.used][page] = None
+            buckets[page.used][page] = None
             return
         state = page.region
         state.pages_in_use -= 1
@@ -164,7 +186,7 @@ class KeyringSim:
         for state in self.regions:
             self.design.release(state.file)
         self.regions.clear()
-        self._partial = [{} for _ in range(self.per_page)]
+        self._clear_partial()
 
 
 # --- scenario runs -------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 Servers run either in the test process (:func:`start`, through
 ``secretvault.vault.server.create_server``) or as a child process (:class:`Child`,
-through ``python -m secretvault.vault.server``), always on the memfd_secret backend and
-in a short directory under /tmp (a Unix socket path is limited to 107 bytes,
-which pytest's own tmp_path can exceed).
+through ``python -m secretvault serve``), on the lane's backend
+(:data:`SERVER_BACKEND`: memfd_secret, or page-model where it is missing or
+asked for, ``tests/_lane.py``) and in a short directory under /tmp (a Unix
+socket path is limited to 107 bytes, which pytest's own tmp_path can exceed).
 """
 
 from __future__ import annotations
@@ -38,13 +39,19 @@ from secretvault.api._proto.secretvault.v1 import (
     stats_pb2_grpc,
 )
 from secretvault.vault.app import VaultConfig
-from secretvault.vault.server import ServerConfig, VaultServer, create_server
+from secretvault.vault.config import ServerConfig
+from secretvault.vault.server import VaultServer, create_server
+from tests import _lane
 
 REPO = Path(__file__).resolve().parents[2]
 ED25519 = keys_pb2.KEY_TYPE_ED25519
 X25519 = keys_pb2.KEY_TYPE_X25519
 AEAD = keys_pb2.KEY_TYPE_XCHACHA20_POLY1305
 HMAC = keys_pb2.KEY_TYPE_HMAC_SHA256
+#: what the servers below run on unless a test names a backend, and what they report
+SERVER_BACKEND = _lane.server_backend()
+SERVER_PROTECTION = _lane.PROTECTION[SERVER_BACKEND]
+SERVER_DIRECT_MAP_SOURCE = _lane.DIRECT_MAP_SOURCE[SERVER_BACKEND]
 
 
 def short_dir() -> str:
@@ -57,6 +64,7 @@ def vault_config(base: str, **changes: Any) -> VaultConfig:
         "data_dir": os.path.join(base, "data"),
         "socket": os.path.join(base, "run", "vault.sock"),
         "harden": False,  # keep pytest dumpable (other tests trace it)
+        "backend": SERVER_BACKEND,
     }
     defaults.update(changes)
     return VaultConfig(**defaults)
@@ -118,12 +126,13 @@ def code_of(call: Any, *args: Any, **kwargs: Any) -> tuple[grpc.StatusCode, str,
 
 
 class Child:
-    """``python -m secretvault.vault.server`` in a child process; always killed at exit."""
+    """``python -m secretvault serve`` in a child process; always killed at exit."""
 
     def __init__(self, base: str, args: Sequence[str] = (), *,
                  prefix: Sequence[str] = (), env: dict[str, str] | None = None,
                  stdin: int = subprocess.DEVNULL) -> None:
         self.base = base
+        args = ["--backend", SERVER_BACKEND, *args]  # a test's own --backend comes later, wins
         self.socket = os.path.join(base, "run", "vault.sock")
         self.stderr_path = os.path.join(base, "stderr.txt")
         full_env = {k: v for k, v in os.environ.items() if k != "SECRETVAULT_PASSPHRASE"}
@@ -131,7 +140,7 @@ class Child:
         full_env.update(env or {})
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "secretvault.vault.server", "--socket", self.socket,
+            [*prefix, sys.executable, "-m", "secretvault", "serve", "--socket", self.socket,
              "--data-dir", os.path.join(base, "data"), *args],
             stdin=stdin, stdout=subprocess.DEVNULL, stderr=self._stderr,
             env=full_env, cwd=str(REPO),

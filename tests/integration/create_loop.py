@@ -1,8 +1,9 @@
 """The child of the durability test: create keys until killed.
 
 ``python -m tests.integration.create_loop DATA_DIR ROUND`` opens the vault
-the way the server does (``open_vault``: memfd_secret, SQLite store, an
-unseal key file created on the very first start), prints ``READY``, then
+the way the server does (``open_vault``: the test lane's backend, memfd_secret
+or page-model, ``tests/_lane.py``; SQLite store; an unseal key file created
+on the very first start), prints ``READY``, then
 creates keys of every type in a tight loop, rotating every fourth one.  A
 line is printed only after the call returned, i.e. after the transaction
 committed:
@@ -18,13 +19,14 @@ from __future__ import annotations
 import sys
 
 from secretvault.vault.app import VaultConfig, open_vault
+from tests import _lane
 
 TYPES = ("ed25519", "xchacha20-poly1305", "hmac-sha256", "x25519")
 
 
 def main() -> int:
     data_dir, round_no = sys.argv[1], int(sys.argv[2])
-    vault = open_vault(VaultConfig(data_dir=data_dir, backend="memfd_secret"))
+    vault = open_vault(VaultConfig(data_dir=data_dir, backend=_lane.server_backend()))
     ring = vault.keyring
     out = sys.stdout
     out.write("READY\n")

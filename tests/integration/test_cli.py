@@ -25,11 +25,19 @@ from typing import Any
 
 import pytest
 
-from secretvault.vault import cli
+from secretvault.vault.cli import main
+from secretvault.vault.cli.parser import build_parser
+from secretvault.vault.cli.serve import server_config
 from secretvault.vault.server import VaultServer
-from tests.integration._support import REPO, Pki, cleanup, short_dir, start
-
-pytestmark = pytest.mark.memfd_secret
+from tests.integration._support import (
+    REPO,
+    SERVER_BACKEND,
+    SERVER_PROTECTION,
+    Pki,
+    cleanup,
+    short_dir,
+    start,
+)
 
 #: fast Argon2id for stores opened with a passphrase (the production default is 64 MiB)
 FAST_KDF = ["--argon2-ops", "1", "--argon2-mem", str(8 << 20)]
@@ -38,7 +46,7 @@ FAST_KDF = ["--argon2-ops", "1", "--argon2-mem", str(8 << 20)]
 def command() -> list[str]:
     """The installed entry point if this venv has it, else the module."""
     script = Path(sys.executable).with_name("secretvault")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "secretvault.vault.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "secretvault"]
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -64,7 +72,7 @@ def sv_proc(*args: str, input: bytes | None = None, environ: dict[str, str] | No
 
 
 def sv(*args: str, input: bytes | None = None, environ: dict[str, str] | None = None) -> Ran:
-    """``cli.main`` in this process, with its own stdin, stdout, stderr and environment.
+    """``main`` in this process, with its own stdin, stdout, stderr and environment.
 
     Much cheaper than a child process on a loaded machine; the child-process
     tests below check the same rules end to end.
@@ -80,7 +88,7 @@ def sv(*args: str, input: bytes | None = None, environ: dict[str, str] | None = 
     os.environ.update(environ or env())
     try:
         try:
-            code = cli.main(list(args))
+            code = main(list(args))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 2
     finally:
@@ -138,7 +146,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> Iterator[tuple[list[str], An
                     yield [name, *path], deeper
 
 
-ALL = [path for path, _ in _subparsers(cli.build_parser())]
+ALL = [path for path, _ in _subparsers(build_parser())]
 
 
 def test_every_subcommand_named_in_the_issue_exists() -> None:
@@ -150,7 +158,7 @@ def test_every_subcommand_named_in_the_issue_exists() -> None:
 
 
 def test_help_is_complete() -> None:
-    for path, parser in [([], cli.build_parser()), *_subparsers(cli.build_parser())]:
+    for path, parser in [([], build_parser()), *_subparsers(build_parser())]:
         if path[:2] == ["model", "compare"]:
             continue  # secretvault.backends.model.report owns those options
         assert parser.description, path
@@ -167,7 +175,7 @@ def test_help_is_complete() -> None:
 @pytest.mark.parametrize("path", [[], *ALL], ids=lambda p: " ".join(p) or "secretvault")
 def test_help_exits_zero(path: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
-        cli.main([*path, "--help"])
+        main([*path, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: secretvault")
@@ -201,7 +209,7 @@ def test_top_level_help_lists_everything_and_the_exit_statuses() -> None:
 def test_bad_arguments_are_usage_errors(args: list[str], problem: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
-        cli.main(args)
+        main(args)
     assert e.value.code == 2
     err = capsys.readouterr().err
     usage, error = err.strip().splitlines()[0], err.strip().splitlines()[-1]
@@ -348,19 +356,19 @@ def test_stats_table_json_and_watch(work: tuple[Path, dict[str, str]]) -> None:
     p = sv("stats", environ=e)
     out = p.stdout.decode()
     assert p.returncode == 0
-    for section in ("backend memfd_secret, protection secretmem", "Secret memory",
+    for section in (f"backend {SERVER_BACKEND}, protection {SERVER_PROTECTION}", "Secret memory",
                     "Memlock (RLIMIT_MEMLOCK)", "headroom in keys", "Direct map",
                     "level-2 splits", "DirectMap4k", "hibernation inhibited"):
         assert section in out, section
     doc = json.loads(sv("stats", "--json", environ=e).stdout)
-    assert doc["backend"] == "memfd_secret" and "memlock" in doc and "direct_map" in doc
+    assert doc["backend"] == SERVER_BACKEND and "memlock" in doc and "direct_map" in doc
 
     watch = subprocess.Popen([*command(), "stats", "--watch", "--json", "--interval", "0.2"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e)
     try:
         assert watch.stdout is not None
         lines = [json.loads(watch.stdout.readline()) for _ in range(3)]
-        assert all(x["protection"] == "secretmem" for x in lines)
+        assert all(x["protection"] == SERVER_PROTECTION for x in lines)
         watch.send_signal(signal.SIGINT)
         assert watch.wait(timeout=10) == 0
         assert watch.stderr is not None and b"Traceback" not in watch.stderr.read()
@@ -445,7 +453,7 @@ def test_unreachable_vault(tmp_path: Path) -> None:
 
 def test_global_socket_option(server: VaultServer) -> None:
     p = sv("--socket", server.config.vault.socket, "stats", "--json")
-    assert p.returncode == 0 and json.loads(p.stdout)["backend"] == "memfd_secret"
+    assert p.returncode == 0 and json.loads(p.stdout)["backend"] == SERVER_BACKEND
 
 
 def test_model_compare_is_wired() -> None:
@@ -469,7 +477,8 @@ class Serve:
         self._err = open(self.err_path, "wb")
         self.proc = subprocess.Popen(
             [*command(), "serve", "--socket", self.socket, "--data-dir", self.data,
-             "--audit-log", os.path.join(base, "audit.log"), "--grace", "1", *args],
+             "--audit-log", os.path.join(base, "audit.log"), "--grace", "1",
+             "--backend", SERVER_BACKEND, *args],  # a test's own --backend wins
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
             env=environ or env(),
         )
@@ -512,6 +521,7 @@ def base() -> Iterator[str]:
     cleanup(d)
 
 
+@pytest.mark.memfd_secret
 def test_serve_first_start_summary_and_unseal_key_file(base: str) -> None:
     s = Serve(base)
     try:
@@ -595,8 +605,8 @@ def test_serve_refuses_an_unsafe_socket_directory(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    p = sv_proc("serve", "--socket", str(shared / "v.sock"), "--data-dir",
-                str(tmp_path / "data"))
+    p = sv_proc("serve", "--backend", SERVER_BACKEND, "--socket", str(shared / "v.sock"),
+                "--data-dir", str(tmp_path / "data"))
     line = one_line_error(p, "writable by others")
     assert "FailedPrecondition" in line
 
@@ -665,12 +675,12 @@ def test_watch_ends_in_one_line_when_the_vault_stops(base: str) -> None:
 
 def test_serve_options_reach_the_server_config(tmp_path: Path) -> None:
     """Every limit the server has is an option of ``serve``, passed through."""
-    args = cli.build_parser().parse_args([
+    args = build_parser().parse_args([
         "serve", "--data-dir", str(tmp_path), "--socket", str(tmp_path / "s.sock"),
         "--max-message-bytes", "1000", "--max-concurrent-rpcs", "7",
         "--max-streams-per-identity", "3", "--stream-idle-seconds", "2.5", "--grace", "1",
     ])
-    config = cli.server_config(args)
+    config = server_config(args)
     assert (config.max_message_bytes, config.max_concurrent_rpcs,
             config.max_streams_per_identity, config.stream_idle_seconds,
             config.grace_seconds) == (1000, 7, 3, 2.5, 1.0)

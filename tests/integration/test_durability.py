@@ -39,12 +39,13 @@ from secretvault.api import framing
 from secretvault.api.framing import Kind
 from secretvault.vault.app import KEY_FILE_NAME, PASSPHRASE_ENV, VaultConfig, open_vault
 from secretvault.vault.keyring import Keyring
+from tests import _lane
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 30
 SEED = int(os.environ.get("DURABILITY_SEED", "0")) or random.randrange(1 << 30)
 
-pytestmark = [pytest.mark.memfd_secret, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -131,7 +132,8 @@ def _works(ring: Keyring, name: str, a: Acked) -> None:
 def _check(data_dir: Path, acked: dict[str, Acked]) -> int:
     """Reopen, check every acknowledged key; return how many keys are stored."""
     # harden=False: pytest must stay dumpable for the other tests in this process
-    vault = open_vault(VaultConfig(data_dir=str(data_dir), backend="memfd_secret", harden=False))
+    config = VaultConfig(data_dir=str(data_dir), backend=_lane.server_backend(), harden=False)
+    vault = open_vault(config)
     try:
         assert vault.store.integrity_check() == []
         infos = {k.name: k for k in vault.keyring.list()}

@@ -1,6 +1,6 @@
 """The server as a process: SIGTERM drains, memlock exhaustion, socket permissions.
 
-These start ``python -m secretvault.vault.server`` as a child, the way ``secretvault
+These start ``python -m secretvault serve`` as a child, the way ``secretvault
 serve`` and the container run it.
 """
 
@@ -27,17 +27,20 @@ import grpc
 import pytest
 
 from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2
-from secretvault.backends import MemfdSecretBackend, Region, SlotAllocator
+from secretvault.backends import Region, SlotAllocator
+from secretvault.vault.app import make_backend
+from secretvault.vault.cli.serve import HOLD_AFTER_STOP_ENV
 from secretvault.vault.keyring import Keyring
 from secretvault.vault.sealing import UnsealSource, create_key_file
-from secretvault.vault.server import HOLD_AFTER_STOP_ENV, summary
 from secretvault.vault.store import SQLiteStore
+from secretvault.vault.summary import summary
 from tests._proc import secretmem_mappings, vm_locked_bytes
 from tests.integration._support import (
     AEAD,
     ED25519,
     HMAC,
     REPO,
+    SERVER_BACKEND,
     X25519,
     Child,
     cleanup,
@@ -45,10 +48,10 @@ from tests.integration._support import (
     short_dir,
     start,
     stubs,
+    vault_config,
 )
 from tests.unit.vault._support import raw
 
-pytestmark = pytest.mark.memfd_secret
 C = grpc.StatusCode
 
 
@@ -146,6 +149,7 @@ def test_new_calls_during_the_drain_are_unavailable(base: str) -> None:
         child.close()
 
 
+@pytest.mark.memfd_secret
 def test_stop_zeroes_and_unmaps_all_secret_memory(base: str) -> None:
     with start(base) as s:
         v = stubs(s.config.vault.socket)
@@ -179,6 +183,7 @@ def _overlaps(ranges: list[tuple[int, int]], regions: list[Region]) -> bool:
 
 
 @pytest.mark.root
+@pytest.mark.memfd_secret
 def test_sigterm_unmaps_secret_memory_seen_from_outside(base: str) -> None:
     """A server child holding keys is stopped; before it exits (it waits on
     stdin, by the dev entry point's hold switch) its /proc/PID/maps has no
@@ -219,6 +224,7 @@ def test_sigterm_unmaps_secret_memory_seen_from_outside(base: str) -> None:
 
 
 @pytest.mark.root
+@pytest.mark.memfd_secret
 @pytest.mark.skipif(shutil.which("setpriv") is None or shutil.which("prlimit") is None,
                     reason="needs setpriv and prlimit (util-linux) to drop CAP_IPC_LOCK "
                     "and set RLIMIT_MEMLOCK for the child")
@@ -296,7 +302,9 @@ def test_the_kernel_keeps_other_users_off_the_sockets(base: str) -> None:
         assert _connect_as_nobody(f"{base}/open/vault.sock") == 0
 
 
-@pytest.mark.parametrize("backend", ["memfd_secret", "page-model"])
+@pytest.mark.parametrize(
+    "backend", [pytest.param("memfd_secret", marks=pytest.mark.memfd_secret), "page-model"]
+)
 def test_startup_summary(base: str, backend: str) -> None:
     child = Child(base, ["--backend", backend])
     try:
@@ -383,7 +391,7 @@ def _populate(base: str, n: int) -> None:
     (what a Child started on ``base`` finds)."""
     data = os.path.join(base, "data")
     os.makedirs(data, mode=0o700)
-    alloc = SlotAllocator(MemfdSecretBackend())
+    alloc = SlotAllocator(make_backend(vault_config(base)))  # the lane's, as the Child's
     try:
         create_key_file(os.path.join(data, "unseal.key"), alloc)
         store = SQLiteStore(os.path.join(data, "keys.sqlite3"))
@@ -424,7 +432,7 @@ def test_a_terminal_gets_the_unseal_bar(base: str) -> None:
     env.update(PYTHONPATH=str(REPO), TERM="xterm-256color")
     env.pop("NO_COLOR", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "secretvault.vault.server",
+        [sys.executable, "-m", "secretvault", "serve", "--backend", SERVER_BACKEND,
          "--socket", os.path.join(base, "run", "v.sock"), "--data-dir", os.path.join(base, "data")],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env,
         cwd=str(REPO))

@@ -37,7 +37,7 @@ from tests.integration._support import (
     stubs,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.memfd_secret]
+pytestmark = pytest.mark.slow
 
 SECONDS = float(os.environ.get("SECRETVAULT_LOAD_SECONDS", "60"))
 CLIENTS = int(os.environ.get("SECRETVAULT_LOAD_CLIENTS", "32"))

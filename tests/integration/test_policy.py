@@ -34,8 +34,6 @@ from tests.integration._support import (
     wrap,
 )
 
-pytestmark = pytest.mark.memfd_secret
-
 POLICY = """
 [identities.reader]
 [[identities.reader.sockets]]

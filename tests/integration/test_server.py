@@ -33,6 +33,9 @@ from tests.integration._support import (
     AEAD,
     ED25519,
     HMAC,
+    SERVER_BACKEND,
+    SERVER_DIRECT_MAP_SOURCE,
+    SERVER_PROTECTION,
     X25519,
     Pki,
     Stubs,
@@ -45,7 +48,6 @@ from tests.integration._support import (
     wrap,
 )
 
-pytestmark = pytest.mark.memfd_secret
 C = grpc.StatusCode
 
 
@@ -118,7 +120,7 @@ def test_removes_a_stale_socket_but_refuses_a_live_one(server: VaultServer) -> N
         # a live server's socket is never taken over
         with pytest.raises(FailedPrecondition, match="already listening"):
             start(base, vault={"socket": server.config.vault.socket})
-        assert stubs(server.config.vault.socket).get_stats().backend == "memfd_secret"
+        assert stubs(server.config.vault.socket).get_stats().backend == SERVER_BACKEND
     finally:
         cleanup(base)
 
@@ -325,6 +327,7 @@ def test_stream_interleaves_requests_and_results(vs: Stubs, batch_keys: None) ->
 # --- StatsService ------------------------------------------------------------------------
 
 
+@pytest.mark.memfd_secret
 def test_get_stats(vs: Stubs) -> None:
     vs.create("s/ed", ED25519)
     s = vs.get_stats()
@@ -343,7 +346,7 @@ def test_watch_stats_streams_until_cancelled(vs: Stubs) -> None:
     watch = vs.stats.WatchStats(stats_pb2.WatchStatsRequest(interval_seconds=0.1))
     t0 = time.monotonic()
     first, second = next(watch), next(watch)
-    assert first.backend == second.backend == "memfd_secret"
+    assert first.backend == second.backend == SERVER_BACKEND
     assert time.monotonic() - t0 >= 0.09
     watch.cancel()
     code, _, name = code_of(lambda r: list(vs.stats.WatchStats(r)),
@@ -467,12 +470,14 @@ def test_metrics_match_the_stats_record(server: VaultServer, vs: Stubs) -> None:
     assert m["secretvault_secret_memory_pages_mapped"] == s.pages_mapped
     assert m["secretvault_secret_memory_key_bytes"] == s.key_bytes
     assert m['secretvault_keys{type="ed25519"}'] == s.keys_by_type["ed25519"]
-    assert m['secretvault_backend_info{backend="memfd_secret",protection="secretmem"}'] == 1
+    backend_info = f'backend="{SERVER_BACKEND}",protection="{SERVER_PROTECTION}"'
+    assert m[f"secretvault_backend_info{{{backend_info}}}"] == 1
     ops = {(o.operation, o.result): o.count for o in s.operations}
     assert m['secretvault_operations_total{operation="sign",result="ok"}'] >= \
         ops[("sign", "ok")] >= 3
     assert m['secretvault_operation_duration_seconds_count{operation="sign"}'] >= 3
-    assert 'secretvault_direct_map_splits_total{level="2",source="kernel"}' in m
+    splits = f'level="2",source="{SERVER_DIRECT_MAP_SOURCE}"'
+    assert f"secretvault_direct_map_splits_total{{{splits}}}" in m
 
 
 def test_audit_lines_carry_no_secret_or_message(server: VaultServer, vs: Stubs) -> None:
