@@ -37,16 +37,7 @@ def _version_of(kind: Kind, token: bytes) -> int | None:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    message = read_input(args.infile, "message")
-    with connect(args) as vault:
-        token = vault.sign(args.name, message)
-    version, raw = framing.unframe(Kind.SIGNATURE, token)
-    if args.json:
-        print_json({"key": args.name, "version": version, "signature": b64(token),
-                    "raw_signature": b64(raw)}, args.out)
-    else:
-        write_output(raw if args.raw else token, args.out, binary=True, what="signature")
-    return EXIT_OK
+    return _make_tag(args, Kind.SIGNATURE, "signature", "signature")
 
 
 def _token_arg(data: bytes, kind: Kind, raw_size: int, version: int | None,
@@ -91,15 +82,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_mac(args: argparse.Namespace) -> int:
+    return _make_tag(args, Kind.MAC, "mac", "MAC")
+
+
+def _make_tag(args: argparse.Namespace, kind: Kind, field: str, what: str) -> int:
+    """sign and mac: the token (or with --raw the bare tag) of the message."""
     message = read_input(args.infile, "message")
     with connect(args) as vault:
-        token = vault.mac(args.name, message)
-    version, raw = framing.unframe(Kind.MAC, token)
+        make = vault.sign if kind is Kind.SIGNATURE else vault.mac
+        token = make(args.name, message)
+    version, raw = framing.unframe(kind, token)
     if args.json:
-        print_json({"key": args.name, "version": version, "mac": b64(token),
-                    "raw_mac": b64(raw)}, args.out)
+        print_json({"key": args.name, "version": version, field: b64(token),
+                    f"raw_{field}": b64(raw)}, args.out)
     else:
-        write_output(raw if args.raw else token, args.out, binary=True, what="MAC")
+        write_output(raw if args.raw else token, args.out, binary=True, what=what)
     return EXIT_OK
 
 
