@@ -1,4 +1,4 @@
-"""The secretvault client library and the API package the server shares.
+"""The secretvault client library: ``secretvault.clients``.
 
 The public names are all here::
 
@@ -7,8 +7,13 @@ The public names are all here::
 * :class:`VaultClient` / :class:`AsyncVaultClient`: connect to a Unix socket
   (``$SECRETVAULT_SOCKET`` or the server's default) or ``host:port`` with
   :class:`TlsConfig`; context managers; retries per :class:`RetryPolicy`.
+  ``AsyncVaultClient`` (``clients/aio.py``) is the source; ``VaultClient``
+  (``clients/client.py``) is generated from it by ``scripts/gen-sync-client``.
+* :class:`Key`, :class:`PublicKey`, the batch operations (:class:`Sign`...) and
+  :class:`Stats`: the client's own frozen records; no protobuf type is public.
 * :mod:`secretvault.clients.local`: verify, export, seal and encrypt without the vault.
-* :mod:`secretvault.api.errors`: the one error tree, the same names as the server's.
+* the errors: :mod:`secretvault.api.errors`, the one error tree the server
+  raises too, re-exported here under the same names.
 """
 
 from __future__ import annotations
@@ -40,7 +45,14 @@ from secretvault.api.errors import (
 )
 
 if TYPE_CHECKING:
-    from secretvault.api._proto.secretvault.v1.stats_pb2 import Stats
+    from secretvault.clients._stats import (
+        DirectMap,
+        Memcg,
+        Memlock,
+        OperationCount,
+        SizeClass,
+        Stats,
+    )
     from secretvault.clients._types import (
         NO_RETRY,
         Decrypt,
@@ -60,12 +72,15 @@ if TYPE_CHECKING:
     from secretvault.clients.aio import AsyncVaultClient
     from secretvault.clients.client import VaultClient
 
-# The server imports secretvault.api.errors, secretvault.api.framing and secretvault.api._proto: the
-# client classes (and grpc's channel machinery) load only when asked for.
+# Importing the package costs only the error tree: the client classes (and
+# grpc's channel machinery) load when one of their names is first asked for.
 _LAZY = {
     "VaultClient": "secretvault.clients.client",
     "AsyncVaultClient": "secretvault.clients.aio",
-    "Stats": "secretvault.api._proto.secretvault.v1.stats_pb2",
+    **{
+        name: "secretvault.clients._stats"
+        for name in ("DirectMap", "Memcg", "Memlock", "OperationCount", "SizeClass", "Stats")
+    },
     **{
         name: "secretvault.clients._types"
         for name in (
@@ -79,7 +94,7 @@ _LAZY = {
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'clients' has no attribute {name!r}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
     value = getattr(importlib.import_module(module), name)
@@ -94,6 +109,7 @@ __all__ = [
     "DeadlineExceeded",
     "Decrypt",
     "DecryptionFailed",
+    "DirectMap",
     "Encrypt",
     "FailedPrecondition",
     "IntegrityError",
@@ -106,9 +122,12 @@ __all__ = [
     "KeyVersion",
     "Mac",
     "MalformedCiphertext",
+    "Memcg",
+    "Memlock",
     "MemlockExceeded",
     "NotFound",
     "Operation",
+    "OperationCount",
     "OutcomeUnknown",
     "PermissionDenied",
     "PublicKey",
@@ -117,6 +136,7 @@ __all__ = [
     "RetryPolicy",
     "ShuttingDown",
     "Sign",
+    "SizeClass",
     "Stats",
     "TlsConfig",
     "Unavailable",

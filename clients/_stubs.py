@@ -1,7 +1,10 @@
 """Types for the generated gRPC stubs, which grpcio-tools leaves untyped.
 
 The handwritten clients see only these protocols; :func:`sync_stubs` and
-:func:`aio_stubs` are the one place the untyped constructors are called.
+:func:`async_stubs` are the one place the untyped constructors are called.
+Each asyncio protocol is its synchronous twin's name with ``Async`` in front
+(``AsyncUnaryUnary`` / ``UnaryUnary``): ``scripts/gen-sync-client`` renames
+one to the other when it writes the sync client from the asyncio one.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class UnaryUnary(Protocol, Generic[Req, Resp]):
     ) -> Resp: ...
 
 
-class AioUnaryUnary(Protocol, Generic[Req, Resp]):
+class AsyncUnaryUnary(Protocol, Generic[Req, Resp]):
     def __call__(
         self, request: Req, *, timeout: float | None = ..., metadata: Metadata = ...
     ) -> Awaitable[Resp]: ...
@@ -44,7 +47,7 @@ class Streaming(Protocol, Generic[Resp]):
     def cancel(self) -> bool: ...
 
 
-class AioStreaming(Protocol, Generic[Resp]):
+class AsyncStreaming(Protocol, Generic[Resp]):
     def __aiter__(self) -> AsyncIterator[Resp]: ...
     def cancel(self) -> bool: ...
 
@@ -84,39 +87,41 @@ class StatsStub(Protocol):
     ) -> Streaming[stats_pb2.Stats]: ...
 
 
-class AioKeyStub(Protocol):
-    CreateKey: AioUnaryUnary[keys_pb2.CreateKeyRequest, keys_pb2.Key]
-    GetImportKey: AioUnaryUnary[keys_pb2.GetImportKeyRequest, keys_pb2.GetImportKeyResponse]
-    ImportKey: AioUnaryUnary[keys_pb2.ImportKeyRequest, keys_pb2.Key]
-    GetKey: AioUnaryUnary[keys_pb2.GetKeyRequest, keys_pb2.Key]
-    GetPublicKey: AioUnaryUnary[keys_pb2.GetPublicKeyRequest, keys_pb2.GetPublicKeyResponse]
-    ListKeys: AioUnaryUnary[keys_pb2.ListKeysRequest, keys_pb2.ListKeysResponse]
-    RotateKey: AioUnaryUnary[keys_pb2.RotateKeyRequest, keys_pb2.Key]
-    SetMinDecryptionVersion: AioUnaryUnary[keys_pb2.SetMinDecryptionVersionRequest, keys_pb2.Key]
-    DeleteKeyVersion: AioUnaryUnary[keys_pb2.DeleteKeyVersionRequest, keys_pb2.Key]
-    DeleteKey: AioUnaryUnary[keys_pb2.DeleteKeyRequest, keys_pb2.DeleteKeyResponse]
+class AsyncKeyStub(Protocol):
+    CreateKey: AsyncUnaryUnary[keys_pb2.CreateKeyRequest, keys_pb2.Key]
+    GetImportKey: AsyncUnaryUnary[keys_pb2.GetImportKeyRequest, keys_pb2.GetImportKeyResponse]
+    ImportKey: AsyncUnaryUnary[keys_pb2.ImportKeyRequest, keys_pb2.Key]
+    GetKey: AsyncUnaryUnary[keys_pb2.GetKeyRequest, keys_pb2.Key]
+    GetPublicKey: AsyncUnaryUnary[keys_pb2.GetPublicKeyRequest, keys_pb2.GetPublicKeyResponse]
+    ListKeys: AsyncUnaryUnary[keys_pb2.ListKeysRequest, keys_pb2.ListKeysResponse]
+    RotateKey: AsyncUnaryUnary[keys_pb2.RotateKeyRequest, keys_pb2.Key]
+    SetMinDecryptionVersion: AsyncUnaryUnary[
+        keys_pb2.SetMinDecryptionVersionRequest, keys_pb2.Key
+    ]
+    DeleteKeyVersion: AsyncUnaryUnary[keys_pb2.DeleteKeyVersionRequest, keys_pb2.Key]
+    DeleteKey: AsyncUnaryUnary[keys_pb2.DeleteKeyRequest, keys_pb2.DeleteKeyResponse]
 
 
-class AioCryptoStub(Protocol):
-    Sign: AioUnaryUnary[crypto_pb2.SignRequest, crypto_pb2.SignResponse]
-    Verify: AioUnaryUnary[crypto_pb2.VerifyRequest, crypto_pb2.VerifyResponse]
-    Encrypt: AioUnaryUnary[crypto_pb2.EncryptRequest, crypto_pb2.EncryptResponse]
-    Decrypt: AioUnaryUnary[crypto_pb2.DecryptRequest, crypto_pb2.DecryptResponse]
-    Mac: AioUnaryUnary[crypto_pb2.MacRequest, crypto_pb2.MacResponse]
-    VerifyMac: AioUnaryUnary[crypto_pb2.VerifyMacRequest, crypto_pb2.VerifyMacResponse]
-    Batch: AioUnaryUnary[crypto_pb2.BatchRequest, crypto_pb2.BatchResponse]
+class AsyncCryptoStub(Protocol):
+    Sign: AsyncUnaryUnary[crypto_pb2.SignRequest, crypto_pb2.SignResponse]
+    Verify: AsyncUnaryUnary[crypto_pb2.VerifyRequest, crypto_pb2.VerifyResponse]
+    Encrypt: AsyncUnaryUnary[crypto_pb2.EncryptRequest, crypto_pb2.EncryptResponse]
+    Decrypt: AsyncUnaryUnary[crypto_pb2.DecryptRequest, crypto_pb2.DecryptResponse]
+    Mac: AsyncUnaryUnary[crypto_pb2.MacRequest, crypto_pb2.MacResponse]
+    VerifyMac: AsyncUnaryUnary[crypto_pb2.VerifyMacRequest, crypto_pb2.VerifyMacResponse]
+    Batch: AsyncUnaryUnary[crypto_pb2.BatchRequest, crypto_pb2.BatchResponse]
 
     def Stream(
         self, requests: Iterable[crypto_pb2.Operation], *, metadata: Metadata = ...
-    ) -> AioStreaming[crypto_pb2.OperationResult]: ...
+    ) -> AsyncStreaming[crypto_pb2.OperationResult]: ...
 
 
-class AioStatsStub(Protocol):
-    GetStats: AioUnaryUnary[stats_pb2.GetStatsRequest, stats_pb2.Stats]
+class AsyncStatsStub(Protocol):
+    GetStats: AsyncUnaryUnary[stats_pb2.GetStatsRequest, stats_pb2.Stats]
 
     def WatchStats(
         self, request: stats_pb2.WatchStatsRequest, *, metadata: Metadata = ...
-    ) -> AioStreaming[stats_pb2.Stats]: ...
+    ) -> AsyncStreaming[stats_pb2.Stats]: ...
 
 
 class HealthCheck(Protocol):
@@ -144,7 +149,7 @@ def sync_stubs(channel: Any) -> tuple[KeyStub, CryptoStub, StatsStub]:
     )
 
 
-def aio_stubs(channel: Any) -> tuple[AioKeyStub, AioCryptoStub, AioStatsStub]:
+def async_stubs(channel: Any) -> tuple[AsyncKeyStub, AsyncCryptoStub, AsyncStatsStub]:
     return (
         keys_pb2_grpc.KeyServiceStub(channel),  # type: ignore[no-untyped-call]
         crypto_pb2_grpc.CryptoServiceStub(channel),  # type: ignore[no-untyped-call]

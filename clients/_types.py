@@ -132,6 +132,10 @@ Result: TypeAlias = bytes | bool | VaultError
 
 # --- connection options --------------------------------------------------------------
 
+#: seconds each attempt of each call may take, unless the client is given another
+DEFAULT_TIMEOUT = 30.0
+
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:

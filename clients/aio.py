@@ -1,29 +1,41 @@
-"""The asyncio client: :class:`AsyncVaultClient`, the same API as
-:class:`clients.VaultClient` with ``await``.
+"""The asyncio client: :class:`AsyncVaultClient`.
 
 ::
 
     from secretvault.clients import AsyncVaultClient
 
-    async with AsyncVaultClient() as vault:
+    async with AsyncVaultClient() as vault:  # $SECRETVAULT_SOCKET or the default
+        await vault.create_key("ci/release", "ed25519")
         token = await vault.sign("ci/release", b"artifact digest")
+        public = await vault.public_key("ci/release")
+        assert public.verify(b"artifact digest", token)
+
+Every failure is a :class:`secretvault.api.errors.VaultError` subclass with the same
+name the server raised (``KeyNotFound``, ``PermissionDenied``...).
+
+``clients/aio.py`` is the source of both clients: ``scripts/gen-sync-client``
+writes ``clients/client.py`` from it, and CI checks that the written file is
+current.  What truly differs between the two (the channel, waiting for it to
+connect, sleeping between retries) is in ``clients/_transport.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-import grpc.aio
 
 from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
 from secretvault.api.errors import ShuttingDown
 from secretvault.clients import _errors, _stubs, _wire, local
+from secretvault.clients._stats import Stats, stats_from_wire
+from secretvault.clients._transport import AsyncTransport
 from secretvault.clients._types import (
+    DEFAULT_TIMEOUT,
     Decrypt,
     Encrypt,
     Key,
@@ -37,15 +49,17 @@ from secretvault.clients._types import (
     Verify,
     VerifyMac,
 )
-from secretvault.clients.client import DEFAULT_TIMEOUT
 
 T = TypeVar("T")
 Req = TypeVar("Req")
 
 
 class AsyncVaultClient:
-    """A connection to one vault for asyncio code (see :class:`clients.VaultClient`).
+    """A connection to one vault, over a Unix socket or TLS.
 
+    ``target``: ``None`` for ``$SECRETVAULT_SOCKET`` (else the server's
+    default socket), a socket path, or ``host:port`` with ``tls``.
+    ``timeout`` bounds each attempt of each call, in seconds.
     Create it inside the event loop that uses it.
     """
 
@@ -65,20 +79,12 @@ class AsyncVaultClient:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._metadata = tuple(metadata)
-        opts = _wire.channel_options(tls, options)
-        icpt = list(interceptors) or None
-        if tls is None:
-            self._channel = grpc.aio.insecure_channel(
-                self.target.grpc_target, options=opts, interceptors=icpt
-            )
-        else:
-            self._channel = grpc.aio.secure_channel(
-                self.target.grpc_target,
-                _wire.make_credentials(tls),
-                options=opts,
-                interceptors=icpt,
-            )
-        self._keys, self._crypto, self._stats = _stubs.aio_stubs(self._channel)
+        self._transport = AsyncTransport(
+            self.target, tls, options=options, interceptors=interceptors
+        )
+        self._keys = self._transport.keys
+        self._crypto = self._transport.crypto
+        self._stats = self._transport.stats
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------
@@ -86,7 +92,7 @@ class AsyncVaultClient:
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._channel.close()
+            await self._transport.close()
 
     async def __aenter__(self) -> AsyncVaultClient:
         return self
@@ -102,18 +108,22 @@ class AsyncVaultClient:
     def __repr__(self) -> str:
         return f"AsyncVaultClient({str(self.target)!r})"
 
-    # --- the one call path (see VaultClient._call) --------------------------------------
+    # --- the one call path: retries and error mapping --------------------------------
 
     async def _ready(self, wait: float) -> bool:
-        try:
-            await asyncio.wait_for(self._channel.channel_ready(), wait)
-        except TimeoutError:
-            return False
-        return True
+        """Whether the channel connects within ``wait`` seconds."""
+        return await self._transport.ready(wait, self._metadata)
 
     async def _call(
-        self, rpc: _stubs.AioUnaryUnary[Req, T], request: Req, *, idempotent: bool
+        self, rpc: _stubs.AsyncUnaryUnary[Req, T], request: Req, *, idempotent: bool
     ) -> T:
+        """Send ``request``, retrying on UNAVAILABLE as :class:`RetryPolicy` says.
+
+        A key-changing (non-idempotent) call is sent only once the channel is
+        READY, so an attempt that finds no server has provably sent nothing
+        and can be repeated.  Once sent, it is repeated only if the server
+        said it refused it unprocessed (``ShuttingDown``).
+        """
         policy = self.retry
         attempt = 0
         while True:
@@ -136,28 +146,32 @@ class AsyncVaultClient:
                 raise _errors.outcome_unknown(err)
             if attempt >= policy.max_attempts:
                 raise err
-            await asyncio.sleep(policy.backoff(attempt))
+            await self._transport.sleep(policy.backoff(attempt))
 
-    async def _stream(self, call: _stubs.AioStreaming[T]) -> AsyncIterator[T]:
+    @contextmanager
+    def _streaming(self, call: _stubs.AsyncStreaming[Any]) -> Iterator[None]:
+        """Around reading a server stream: its errors mapped, the call
+        cancelled when the reader stops early.  Streams are not retried."""
         try:
-            async for msg in call:
-                yield msg
+            yield
         except grpc.RpcError as e:
             raise _errors.from_rpc_error(e, target=str(self.target)) from None
         finally:
             call.cancel()
 
-    # --- keys -------------------------------------------------------------------------
+    # --- keys ------------------------------------------------------------------------
 
     async def create_key(
         self, name: str, type: str, labels: Mapping[str, str] | None = None
     ) -> Key:
+        """A new key, generated inside the vault, version 1."""
         req = keys_pb2.CreateKeyRequest(
             name=name, type=_wire.key_type_to_wire(type), labels=dict(labels or {})
         )
         return _wire.key_from_wire(await self._call(self._keys.CreateKey, req, idempotent=False))
 
     async def import_key_public(self) -> bytes:
+        """The vault's X25519 import public key (what key material is sealed to)."""
         resp = await self._call(
             self._keys.GetImportKey, keys_pb2.GetImportKeyRequest(), idempotent=True
         )
@@ -170,6 +184,11 @@ class AsyncVaultClient:
         material: bytes | bytearray,
         labels: Mapping[str, str] | None = None,
     ) -> Key:
+        """Import key material, sealed here to the vault's import key first.
+
+        ``material``: the raw key (see :func:`secretvault.clients.local.parse_key_material`).
+        It crosses the wire only inside the sealed box.
+        """
         local.check_material(type, len(material))
         wrapped = local.seal_for_import(await self.import_key_public(), type, material)
         return await self.import_wrapped(name, type, wrapped, labels)
@@ -177,6 +196,7 @@ class AsyncVaultClient:
     async def import_wrapped(
         self, name: str, type: str, wrapped: bytes, labels: Mapping[str, str] | None = None
     ) -> Key:
+        """Import material already sealed with ``crypto_box_seal`` to the import key."""
         req = keys_pb2.ImportKeyRequest(
             name=name,
             type=_wire.key_type_to_wire(type),
@@ -189,7 +209,8 @@ class AsyncVaultClient:
         req = keys_pb2.GetKeyRequest(name=name)
         return _wire.key_from_wire(await self._call(self._keys.GetKey, req, idempotent=True))
 
-    async def iter_keys(self, prefix: str = "", *, page_size: int = 0) -> AsyncIterator[Key]:
+    async def iter_keys(self, prefix: str = "", *, page_size: int = 0) -> AsyncGenerator[Key]:
+        """Every key whose name starts with ``prefix``, page by page."""
         token = ""
         while True:
             req = keys_pb2.ListKeysRequest(prefix=prefix, page_size=page_size, page_token=token)
@@ -204,6 +225,7 @@ class AsyncVaultClient:
         return [k async for k in self.iter_keys(prefix)]
 
     async def rotate_key(self, name: str) -> Key:
+        """A new primary version; older versions stay for decrypt and verify."""
         req = keys_pb2.RotateKeyRequest(name=name)
         return _wire.key_from_wire(await self._call(self._keys.RotateKey, req, idempotent=False))
 
@@ -220,66 +242,90 @@ class AsyncVaultClient:
         )
 
     async def delete_key(self, name: str) -> None:
-        await self._call(
-            self._keys.DeleteKey, keys_pb2.DeleteKeyRequest(name=name), idempotent=False
-        )
+        """Zero every version's memory and remove every sealed record."""
+        req = keys_pb2.DeleteKeyRequest(name=name)
+        await self._call(self._keys.DeleteKey, req, idempotent=False)
 
     async def public_key(self, name: str, *, version: int = 0, format: str = "raw") -> PublicKey:
+        """An Ed25519 or X25519 public key (``version`` 0: the primary)."""
         req = _wire.public_key_request(name, version, format)
         resp = await self._call(self._keys.GetPublicKey, req, idempotent=True)
         return _wire.public_key_from_wire(name, format, resp, comment=name)
 
-    # --- crypto -------------------------------------------------------------------------
+    # --- crypto ----------------------------------------------------------------------
 
     async def sign(self, key: str, message: bytes) -> bytes:
+        """An Ed25519 signature token (7-byte header + 64-byte signature)."""
         req = crypto_pb2.SignRequest(key=key, message=message)
-        return bytes((await self._call(self._crypto.Sign, req, idempotent=True)).signature)
+        resp = await self._call(self._crypto.Sign, req, idempotent=True)
+        return bytes(resp.signature)
 
     async def verify(self, key: str, message: bytes, signature: bytes) -> bool:
         req = crypto_pb2.VerifyRequest(key=key, message=message, signature=signature)
-        return bool((await self._call(self._crypto.Verify, req, idempotent=True)).valid)
+        resp = await self._call(self._crypto.Verify, req, idempotent=True)
+        return bool(resp.valid)
 
     async def encrypt(self, key: str, plaintext: bytes, associated_data: bytes = b"") -> bytes:
+        """An XChaCha20-Poly1305 token (the vault picks the nonce)."""
         req = crypto_pb2.EncryptRequest(
             key=key, plaintext=plaintext, associated_data=associated_data
         )
-        return bytes((await self._call(self._crypto.Encrypt, req, idempotent=True)).ciphertext)
+        # not idempotent in output (a fresh nonce) but safe to repeat: no state changes
+        resp = await self._call(self._crypto.Encrypt, req, idempotent=True)
+        return bytes(resp.ciphertext)
 
     async def decrypt(self, key: str, ciphertext: bytes, associated_data: bytes = b"") -> bytes:
+        """Open an XChaCha20-Poly1305 token or an X25519 sealed-box token."""
         req = crypto_pb2.DecryptRequest(
             key=key, ciphertext=ciphertext, associated_data=associated_data
         )
-        return bytes((await self._call(self._crypto.Decrypt, req, idempotent=True)).plaintext)
+        resp = await self._call(self._crypto.Decrypt, req, idempotent=True)
+        return bytes(resp.plaintext)
 
     async def mac(self, key: str, message: bytes) -> bytes:
+        """An HMAC-SHA-256 token (7-byte header + 32-byte MAC)."""
         req = crypto_pb2.MacRequest(key=key, message=message)
-        return bytes((await self._call(self._crypto.Mac, req, idempotent=True)).mac)
+        resp = await self._call(self._crypto.Mac, req, idempotent=True)
+        return bytes(resp.mac)
 
     async def verify_mac(self, key: str, message: bytes, mac: bytes) -> bool:
         req = crypto_pb2.VerifyMacRequest(key=key, message=message, mac=mac)
-        return bool((await self._call(self._crypto.VerifyMac, req, idempotent=True)).valid)
+        resp = await self._call(self._crypto.VerifyMac, req, idempotent=True)
+        return bool(resp.valid)
 
-    # --- batches -------------------------------------------------------------------------
+    # --- batches ---------------------------------------------------------------------
 
     async def batch(self, operations: Iterable[Operation]) -> list[Result]:
-        """See :meth:`clients.VaultClient.batch`."""
+        """Run many operations in as few messages as the limits allow.
+
+        Results come in order; each is the value or that operation's own
+        :class:`VaultError` (the others still run).  Split into BatchRequests
+        of at most 10,000 operations; each request is retried on
+        UNAVAILABLE (every batch operation is safe to repeat).
+        """
         results: list[Result] = []
         for req in _wire.batch_requests(operations):
             resp = await self._call(self._crypto.Batch, req, idempotent=True)
             results.extend(_wire.result_from_wire(r) for r in resp.results)
         return results
 
-    async def stream(self, operations: Iterable[Operation]) -> AsyncIterator[Result]:
-        """See :meth:`clients.VaultClient.stream`."""
+    async def stream(self, operations: Iterable[Operation]) -> AsyncGenerator[Result]:
+        """The same over one bidirectional stream, results in order as they come.
+
+        Not retried: a stream that fails part-way raises the mapped error.
+        """
         requests = (_wire.operation_to_wire(i, op) for i, op in enumerate(operations))
         call = self._crypto.Stream(requests, metadata=self._metadata)
-        async for msg in self._stream(call):
-            yield _wire.result_from_wire(msg)
+        with self._streaming(call):
+            async for msg in call:
+                yield _wire.result_from_wire(msg)
 
     async def sign_many(self, key: str, messages: Iterable[bytes]) -> list[bytes]:
+        """Signature tokens for each message; raises the first failure."""
         return _wire.unwrap(await self.batch(Sign(key, m) for m in messages))
 
     async def verify_many(self, key: str, pairs: Iterable[tuple[bytes, bytes]]) -> list[bool]:
+        """Verdicts for (message, signature) pairs; raises the first failure."""
         return _wire.unwrap(await self.batch(Verify(key, m, s) for m, s in pairs))
 
     async def encrypt_many(
@@ -300,14 +346,17 @@ class AsyncVaultClient:
     async def verify_mac_many(self, key: str, pairs: Iterable[tuple[bytes, bytes]]) -> list[bool]:
         return _wire.unwrap(await self.batch(VerifyMac(key, m, t) for m, t in pairs))
 
-    # --- stats ---------------------------------------------------------------------------
+    # --- stats -----------------------------------------------------------------------
 
-    async def stats(self) -> stats_pb2.Stats:
-        return await self._call(self._stats.GetStats, stats_pb2.GetStatsRequest(), idempotent=True)
+    async def stats(self) -> Stats:
+        """What secret memory costs right now."""
+        req = stats_pb2.GetStatsRequest()
+        return stats_from_wire(await self._call(self._stats.GetStats, req, idempotent=True))
 
-    async def watch_stats(self, interval: float = 1.0) -> AsyncIterator[stats_pb2.Stats]:
-        call = self._stats.WatchStats(
-            stats_pb2.WatchStatsRequest(interval_seconds=interval), metadata=self._metadata
-        )
-        async for msg in self._stream(call):
-            yield msg
+    async def watch_stats(self, interval: float = 1.0) -> AsyncGenerator[Stats]:
+        """A :class:`Stats` every ``interval`` seconds until the iterator is closed."""
+        req = stats_pb2.WatchStatsRequest(interval_seconds=interval)
+        call = self._stats.WatchStats(req, metadata=self._metadata)
+        with self._streaming(call):
+            async for msg in call:
+                yield stats_from_wire(msg)

@@ -9,6 +9,7 @@ here with ``cryptography``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import threading
@@ -20,8 +21,10 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.message import Message
 
 from secretvault.api import framing
+from secretvault.api._proto.secretvault.v1 import stats_pb2
 from secretvault.api.framing import Kind
 from secretvault.clients import (
     AsyncVaultClient,
@@ -36,11 +39,13 @@ from secretvault.clients import (
     KeyNotFound,
     Mac,
     MalformedCiphertext,
+    Memlock,
     NotFound,
     OutcomeUnknown,
     PermissionDenied,
     RetryPolicy,
     Sign,
+    Stats,
     TlsConfig,
     VaultClient,
     Verify,
@@ -50,9 +55,14 @@ from secretvault.clients import (
     local,
 )
 from secretvault.vault.server import VaultServer
-from tests.integration._support import Pki, cleanup, short_dir, start
-
-pytestmark = pytest.mark.memfd_secret
+from tests.integration._support import (
+    SERVER_BACKEND,
+    SERVER_PROTECTION,
+    Pki,
+    cleanup,
+    short_dir,
+    start,
+)
 
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.02, max_backoff=0.1, connect_wait=0.2)
 
@@ -230,14 +240,57 @@ def test_batch_larger_than_one_message(vault: VaultClient) -> None:
     assert vault.verify_mac(name, b"10049", macs[-1])
 
 
-def test_stats_and_watch(vault: VaultClient) -> None:
-    s = vault.stats()
-    assert s.backend == "memfd_secret" and s.protection == "secretmem"
-    assert set(s.keys_by_type) == {"ed25519", "x25519", "xchacha20-poly1305", "hmac-sha256"}
-    updates = vault.watch_stats(0.1)
-    got = [next(updates), next(updates)]
-    updates.close()
-    assert all(u.backend == "memfd_secret" for u in got)
+class Capture(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Keeps the wire message of each answer the client receives."""
+
+    def __init__(self) -> None:
+        self.responses: list[Any] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        outcome = continuation(details, request)
+        self.responses.append(outcome.result())
+        return outcome
+
+
+def assert_carries(record: Any, msg: Message) -> None:
+    """``record`` holds ``msg``'s values field by field, in plain Python types:
+    None for an absent optional field, tuples for repeated ones, dicts for maps."""
+    for field in msg.DESCRIPTOR.fields:
+        value, wire = getattr(record, field.name), getattr(msg, field.name)
+        where = f"{type(record).__name__}.{field.name}"
+        if field.containing_oneof is not None and not msg.HasField(field.name):
+            assert value is None, where
+        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
+            assert type(value) is dict and value == dict(wire), where
+        elif field.is_repeated:
+            assert type(value) is tuple and len(value) == len(wire), where
+            for item, wire_item in zip(value, wire, strict=True):
+                assert_carries(item, wire_item)
+        elif field.message_type is not None:
+            assert_carries(value, wire)
+        else:
+            assert type(value) is type(wire) and value == wire, where
+
+
+def test_stats_and_watch(server: VaultServer) -> None:
+    capture = Capture()
+    with VaultClient(server.config.vault.socket, retry=FAST, interceptors=[capture]) as vault:
+        s = vault.stats()
+        assert s.backend == SERVER_BACKEND and s.protection == SERVER_PROTECTION
+        assert set(s.keys_by_type) == {"ed25519", "x25519", "xchacha20-poly1305", "hmac-sha256"}
+        # the client's own frozen record, carrying exactly what the server sent
+        assert isinstance(s, Stats) and isinstance(s.memlock, Memlock)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            s.backend = "other"  # type: ignore[misc]
+        [wire] = capture.responses
+        assert isinstance(wire, stats_pb2.Stats)
+        assert_carries(s, wire)
+        assert s.size_classes and s.operations  # so the repeated fields were compared
+        updates = vault.watch_stats(0.1)
+        got = [next(updates), next(updates)]
+        updates.close()
+        assert all(u.backend == SERVER_BACKEND for u in got)
+        assert all(isinstance(u, Stats) for u in got)
 
 
 def test_context_manager_closes_the_channel(server: VaultServer) -> None:
@@ -252,7 +305,7 @@ def test_default_socket_comes_from_the_environment(
     monkeypatch.setenv("SECRETVAULT_SOCKET", server.config.vault.socket)
     with VaultClient() as c:
         assert c.target.unix_path == server.config.vault.socket
-        assert c.stats().backend == "memfd_secret"
+        assert c.stats().backend == SERVER_BACKEND
 
 
 # --- asyncio ---------------------------------------------------------------------------------
@@ -284,9 +337,11 @@ def test_async_client(server: VaultServer) -> None:
                 await vault.decrypt(aead, ct, b"wrong")
             stats = await vault.stats()
             assert stats.keys_by_type["ed25519"] >= 1
+            assert isinstance(stats, Stats)
             seen = 0
             async for s in vault.watch_stats(0.1):
-                assert s.protection == "secretmem"
+                assert s.protection == SERVER_PROTECTION
+                assert isinstance(s, Stats)
                 seen += 1
                 if seen == 2:
                     break

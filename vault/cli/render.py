@@ -6,8 +6,9 @@ default 80 columns.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -95,10 +96,6 @@ def show_keys(keys: list[Key]) -> None:
 # --- stats ---------------------------------------------------------------------------------
 
 
-def _opt(msg: Any, field: str) -> int | None:
-    return getattr(msg, field) if msg.HasField(field) else None
-
-
 def _signed(n: int) -> str:
     """A change in bytes: "+16.0 MiB", "-2.0 MiB", "no change"."""
     if not n:
@@ -156,32 +153,32 @@ def _memlock(s: Stats) -> Table:
     ml = s.memlock
     headroom_keys = ", ".join(f"{n:,} {t}" for t, n in sorted(ml.headroom_keys.items()))
     return _kv("Memlock (RLIMIT_MEMLOCK)", [
-        ("soft limit", format_bytes(_opt(ml, "soft"))),
-        ("hard limit", format_bytes(_opt(ml, "hard"))),
+        ("soft limit", format_bytes(ml.soft)),
+        ("hard limit", format_bytes(ml.hard)),
         ("locked (VmLck)", format_bytes(ml.locked)),
         ("headroom", "unlimited" if ml.cap_ipc_lock
-         else format_bytes(_opt(ml, "headroom_bytes"))),
+         else format_bytes(ml.headroom_bytes)),
         ("headroom in keys", headroom_keys or "unlimited"),
         ("CAP_IPC_LOCK", "yes (limit bypassed)" if ml.cap_ipc_lock else "no"),
     ])
 
 
 def _memcg(s: Stats) -> Table | None:
-    if not s.HasField("memcg"):
-        return None
     cg = s.memcg
+    if cg is None:
+        return None
 
-    def known(field: str) -> str:
+    def known(n: int | None) -> str:
         """A figure the cgroup may not report: ``?`` when it does not."""
-        return format_bytes(_opt(cg, field)) if cg.HasField(field) else "?"
+        return "?" if n is None else format_bytes(n)
 
     return _kv(f"Memory cgroup v{cg.version}", [
         ("path", cg.path or "/"),
-        ("usage", known("usage")),
-        ("limit", format_bytes(_opt(cg, "limit"))),
-        ("page cache (file)", known("file")),
-        ("mapped file", known("file_mapped")),
-        ("unevictable", known("unevictable")),
+        ("usage", known(cg.usage)),
+        ("limit", format_bytes(cg.limit)),
+        ("page cache (file)", known(cg.file)),
+        ("mapped file", known(cg.file_mapped)),
+        ("unevictable", known(cg.unevictable)),
     ])
 
 
@@ -196,9 +193,9 @@ def _direct_map(s: Stats) -> Table:
         ("DirectMap2M", f"{format_bytes(dm.directmap_2m)} ({_signed(dm.directmap_2m_delta)})"),
         ("DirectMap1G", f"{format_bytes(dm.directmap_1g)} ({_signed(dm.directmap_1g_delta)})"),
     ]
-    if dm.HasField("distinct_2m_regions"):
+    if dm.distinct_2m_regions is not None:
         rows.append(("2 MiB regions holding vault pages", str(dm.distinct_2m_regions)))
-    if dm.HasField("distinct_1g_regions"):
+    if dm.distinct_1g_regions is not None:
         rows.append(("1 GiB regions holding vault pages", str(dm.distinct_1g_regions)))
     return _kv("Direct map", rows)
 
@@ -253,10 +250,40 @@ def render_stats(s: Stats, *, side_by_side: bool = True) -> Any:
     return Group(*_heading(s), *stacked[:-1])
 
 
-def stats_json(s: Stats) -> dict[str, Any]:
-    from google.protobuf import json_format
+def _int32_fields() -> frozenset[str]:
+    """The names of the Stats message's 32-bit integer fields, from the wire schema.
 
-    result: dict[str, Any] = json_format.MessageToDict(
-        s, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    proto3's JSON form writes 64-bit integers as strings and 32-bit ones as
+    numbers; ``--json`` has always printed that form.
+    """
+    from google.protobuf.descriptor import FieldDescriptor
+
+    from secretvault.api._proto.secretvault.v1 import stats_pb2
+
+    small = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_UINT32,
+             FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_FIXED32,
+             FieldDescriptor.TYPE_SFIXED32}
+    return frozenset(
+        f.name for m in stats_pb2.DESCRIPTOR.message_types_by_name.values()
+        for f in m.fields if f.type in small
     )
+
+
+def _json(value: Any, int32: frozenset[str], name: str = "") -> Any:
+    """``value`` as the JSON form of the wire message has it: absent fields
+    left out, 64-bit integers as strings (what ``--json`` has always printed)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _json(v, int32, f.name) for f in dataclasses.fields(value)
+                if (v := getattr(value, f.name)) is not None}
+    if isinstance(value, tuple):
+        return [_json(v, int32, name) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _json(v, int32, name) for k, v in value.items()}
+    if isinstance(value, int) and not isinstance(value, bool) and name not in int32:
+        return str(value)
+    return value
+
+
+def stats_json(s: Stats) -> dict[str, Any]:
+    result: dict[str, Any] = _json(s, _int32_fields())
     return result
