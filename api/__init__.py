@@ -10,5 +10,6 @@ other room imports from here and this room imports from no other:
 * :mod:`~secretvault.api.pubkeys` — public-key encodings (raw, PEM, OpenSSH,
   JWK) and the key types;
 * :mod:`~secretvault.api.paths` — default locations (the socket);
+* :mod:`~secretvault.api.limits` — the server's default limits on one request;
 * ``secretvault.api._proto`` — the generated wire code (``scripts/gen-proto``).
 """

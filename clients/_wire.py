@@ -17,6 +17,8 @@ import grpc
 
 from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2
 from secretvault.api.errors import InvalidArgument
+from secretvault.api.limits import MAX_BATCH_OPERATIONS
+from secretvault.api.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES_SERVER
 from secretvault.api.paths import default_socket_path
 from secretvault.api.pubkeys import FORMATS
 from secretvault.clients import _errors, local
@@ -49,10 +51,8 @@ FORMAT_TO_WIRE: dict[str, keys_pb2.PublicKeyFormat] = {
     "jwk": keys_pb2.PUBLIC_KEY_FORMAT_JWK,
 }
 
-#: what the server accepts in one BatchRequest (RESOURCE_EXHAUSTED beyond)
-MAX_BATCH_OPERATIONS = 10_000
-#: keep each batch message well under the message size limits
-MAX_BATCH_BYTES = 3 << 20
+#: keep each batch message well under the server's message size limit
+MAX_BATCH_BYTES = MAX_MESSAGE_BYTES_SERVER * 3 // 4
 MAX_MESSAGE_BYTES = 64 << 20
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [

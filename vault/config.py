@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from secretvault.api import limits
 from secretvault.api.errors import InvalidArgument
 from secretvault.vault.app import VaultConfig
 from secretvault.vault.policy import SocketBinding
@@ -53,9 +54,9 @@ class ServerConfig:
     #: something else must scrape it (it has no access control).
     metrics: str | None = None
     #: largest request message accepted (bytes); RESOURCE_EXHAUSTED beyond
-    max_message_bytes: int = 4 << 20
+    max_message_bytes: int = limits.MAX_MESSAGE_BYTES
     #: most operations in one BatchRequest; RESOURCE_EXHAUSTED beyond
-    max_batch_operations: int = 10_000
+    max_batch_operations: int = limits.MAX_BATCH_OPERATIONS
     #: seconds in-flight calls get to finish on SIGTERM before being cancelled
     grace_seconds: float = 10.0
     #: handler threads of each listener.  Every listener has its own, so calls
