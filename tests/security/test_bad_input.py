@@ -338,9 +338,14 @@ def test_garbage_and_idle_streams_from_an_identity_with_no_grants(child: Child) 
     rng = random.Random(seed)
     v = stubs(child.socket)
     ipk = v.keys.GetImportKey(keys_pb2.GetImportKeyRequest()).public_key
-    table = seeds(ipk, v.sign("bi/ed").signature,
-                  v.crypto.Encrypt(crypto_pb2.EncryptRequest(key="bi/aead")).ciphertext,
-                  v.crypto.Mac(crypto_pb2.MacRequest(key="bi/mac")).mac)
+    # keys of this test's own: the garbage sent to every method before may
+    # delete any key the seed requests name (a DeleteKeyRequest spliced with
+    # GetPublicKeyRequest(name="bi/aead") is a valid delete of bi/aead)
+    for name, t in (("ng/ed", ED25519), ("ng/aead", AEAD), ("ng/mac", HMAC)):
+        v.create(name, t)
+    table = seeds(ipk, v.sign("ng/ed").signature,
+                  v.crypto.Encrypt(crypto_pb2.EncryptRequest(key="ng/aead")).ciphertext,
+                  v.crypto.Mac(crypto_pb2.MacRequest(key="ng/mac")).mac)
     pool = [m.SerializeToString() for ms in table.values() for m in ms]
     nobody = os.path.join(os.path.dirname(os.path.dirname(child.socket)), "nobody", "n.sock")
     channel = grpc.insecure_channel(f"unix:{nobody}")
