@@ -2,7 +2,8 @@
 
 Each operation runs through the same ``secretvault.backends._sodium`` pointer functions
 the vault uses, twice: with the key in a secret-memory slot (a
-:class:`backends.SlotAllocator` over :class:`backends.MemfdSecretBackend`)
+:class:`secretvault.backends.SlotAllocator` over
+:class:`secretvault.backends.MemfdSecretBackend`)
 and with the key in an ordinary cffi buffer on the C heap.  Same code, same
 messages, same process: the ratio isolates where the key lives.
 

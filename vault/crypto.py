@@ -3,7 +3,7 @@
 This is the one vault module that imports the binding layer
 (``secretvault.backends._sodium``: thin functions named after the C calls);
 ``tests/unit/vault/test_safe_layer.py`` holds every other vault module to
-that.  The functions here take :class:`backends.Slot` handles for key
+that.  The functions here take :class:`secretvault.backends.Slot` handles for key
 material and ``bytes`` only for public data (messages, public keys,
 ciphertexts, nonces, salts).  No secret is ever copied into a Python
 object: libsodium generates into, opens into, derives into, and

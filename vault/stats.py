@@ -1,6 +1,6 @@
 """What the vault reports about itself: one frozen record, several renderings.
 
-:class:`VaultStats` joins the allocator's :class:`~backends.SecretMemoryStats`
+:class:`VaultStats` joins the allocator's :class:`~secretvault.backends.SecretMemoryStats`
 (secret-memory accounting, memlock, memcg, direct map), the key counts by
 type and the operation counters.  The gRPC ``Stats`` message
 (:func:`to_proto`) and the Prometheus metrics (``secretvault.vault.metrics``) are both

@@ -1,6 +1,6 @@
 """The model backends' shared half: real locked bytes beside a simulation.
 
-A model backend is a real :class:`~backends.SecretMemoryBackend`: each
+A model backend is a real :class:`~secretvault.backends.SecretMemoryBackend`: each
 region is ordinary anonymous memory, locked (``mlock``), ``MADV_DONTDUMP``
 and ``MADV_DONTFORK`` (``_sys.mmap_anonymous_locked``), so a vault and its slot
 allocator run on it unchanged.  It is *not* secret memory -- it stays in the

@@ -9,7 +9,7 @@
 * ``fork-bomb`` -- the case raised in review: N processes, each mapping one
   secret page.
 
-Keys are packed the way :class:`backends.SlotAllocator` packs them (64
+Keys are packed the way :class:`secretvault.backends.SlotAllocator` packs them (64
 Ed25519 keys per page, regions growing by 1/16 of what is mapped between
 16 and 256 pages, pages first touched when carved, the fullest page first,
 empty regions given back beyond a reserve of one);
