@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from secretvault.api.paths import SOCKET_ENV, default_socket_path
+from secretvault.clients._types import DEFAULT_TIMEOUT  # loads no grpc (GRPC_VERBOSITY)
 from secretvault.vault.cli.errors import EXIT_ERROR
 
 
@@ -122,5 +123,5 @@ def connection_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--client-key", metavar="FILE", help="PEM key of --client-cert")
     g.add_argument("--server-name", metavar="NAME",
                    help="the name to expect in the vault's certificate, if not HOST")
-    g.add_argument("--timeout", metavar="SECONDS", type=positive_float, default=30.0,
-                   help="give up on a call after this long (default: 30)")
+    g.add_argument("--timeout", metavar="SECONDS", type=positive_float, default=DEFAULT_TIMEOUT,
+                   help=f"give up on a call after this long (default: {DEFAULT_TIMEOUT:g})")
