@@ -139,6 +139,11 @@ class SecretMemoryUnavailable(FailedPrecondition):
     """memfd_secret(2) is not available: the vault refuses to start."""
 
 
+class StoreInUse(FailedPrecondition):
+    """The key store is open in another process: a store serves one process
+    at a time, so two keyrings over it cannot drift apart."""
+
+
 class ImportKeyUnavailable(FailedPrecondition):
     """The vault's sealed import key could not be opened at start: wrapped
     import is off (every other operation works) until the store is restored."""

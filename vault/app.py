@@ -21,6 +21,7 @@ from secretvault.backends import (
 from secretvault.vault.keyring import Keyring
 from secretvault.vault.sealing import Argon2Params, UnsealSource, create_key_file
 from secretvault.vault.store import SQLiteStore, Store
+from secretvault.vault.storelock import StoreLock
 from secretvault.vault.unsealing import Progress
 
 BackendName = Literal["memfd_secret", "page-model", "pooled-pmd-model"]
@@ -66,18 +67,22 @@ class Vault:
     allocator: SlotAllocator
     store: Store
     keyring: Keyring
+    lock: StoreLock
     created_key_file: str | None = None
 
     def close(self) -> None:
         """Zero and unmap secret memory even if closing the keyring or the
-        store fails part-way."""
+        store fails part-way; the store is let go last."""
         try:
             self.keyring.close()
         finally:
             try:
                 self.store.close()
             finally:
-                self.allocator.close()
+                try:
+                    self.allocator.close()
+                finally:
+                    self.lock.release()
 
 
 def make_backend(config: VaultConfig) -> SecretMemoryBackend:
@@ -128,14 +133,27 @@ def _unseal_source(
     return UnsealSource(key_file=key_file), created
 
 
-def open_vault(config: VaultConfig, *, progress: Progress | None = None) -> Vault:
-    """Harden the process, pick the backend, unseal the store into it."""
+#: what a refused second opener is told holds the store (``StoreLock``)
+SERVER_HOLDER = "the secretvault server"
+
+
+def open_vault(config: VaultConfig, *, progress: Progress | None = None,
+               holder: str = SERVER_HOLDER) -> Vault:
+    """Harden the process, pick the backend, hold the store, unseal it.
+
+    ``holder`` says what this process is, to anyone refused the store while
+    it is open here (:class:`StoreInUse`).
+    """
     if config.harden:
         harden_process()
     backend = make_backend(config)
     allocator = SlotAllocator(backend)
+    lock: StoreLock | None = None
     try:
         os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+        # held before anything is read or created, so two first starts
+        # cannot both make a key file
+        lock = StoreLock(config.store_path, holder)
         source, created = _unseal_source(config, allocator)
         store = SQLiteStore(config.store_path)
         try:
@@ -144,8 +162,12 @@ def open_vault(config: VaultConfig, *, progress: Progress | None = None) -> Vaul
             store.close()
             raise
     except BaseException:
-        allocator.close()
+        try:
+            allocator.close()
+        finally:
+            if lock is not None:
+                lock.release()
         raise
-    return Vault(config, backend, allocator, store, keyring, created)
+    return Vault(config, backend, allocator, store, keyring, lock, created)
 
 

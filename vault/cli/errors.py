@@ -33,6 +33,7 @@ from secretvault.api.errors import (
     ShuttingDown,
     StoreBusy,
     StoreFull,
+    StoreInUse,
     StoreSealed,
     TooManyCalls,
     Unavailable,
@@ -91,6 +92,8 @@ FIXES: dict[type[VaultError], str] = {
     ImportKeyUnavailable: "the vault's sealed import key is damaged: restore the store from "
     "a backup, or create keys in the vault instead of importing them",
     StoreFull: "free space on the vault's data directory, then retry",
+    StoreInUse: "stop the process the message names first, or, if it is a server, reach "
+    "the keys through it (a client, or secretvault.clients)",
     StoreBusy: "another process holds the store: run one vault per data directory, then retry",
     TooManyCalls: "close idle streams or watches, or ask the operator to raise the limits "
     "(--max-concurrent-rpcs, --max-streams-per-identity)",

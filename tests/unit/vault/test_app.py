@@ -11,12 +11,14 @@ region of the allocator is given back).
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from secretvault.api.errors import StoreInUse, WrongPassphrase
 from secretvault.backends import Region, Slot
 from secretvault.vault.app import Vault, VaultConfig, open_vault
 from secretvault.vault.sealing import Argon2Params
@@ -137,3 +139,23 @@ def test_a_failing_part_cannot_skip_zeroing_and_unmapping(vault: Vault, part: st
         with pytest.raises(sqlite3.ProgrammingError):
             real_store_close.__self__._db.execute("SELECT 1")  # type: ignore[attr-defined]
     assert not _overlaps(secretmem_mappings(), regions)
+    # and the store was let go: another vault may open it
+    assert not vault.lock.held
+
+
+def test_a_second_vault_on_the_store_is_refused_until_the_first_closes(
+        vault: Vault) -> None:
+    with pytest.raises(StoreInUse, match="the secretvault server"):
+        open_vault(vault.config)
+    vault.close()
+    open_vault(vault.config).close()
+
+
+def test_a_failed_open_lets_go_of_the_store(tmp_path: Path) -> None:
+    config = VaultConfig(data_dir=str(tmp_path / "data"), socket="", passphrase=b"pw",
+                         kdf=Argon2Params(ops=1, mem=8 << 20), harden=False)
+    open_vault(config).close()
+    wrong = dataclasses.replace(config, passphrase=b"not the passphrase")
+    with pytest.raises(WrongPassphrase):
+        open_vault(wrong)
+    open_vault(config).close()  # not refused with StoreInUse: the failed opener let go
