@@ -47,8 +47,20 @@ _NAMES = {
 }
 
 
+#: each kind's byte, looked up without the enum's ``value`` descriptor
+_BYTE = {k: k.value for k in Kind}
+#: the headers of the first versions, made once: framing is on every
+#: operation's path, and packing a header cost a fifth of the overhead the
+#: keyring adds to a libsodium signature (benchmarks/bench_embedded.py)
+_CACHED_VERSIONS = 256
+_HEADERS = {k: tuple(HEADER.pack(MAGIC, k.value, v) for v in range(_CACHED_VERSIONS))
+            for k in Kind}
+
+
 def frame(kind: Kind, version: int, payload: bytes) -> bytes:
-    return HEADER.pack(MAGIC, kind.value, version) + payload
+    if 0 < version < _CACHED_VERSIONS:
+        return _HEADERS[kind][version] + payload
+    return HEADER.pack(MAGIC, _BYTE[kind], version) + payload
 
 
 def unframe(kind: Kind, token: bytes) -> tuple[int, bytes]:

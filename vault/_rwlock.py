@@ -6,14 +6,21 @@ operation holds the read side while it uses a slot; freeing a slot takes
 the write side.  Writers are preferred, so a steady stream of operations
 cannot starve a delete.
 
-The read side is on every operation's path, so it is kept to one plain
-``Lock`` acquire/release each way and a counter: a reader only waits on the
-condition variable when a writer holds or wants the lock, and the last
-reader out only notifies when a writer is waiting.  ``with lock.read():``
-enters the lock itself, whose ``__enter__`` and ``__exit__`` *are* the
-acquire and release (no call through a wrapper), so the statement costs
-what calling them by hand does.  Writes (key creation, rotation, deletion)
-are rare and take the slower path.
+The read side is on every operation's path, so it takes no lock at all
+while no writer is about: a reader appends itself to the list of active
+readers and checks the *gate* (non-zero while a writer holds or waits for
+the lock), and leaves by popping itself off.  ``list.append``/``pop`` are
+single atomic steps, and the two sides are ordered like Dekker's: a writer
+raises the gate, *then* looks at the readers; a reader appends itself,
+*then* looks at the gate.  So either the writer sees the reader and waits,
+or the reader sees the gate, backs out and queues behind the writer under
+the lock.  A reader leaving notifies only when a writer waits and it was
+the last.  (This needs every step to be seen in order by every thread,
+which the GIL gives; the read side cost 0.68 µs a use with a lock each way,
+0.24 µs without, a fifth of what the keyring adds to a libsodium signature.)
+``with lock.read():`` enters the lock itself, whose ``__enter__`` and
+``__exit__`` *are* the acquire and release.  Writes (key creation,
+rotation, deletion) are rare and take the slower path.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ class _Side:
 class RWLock:
     __slots__ = (
         "_cond",
+        "_gate",
         "_lock",
         "_readers",
         "_write",
@@ -54,7 +62,10 @@ class RWLock:
         self._lock = threading.Lock()
         # waited on only when a reader meets a writer (or a writer meets anyone)
         self._cond = threading.Condition(self._lock)
-        self._readers = 0
+        #: one entry per reader inside (appended and popped without the lock)
+        self._readers: list[None] = []
+        #: writers holding or waiting: readers go in freely only while it is 0
+        self._gate = 0
         self._writer = False
         self._writers_waiting = 0
         self._write = _Side(self.acquire_write, self.release_write)
@@ -62,17 +73,23 @@ class RWLock:
     # --- the read side: every operation --------------------------------------------
 
     def acquire_read(self) -> None:
+        if not self._gate:
+            self._readers.append(None)
+            if not self._gate:
+                return
+            # a writer came between the two looks: let it go first
+            self.release_read()
         with self._lock:
-            if self._writer or self._writers_waiting:
-                while self._writer or self._writers_waiting:
-                    self._cond.wait()
-            self._readers += 1
+            while self._gate:
+                self._cond.wait()
+            self._readers.append(None)
 
     def release_read(self, exc_type: type[BaseException] | None = None,
                      exc: BaseException | None = None, tb: TracebackType | None = None) -> None:
-        with self._lock:
-            self._readers -= 1
-            if self._readers == 0 and self._writers_waiting:
+        readers = self._readers
+        readers.pop()
+        if self._gate and not readers:
+            with self._lock:
                 self._cond.notify_all()
 
     __enter__ = acquire_read
@@ -86,6 +103,7 @@ class RWLock:
 
     def acquire_write(self) -> None:
         with self._lock:
+            self._gate += 1  # before looking at the readers (see the module's docstring)
             self._writers_waiting += 1
             try:
                 while self._writer or self._readers:
@@ -93,6 +111,7 @@ class RWLock:
             except BaseException:
                 # interrupted: readers held back for this writer must not wait on
                 self._writers_waiting -= 1
+                self._gate -= 1
                 self._cond.notify_all()
                 raise
             self._writers_waiting -= 1
@@ -101,6 +120,7 @@ class RWLock:
     def release_write(self) -> None:
         with self._lock:
             self._writer = False
+            self._gate -= 1
             # readers held back for this writer, and other writers, may go on
             self._cond.notify_all()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from secretvault.api import framing
 from secretvault.api.errors import MalformedCiphertext
 from secretvault.api.framing import HEADER_SIZE, Kind, frame, unframe
 
@@ -39,3 +40,12 @@ def test_short_or_foreign(token: bytes) -> None:
 def test_version_zero_does_not_exist() -> None:
     with pytest.raises(MalformedCiphertext, match="versions start at 1"):
         unframe(Kind.MAC, b"SVM\x00\x00\x00\x00" + bytes(32))
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+@pytest.mark.parametrize("version", [1, 2, 255, 256, 257, 70_000, 2**32 - 1])
+def test_cached_and_packed_headers_are_the_same(kind: Kind, version: int) -> None:
+    """The first versions' headers are made once; every version's header is the packed one."""
+    token = framing.frame(kind, version, b"payload")
+    assert token == framing.HEADER.pack(framing.MAGIC, kind.value, version) + b"payload"
+    assert framing.unframe(kind, token) == (version, b"payload")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -117,3 +118,90 @@ def test_the_read_side_is_released_when_the_body_raises() -> None:
         raise ValueError("inside")
     with lock.write():  # would block forever if the read side leaked
         pass
+
+
+def test_no_reader_is_ever_inside_with_a_writer_under_constant_switching() -> None:
+    """The read side takes no lock while no writer is about: hammer it with
+    readers and writers, switching threads as often as the interpreter can,
+    and check from inside that a writer is alone and readers never see one."""
+    import sys
+
+    lock = RWLock()
+    state = {"writer": 0}
+    inside = [False] * 4  # each reader's own flag: set only between acquire and release
+    faults: list[str] = []
+    stop = time.monotonic() + 1.0
+
+    def reader(i: int) -> None:
+        while time.monotonic() < stop:
+            with lock.read():
+                inside[i] = True
+                if state["writer"]:
+                    faults.append("a reader inside with a writer")
+                inside[i] = False
+
+    def writer() -> None:
+        while time.monotonic() < stop:
+            with lock.write():
+                state["writer"] += 1
+                if state["writer"] != 1:
+                    faults.append("two writers inside")
+                if any(inside):
+                    faults.append("a writer inside with readers")
+                state["writer"] -= 1
+            time.sleep(0)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [_started(functools.partial(reader, i)) for i in range(4)]
+        threads += [_started(writer) for _ in range(2)]
+        for t in threads:
+            t.join(WAIT + 2)
+            assert not t.is_alive(), "deadlock"
+    finally:
+        sys.setswitchinterval(old)
+    assert faults == []
+    assert lock._readers == [] and lock._gate == 0
+
+
+def test_a_writer_that_slips_in_between_a_readers_two_looks_goes_first() -> None:
+    """The one interleaving the lock-free read side must get right, forced:
+    a writer raises the gate after the reader looked at it and before the
+    reader is on the list, so the writer sees no reader and goes in.  The
+    reader must see the gate on its second look, back out and wait."""
+    lock = RWLock()
+    writer_inside, let_writer_go, reader_inside = (threading.Event() for _ in range(3))
+    seen: list[str] = []
+
+    def writer() -> None:
+        with lock.write():
+            writer_inside.set()
+            let_writer_go.wait(WAIT)
+            seen.append("writer leaves")
+
+    class Racing(list[None]):
+        first = True
+
+        def append(self, item: None) -> None:
+            if self.first:  # between the reader's first look and its append
+                self.first = False
+                _started(writer)
+                assert writer_inside.wait(WAIT)
+            super().append(item)
+
+    lock._readers = Racing()
+
+    def reader() -> None:
+        with lock.read():
+            seen.append("reader enters")
+            reader_inside.set()
+
+    r = _started(reader)
+    assert writer_inside.wait(WAIT)
+    assert not reader_inside.wait(0.3), "the reader went in beside the writer"
+    let_writer_go.set()
+    assert reader_inside.wait(WAIT)
+    r.join(WAIT)
+    assert seen == ["writer leaves", "reader enters"]
+    assert lock._readers == [] and lock._gate == 0
