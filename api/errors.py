@@ -131,6 +131,11 @@ class StoreSealed(FailedPrecondition):
     """The store has not been unsealed: no key can be used yet."""
 
 
+class KeyringClosed(StoreSealed):
+    """The embedded keyring was closed (its memory zeroed), or this process
+    is a forked child of the one that opened it: no key can be used here."""
+
+
 class WrongPassphrase(FailedPrecondition):
     """The unseal passphrase or key file does not open this store."""
 

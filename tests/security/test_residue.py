@@ -1,6 +1,7 @@
 """Residue: after thousands of operations, no key is anywhere a reader can see.
 
-A separate server process (``residue_server.py``) opens a vault on
+A separate server process (``residue_server.py``), or a process embedding
+the keyring (``--embedded``: ``secretvault.embedded``), opens a vault on
 memfd_secret, imports four known keys through the wrapped path, operates
 with them thousands of times, restarts (unsealing every key from the store),
 and waits.  Then, as root, this test reads every readable mapping listed in
@@ -210,13 +211,13 @@ class Run:
     ready: dict[str, object]
 
 
-def run_server(tmp_path: Path, keys: Keys, *, leak: bool) -> Run:
+def run_server(tmp_path: Path, keys: Keys, *, leak: bool, embedded: bool = False) -> Run:
     data_dir = tmp_path / ("leak" if leak else "vault")
     passphrase_file = tmp_path / ("leak.pw" if leak else "vault.pw")
     passphrase_file.write_bytes(PASSPHRASE + b"\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", SERVER, str(data_dir), str(passphrase_file),
-         *(["--leak"] if leak else [])],
+         *(["--leak"] if leak else []), *(["--embedded"] if embedded else [])],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdin is not None and proc.stdout is not None
@@ -256,9 +257,12 @@ def _check_scan_was_complete(scan: Scan) -> None:
     assert "/secretmem (deleted)" in scan.unreadable
 
 
-def test_no_key_residue_in_the_server_process_or_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("embedded", [False, True], ids=["server", "embedded"])
+def test_no_key_residue_in_the_server_process_or_store(tmp_path: Path, embedded: bool) -> None:
+    """The server's process, and an application's that embeds the keyring
+    (``secretvault.embedded``, its public methods only)."""
     keys = Keys()
-    run = run_server(tmp_path, keys, leak=False)
+    run = run_server(tmp_path, keys, leak=False, embedded=embedded)
     # the server really used these keys: its outputs match the known keys
     assert run.ready["operations"] >= 5000  # type: ignore[operator]
     VerifyKey(bytes(SigningKey(keys.seed).verify_key)).verify(
@@ -272,9 +276,10 @@ def test_no_key_residue_in_the_server_process_or_store(tmp_path: Path) -> None:
     assert run.files_after_exit == {}
 
 
-def test_positive_control_finds_keys_kept_in_python_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("embedded", [False, True], ids=["server", "embedded"])
+def test_positive_control_finds_keys_kept_in_python_bytes(tmp_path: Path, embedded: bool) -> None:
     keys = Keys()
-    run = run_server(tmp_path, keys, leak=True)
+    run = run_server(tmp_path, keys, leak=True, embedded=embedded)
     assert run.ready["leaking"] is True
     _check_scan_was_complete(run.scan)
     for label in ("ed25519 seed", "x25519 key", "xchacha key", "hmac key"):
