@@ -81,6 +81,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     memory: dict[str, Any] | None = None
     memory_missing: str | None = None
+    title: str = "secretvault against its peers"
 
     # --- JSON ---------------------------------------------------------------
 
@@ -153,7 +154,7 @@ class Report:
     def table(self) -> Any:
         from rich.table import Table
 
-        t = Table(title="secretvault against its peers (medians over rounds; "
+        t = Table(title=f"{self.title} (medians over rounds; "
                         "ratios: median of per-round ratios)", title_justify="left")
         reasons = self.missing_reasons()
         t.add_column("measurement", no_wrap=True)

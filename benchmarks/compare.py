@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import os
 import sys
 import tempfile
 import time
@@ -39,8 +38,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._measure import Measure, PeerMissing, Rate, Run, loop_rate, per_round_ratio
+from benchmarks._measure import Measure, PeerMissing, per_round_ratio
 from benchmarks._report import Report, Row, Target, loadavg, machine
+from benchmarks._rounds import Bench, loop_form, process_cpu
 from benchmarks._rpc import (
     BATCH,
     RPC_FORMS,
@@ -59,90 +59,6 @@ from benchmarks.crypto_limit import OPERATIONS, SIGN_MESSAGE, crypto_forms
 # --- the run --------------------------------------------------------------------------
 
 
-class Bench:
-    """Forms in table order; runs them round after round."""
-
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.measures: dict[str, Measure] = {}
-        self._forms: list[tuple[Measure, Rate, CpuClock]] = []
-        self._log = log
-
-    def add(self, key: str, label: str, make: Callable[[list[int]], Rate],
-            cpu: CpuClock = time.process_time) -> Measure:
-        """A form; ``cpu`` reads the CPU seconds of the process doing the work
-        (this one for in-process forms, the server's or agent's otherwise)."""
-        m = self.measure(key, label)
-        try:
-            self._forms.append((m, make(m.latencies_ns), cpu))
-        except PeerMissing as e:
-            m.missing = str(e)
-        return m
-
-    def measure(self, key: str, label: str, unit: str = "ops/s") -> Measure:
-        if key not in self.measures:
-            self.measures[key] = Measure(key, label, unit)
-        return self.measures[key]
-
-    def missing(self, key: str, label: str, reason: str) -> Measure:
-        m = self.measure(key, label)
-        m.missing = reason
-        return m
-
-    def run(self, rounds: int, seconds: float) -> None:
-        # warm-up: first calls pay for connections, TLS handshakes, caches
-        for m, rate, cpu in self._forms:
-            self._once(m, rate, cpu, min(0.1, seconds), keep=False)
-        for r in range(rounds):
-            t0 = time.monotonic()
-            for m, rate, cpu in self._forms:
-                if m.missing is None:
-                    self._once(m, rate, cpu, seconds, keep=True)
-            self._log(f"round {r + 1}/{rounds} done in {time.monotonic() - t0:.1f} s "
-                      f"(load {loadavg()})")
-
-    def _once(self, m: Measure, rate: Rate, cpu: CpuClock, seconds: float, *,
-              keep: bool) -> None:
-        try:
-            c0, t0 = cpu(), time.perf_counter()
-            value = rate(seconds)
-            c1, t1 = cpu(), time.perf_counter()
-        except Exception as e:  # a peer that dies mid-run is reported, not fatal
-            m.missing = f"failed during the run: {type(e).__name__}: {str(e)[:200]}"
-            return
-        if keep:
-            m.rounds.append(value)
-            ops = value * (t1 - t0)
-            if ops > 0:
-                m.cpu_us_per_op.append((c1 - c0) / ops * 1e6)
-        else:
-            m.latencies_ns.clear()
-
-
-CpuClock = Callable[[], float]
-
-
-def process_cpu(pid: int) -> CpuClock:
-    """CPU seconds (user + system, all threads) of another process, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def read() -> float:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            # the command name (field 2) may contain spaces: split after it
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-
-    return read
-
-
-def _loop(run: Run, ops_per_unit: int = 1) -> Callable[[list[int]], Rate]:
-    """An in-process loop form (no per-call latency recorded)."""
-
-    def make(_latencies: list[int]) -> Rate:
-        return loop_rate(run, ops_per_unit)
-
-    return make
-
-
 def _add_crypto(bench: Bench, stack: contextlib.ExitStack) -> None:
     try:
         secret, ordinary = stack.enter_context(crypto_forms())
@@ -152,8 +68,8 @@ def _add_crypto(bench: Bench, stack: contextlib.ExitStack) -> None:
                 bench.missing(f"crypto.{op}.{where}", f"{label}, key in {where} memory", str(e))
         return
     for s, o in zip(secret, ordinary, strict=True):
-        bench.add(s.key, s.label, _loop(s.run))
-        bench.add(o.key, o.label, _loop(o.run))
+        bench.add(s.key, s.label, loop_form(s.run))
+        bench.add(o.key, o.label, loop_form(o.run))
 
 
 def _add_peers(bench: Bench, stack: contextlib.ExitStack) -> None:
@@ -170,7 +86,7 @@ def _add_peers(bench: Bench, stack: contextlib.ExitStack) -> None:
             for _ in range(n):
                 client.sign(blob, SIGN_MESSAGE)
 
-        bench.add("peer.ssh_agent.ed25519", label, _loop(agent_run), process_cpu(agent.pid))
+        bench.add("peer.ssh_agent.ed25519", label, loop_form(agent_run), process_cpu(agent.pid))
     except PeerMissing as e:
         bench.missing("peer.ssh_agent.ed25519", label, str(e))
 
@@ -179,7 +95,7 @@ def _add_peers(bench: Bench, stack: contextlib.ExitStack) -> None:
     try:
         hsm = stack.enter_context(SoftHsm())
         for which, lab in labels.items():
-            bench.add(f"peer.softhsm.{which}", lab, _loop(hsm.runner(which, SIGN_MESSAGE)))
+            bench.add(f"peer.softhsm.{which}", lab, loop_form(hsm.runner(which, SIGN_MESSAGE)))
     except PeerMissing as e:
         for which, lab in labels.items():
             bench.missing(f"peer.softhsm.{which}", lab, str(e))
@@ -202,7 +118,7 @@ def _add_in_process(bench: Bench, stack: contextlib.ExitStack) -> None:
         return
     for k, label in DIAG_LABELS.items():
         run, ops = forms[k]
-        bench.add(f"diag.{k}", label, _loop(run, ops))
+        bench.add(f"diag.{k}", label, loop_form(run, ops))
 
 
 def _add_rpc(bench: Bench, stack: contextlib.ExitStack, log: Callable[[str], None]) -> None:

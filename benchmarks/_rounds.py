@@ -1,0 +1,101 @@
+"""Rounds of forms, each next to its peer: the runner every benchmark table uses.
+
+A :class:`Bench` holds forms in table order and runs them round after round
+(``benchmarks/_measure.py`` has the method: medians over rounds, ratios per
+round); a form whose peer cannot run here is kept, as MISSING with the
+reason.  CPU time per operation is read from the process doing the work.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from benchmarks._measure import Measure, PeerMissing, Rate, Run, loop_rate
+from benchmarks._report import loadavg
+
+#: CPU seconds of the process doing a form's work
+CpuClock = Callable[[], float]
+
+
+class Bench:
+    """Forms in table order; runs them round after round."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.measures: dict[str, Measure] = {}
+        self._forms: list[tuple[Measure, Rate, CpuClock]] = []
+        self._log = log
+
+    def add(self, key: str, label: str, make: Callable[[list[int]], Rate],
+            cpu: CpuClock = time.process_time) -> Measure:
+        """A form; ``cpu`` reads the CPU seconds of the process doing the work
+        (this one for in-process forms, the server's or agent's otherwise)."""
+        m = self.measure(key, label)
+        try:
+            self._forms.append((m, make(m.latencies_ns), cpu))
+        except PeerMissing as e:
+            m.missing = str(e)
+        return m
+
+    def measure(self, key: str, label: str, unit: str = "ops/s") -> Measure:
+        if key not in self.measures:
+            self.measures[key] = Measure(key, label, unit)
+        return self.measures[key]
+
+    def missing(self, key: str, label: str, reason: str) -> Measure:
+        m = self.measure(key, label)
+        m.missing = reason
+        return m
+
+    def run(self, rounds: int, seconds: float) -> None:
+        # warm-up: first calls pay for connections, TLS handshakes, caches
+        for m, rate, cpu in self._forms:
+            self._once(m, rate, cpu, min(0.1, seconds), keep=False)
+        for r in range(rounds):
+            t0 = time.monotonic()
+            for m, rate, cpu in self._forms:
+                if m.missing is None:
+                    self._once(m, rate, cpu, seconds, keep=True)
+            self._log(f"round {r + 1}/{rounds} done in {time.monotonic() - t0:.1f} s "
+                      f"(load {loadavg()})")
+
+    def _once(self, m: Measure, rate: Rate, cpu: CpuClock, seconds: float, *,
+              keep: bool) -> None:
+        try:
+            c0, t0 = cpu(), time.perf_counter()
+            value = rate(seconds)
+            c1, t1 = cpu(), time.perf_counter()
+        except Exception as e:  # a peer that dies mid-run is reported, not fatal
+            m.missing = f"failed during the run: {type(e).__name__}: {str(e)[:200]}"
+            return
+        if keep:
+            m.rounds.append(value)
+            ops = value * (t1 - t0)
+            if ops > 0:
+                m.cpu_us_per_op.append((c1 - c0) / ops * 1e6)
+        else:
+            m.latencies_ns.clear()
+
+
+
+def process_cpu(pid: int) -> CpuClock:
+    """CPU seconds (user + system, all threads) of another process, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            # the command name (field 2) may contain spaces: split after it
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    return read
+
+
+def loop_form(run: Run, ops_per_unit: int = 1) -> Callable[[list[int]], Rate]:
+    """An in-process loop form (no per-call latency recorded)."""
+
+    def make(_latencies: list[int]) -> Rate:
+        return loop_rate(run, ops_per_unit)
+
+    return make
