@@ -180,3 +180,25 @@ def test_the_application_is_hardened_like_the_server(base: str) -> None:
     assert before == {"dumpable": 1, "core": before["core"]}  # type: ignore[index]
     assert after == {"dumpable": 0, "core": [0, 0]}, after
     assert report["stats_backend"] == SERVER_BACKEND
+
+
+@pytest.mark.memfd_secret  # the example takes the default backend, as a reader would
+def test_the_readmes_example_runs_and_finds_its_key_again(base: str) -> None:
+    """README.md's example, as it stands, in a process of its own: twice, so
+    the second run opens the store the first made and signs with the same key."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    section = re.search(r"^## Embedded: .*?\n(.*?)(?=^## )", readme, re.M | re.S)
+    assert section, "README.md has no '## Embedded: ...' section"
+    (example,) = re.findall(r"^```python\n(.*?)^```", section.group(1), re.M | re.S)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SECRETVAULT_PASSPHRASE", None)
+    printed = []
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", example], cwd=base, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        printed.append(p.stdout)
+    assert printed[0].startswith("ssh-ed25519 ") and printed[0] == printed[1]
+    assert os.path.exists(os.path.join(base, "app-keys", "unseal.key"))
