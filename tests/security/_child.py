@@ -125,6 +125,23 @@ def seccomp(errname: str) -> dict[str, object]:
     return {"before": before, "mode": mode, "raw": [fd, err], "refused": None}
 
 
+def embedded_without_memfd_secret(data_dir: str) -> dict[str, object]:
+    """An embedding process whose seccomp filter denies memfd_secret: the keyring
+    refuses to open on its default backend, and opens on a model only when asked."""
+    from secretvault.embedded import open_keyring
+
+    _kernel.deny_syscall(err=errno.ENOSYS)
+    refused = None
+    try:
+        open_keyring(data_dir).close()
+    except SecretMemoryUnavailable as e:
+        refused = str(e)
+    with open_keyring(data_dir, backend="page-model") as ring:
+        ring.create_key("k", "ed25519")
+        protection = ring.stats().protection
+    return {"refused": refused, "model_protection": protection}
+
+
 def harden() -> dict[str, object]:
     """harden_process() in a child of a same-uid, unprivileged parent.
 
@@ -173,6 +190,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, object]]] = {
     "peek": peek,
     "memlock": memlock,
     "seccomp": seccomp,
+    "embedded_without_memfd_secret": embedded_without_memfd_secret,
     "harden": harden,
 }
 

@@ -305,6 +305,15 @@ def test_seccomp_denial_is_reported_as_unavailable(errname: str) -> None:
     assert "older than" not in str(refused)
 
 
+def test_an_embedded_keyring_refuses_to_start_without_memfd_secret(tmp_path: Path) -> None:
+    """secretvault.embedded never falls back to ordinary memory: without
+    memfd_secret it says why, and a model runs only when asked for by name."""
+    got = run_child("embedded_without_memfd_secret", str(tmp_path / "data"))
+    assert got["refused"] is not None, "open_keyring() must refuse without memfd_secret"
+    assert "ENOSYS" in str(got["refused"])
+    assert got["model_protection"] == "model"
+
+
 # --- process hardening -------------------------------------------------------------------------
 
 

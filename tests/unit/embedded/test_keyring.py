@@ -227,3 +227,39 @@ def test_a_forked_child_cannot_read_or_use_the_keys(tmp_path: Path, hardened: li
         assert r.verify("k", b"m", r.sign("k", b"m"))
     # and the children's exits did not keep the store: it opens again
     open_keyring(tmp_path / "data").close()
+
+
+def test_threads_share_one_keyring(ring: Keyring) -> None:
+    """Signers on several threads while another rotates and deletes: every
+    token verifies, the deleted key is refused by name, the counts add up."""
+    import threading
+
+    ring.create_key("shared", "ed25519")
+    ring.create_key("doomed", "hmac-sha256")
+    errors: list[BaseException] = []
+    per_thread = 300
+
+    def signer() -> None:
+        try:
+            for i in range(per_thread):
+                msg = i.to_bytes(4, "big")
+                assert ring.verify("shared", msg, ring.sign("shared", msg))
+        except BaseException as e:  # pragma: no cover (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=signer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(5):
+        ring.rotate_key("shared")
+    ring.mac("doomed", b"m")
+    ring.delete_key("doomed")
+    for t in threads:
+        t.join()
+    assert errors == []
+    with pytest.raises(KeyNotFound):
+        ring.mac("doomed", b"m")
+    counts = {(o.operation, o.result): o.count for o in ring.stats().operations}
+    assert counts[("sign", "ok")] == counts[("verify", "ok")] == 4 * per_thread
+    assert counts[("rotate_key", "ok")] == 5
+    assert ring.get_key("shared").primary_version == 6
