@@ -23,6 +23,12 @@ refuses an operation that changes keys before it runs (its ``attempt`` line
 could not be written, so nothing changes unaudited), and withholds any
 other operation's result from the client (UNAVAILABLE).  With
 ``fail_open=True`` the failure is logged and the operation proceeds.
+
+**Bounded.**  No line is longer than :data:`MAX_LINE`, whatever a request
+holds: the edge refuses a key name over 128 characters (INVALID_ARGUMENT)
+before the call's line could name it, and the writer clips every string
+field (an identity from a certificate's SAN URI has no such limit); a
+clipped line carries ``"truncated":true``.
 """
 
 from __future__ import annotations
@@ -46,6 +52,33 @@ Entry = tuple[str, str | None, int | None, str]
 #: strings with few distinct values (identities, listeners, operations,
 #: results) are escaped once; key names come from clients and are not kept
 _MAX_QUOTED = 1024
+
+#: the most bytes a string field takes once escaped: an identity, a listener or a
+#: key (the edge refuses names over 128 characters, which escape to at most 768
+#: bytes; a certificate's SAN URI has no such limit), and an operation or result
+_MAX_FIELD = 800
+_MAX_WORD = 64
+#: the most bytes one line can take: every string field is clipped (and the line
+#: then carries ``"truncated":true``), every number is an int, and a batch's
+#: summary names at most the few operations a batch can carry
+MAX_LINE = 4096
+_TRUNCATED = ',"truncated":true'
+
+
+def _clip(text: str, budget: int) -> tuple[str, bool]:
+    """``text`` escaped as JSON, cut to at most ``budget`` bytes: (string, cut?).
+
+    At most ``budget`` characters are ever escaped (each escapes to 1-12
+    bytes), so a huge string costs no more than a small one.
+    """
+    quoted = encode_basestring_ascii(text[:budget])
+    if len(quoted) <= budget and len(text) <= budget:
+        return quoted, False
+    for n in (budget // 6, (budget - 2) // 12):
+        quoted = encode_basestring_ascii(text[:n])
+        if len(quoted) <= budget:
+            return quoted, True
+    return '""', True  # unreachable: 12 bytes per character at most
 
 
 class AuditRecord(NamedTuple):
@@ -73,8 +106,8 @@ class AuditLog:
         self.fail_open = fail_open
         self._lock = threading.Lock()
         self._owned = False
-        self._quoted: dict[str, str] = {}
-        self._callers: dict[tuple[str, str], str] = {}
+        self._quoted: dict[str, tuple[str, bool]] = {}
+        self._callers: dict[tuple[str, str], tuple[str, bool]] = {}
         # (whole second, '{"time":"YYYY-MM-DDTHH:MM:SS.'): replaced whole, never mutated
         self._second: tuple[int, str] = (-1, "")
         if path is None or path == "-":
@@ -93,22 +126,27 @@ class AuditLog:
     # --- building lines ---------------------------------------------------------------
 
     def _quote(self, text: str) -> str:
+        """An operation or result name, escaped (and clipped: they are short)."""
+        return self._word(text)[0]
+
+    def _word(self, text: str) -> tuple[str, bool]:
         q = self._quoted.get(text)
         if q is None:
             if len(self._quoted) >= _MAX_QUOTED:
                 self._quoted.clear()
-            q = self._quoted[text] = encode_basestring_ascii(text)
+            q = self._quoted[text] = _clip(text, _MAX_WORD)
         return q
 
-    def _who(self, identity: str, listener: str) -> str:
-        """``,"identity":...,"listener":...,"operation":`` (kept per caller)."""
+    def _who(self, identity: str, listener: str) -> tuple[str, bool]:
+        """(``,"identity":...,"listener":...,"operation":``, clipped?), kept per caller."""
         who = self._callers.get((identity, listener))
         if who is None:
             if len(self._callers) >= _MAX_QUOTED:
                 self._callers.clear()
+            ident, cut = _clip(identity, _MAX_FIELD)
+            where, cut_too = _clip(listener, _MAX_FIELD)
             who = self._callers[(identity, listener)] = (
-                f',"identity":{encode_basestring_ascii(identity)},'
-                f'"listener":{encode_basestring_ascii(listener)},"operation":')
+                f',"identity":{ident},"listener":{where},"operation":', cut or cut_too)
         return who
 
     def _stamp(self, now: float) -> str:
@@ -120,12 +158,19 @@ class AuditLog:
             self._second = cached
         return f'{cached[1]}{int(now % 1 * 1e6):06d}Z"'
 
+    def _key(self, key: str | None) -> tuple[str, bool]:
+        return ("null", False) if key is None else _clip(key, _MAX_FIELD)
+
     def _tail(self, operation: str, key: str | None, version: int | None,
-              result: str) -> str:
-        return (f'{self._quote(operation)},"key":'
-                f'{"null" if key is None else encode_basestring_ascii(key)},'
+              result: str, cut: bool) -> str:
+        """From the operation to the end of the line (marked when a field was clipped)."""
+        quoted, cut_key = self._key(key)
+        # an operation or result is the edge's own word: clipped only as a last resort
+        (op, cut_op), (res, cut_res) = self._word(operation), self._word(result)
+        cut = cut or cut_key or cut_op or cut_res
+        return (f'{op},"key":{quoted},'
                 f'"version":{"null" if version is None else int(version)},'
-                f'"result":{self._quote(result)}}}\n')
+                f'"result":{res}{_TRUNCATED if cut else ""}}}\n')
 
     # --- writing ----------------------------------------------------------------------
 
@@ -134,30 +179,35 @@ class AuditLog:
         if not records:
             return
         stamp = self._stamp(time.time())
-        self._append("".join(
-            stamp + self._who(r.identity, r.listener)
-            + self._tail(r.operation, r.key, r.version, r.result) for r in records))
+        parts = []
+        for r in records:
+            who, cut = self._who(r.identity, r.listener)
+            parts.append(stamp + who + self._tail(r.operation, r.key, r.version, r.result, cut))
+        self._append("".join(parts))
 
     def write_one(self, identity: str, listener: str, operation: str, key: str | None,
                   version: int | None, result: str) -> None:
         """The line of one unary call."""
-        self._append(self._stamp(time.time()) + self._who(identity, listener)
-                     + self._tail(operation, key, version, result))
+        who, cut = self._who(identity, listener)
+        self._append(self._stamp(time.time()) + who
+                     + self._tail(operation, key, version, result, cut))
 
     def write_entries(self, identity: str, listener: str, entries: Iterable[Entry]) -> None:
         """The lines of a batch (one caller, one time): all in one ``write(2)``."""
-        head = self._stamp(time.time()) + self._who(identity, listener)
+        who, cut = self._who(identity, listener)
+        head = self._stamp(time.time()) + who
         # a batch mostly repeats a few (operation, key) pairs: each is escaped once
-        targets: dict[tuple[str, str | None], str] = {}
+        targets: dict[tuple[str, str | None], tuple[str, str]] = {}
         lines = []
         for op, key, version, result in entries:
             target = targets.get((op, key))
             if target is None:
+                quoted, cut_key = self._key(key)
                 target = targets[(op, key)] = (
-                    f'{head}{self._quote(op)},"key":'
-                    f'{"null" if key is None else encode_basestring_ascii(key)},"version":')
-            lines.append(f'{target}{"null" if version is None else int(version)},'
-                         f'"result":{self._quote(result)}}}\n')
+                    f'{head}{self._quote(op)},"key":{quoted},"version":',
+                    _TRUNCATED if cut or cut_key else "")
+            lines.append(f'{target[0]}{"null" if version is None else int(version)},'
+                         f'"result":{self._quote(result)}{target[1]}}}\n')
         if lines:
             self._append("".join(lines))
 
@@ -172,8 +222,8 @@ class AuditLog:
         of the batch, never one line per operation it carried.
         ``by_operation`` names operations, never keys.
         """
-        line = (self._stamp(time.time()) + self._who(identity, listener)
-                + self._tail(operation, key, None, result))
+        who, cut = self._who(identity, listener)
+        line = self._stamp(time.time()) + who + self._tail(operation, key, None, result, cut)
         extra = f',"batch":{{"operations":{int(operations)}'
         if by_operation is not None:
             extra += ',"by_operation":{' + ",".join(

@@ -19,8 +19,10 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from secretvault.api._proto.secretvault.v1 import crypto_pb2
+from secretvault.api.errors import InvalidKeyName
 from secretvault.vault import errors
 from secretvault.vault.handlers import Malformed, method_paths
+from secretvault.vault.keys import MAX_NAME_LEN
 
 #: a request or response message of any of the vault's methods: the table's
 #: accessors read the field each method keeps its key or version in
@@ -141,12 +143,27 @@ def audit_version(version: Callable[[Request, Response | None], int | None],
         return None
 
 
+def sized(key: str | None) -> str | None:
+    """``key``, refused (INVALID_ARGUMENT) when no key name could be that long.
+
+    Checked before the policy and before anything is audited: a key field is
+    the one string a client puts in the audit trail, and a name longer than
+    any key's would only make the trail (and the server's memory) grow with
+    the request.  The rest of the name's rules are the keyring's.
+    """
+    if key is not None and len(key) > MAX_NAME_LEN:
+        raise InvalidKeyName(
+            f"the key name is {len(key)} characters long: key names are at most "
+            f"{MAX_NAME_LEN} characters")
+    return key
+
+
 def op_target(op: crypto_pb2.Operation) -> Target:
-    """(operation name, key) of one batch/stream Operation."""
+    """(operation name, key) of one batch/stream Operation (an oversized key refused)."""
     kind = op.WhichOneof("op")
     if kind is None:
         return "invalid", None
-    return str(kind), str(getattr(op, kind).key)
+    return str(kind), sized(str(getattr(op, kind).key))
 
 
 def op_record(result: crypto_pb2.OperationResult) -> tuple[str, int | None]:

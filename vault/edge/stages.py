@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from secretvault.api.errors import PermissionDenied
+from secretvault.api.errors import InvalidKeyName, PermissionDenied
 from secretvault.vault.audit import Entry
 from secretvault.vault.edge.limits import LongCall, check_batch_size
 from secretvault.vault.edge.methods import (
@@ -35,6 +35,7 @@ from secretvault.vault.edge.methods import (
     audit_version,
     op_record,
     op_target,
+    sized,
 )
 from secretvault.vault.edge.state import Edge
 from secretvault.vault.handlers import Malformed
@@ -138,7 +139,8 @@ def _unary(site: Site, spec: MethodSpec, inner: Callable[..., Response], *, list
 
     def serve(call: Call, request: Request, context: grpc.ServicerContext) -> Response:
         identity = call.identity
-        key = call.key = key_of(request)
+        # an oversized name is refused before the call's audit line could name it
+        key = call.key = sized(key_of(request))
         if check is not None:
             check(identity, operation, key)
         if mutating:
@@ -277,7 +279,12 @@ def _stream(site: Site, inner: Callable[[Iterable[Request], grpc.ServicerContext
                 if isinstance(op, Malformed):
                     call.operation, call.key = "stream", None
                     raise op.error()
-                target = op_target(op)
+                try:
+                    target = op_target(op)
+                except InvalidKeyName:
+                    # its line names the operation, never the oversized key
+                    call.operation, call.key = str(op.WhichOneof("op")), None
+                    raise
                 if target[0] != "invalid":
                     # a failure from here on is this operation's
                     call.operation, call.key = target

@@ -1,0 +1,32 @@
+"""Every audit line is bounded, whatever its fields hold (issue 13, item 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from secretvault.vault.audit import MAX_LINE, AuditLog, AuditRecord
+
+HUGE = "\x01" * (4 << 20)  # escapes to 24 MiB whole
+
+
+def test_every_line_is_bounded_and_a_clipped_one_says_so(tmp_path: object) -> None:
+    path = os.path.join(str(tmp_path), "audit.log")
+    log = AuditLog(path)
+    log.write_one(HUGE, HUGE, HUGE, HUGE, 2**64, HUGE)
+    log.write([AuditRecord("tls:" + "\U0001f600" * 10**5, "unix:/s", "sign", "k", 1, "ok")])
+    log.write_entries("ci", "unix:/s", [("sign", HUGE, 1, "ok"), ("sign", "ci/k", 1, "ok")])
+    log.write_summary("ci", "unix:/s", "sign", HUGE, "PERMISSION_DENIED", 2,
+                      {"sign": 1, HUGE: 1})
+    log.write_one("ci", "unix:/s", "sign", "ci/k", 1, "ok")
+    log.close()
+    with open(path, "rb") as f:
+        raw = f.read().splitlines()
+    assert all(len(line) <= MAX_LINE for line in raw), [len(line) for line in raw]
+    lines = [json.loads(x) for x in raw]
+    assert [x.get("truncated") for x in lines] == [True, True, True, None, True, None]
+    assert lines[0]["key"].startswith("\x01") and lines[0]["version"] == 2**64
+    assert lines[4]["batch"]["operations"] == 2
+    # a line with nothing to clip is exactly as before
+    assert lines[5]["key"] == "ci/k" and list(lines[5]) == [
+        "time", "identity", "listener", "operation", "key", "version", "result"]
