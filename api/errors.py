@@ -149,6 +149,17 @@ class StoreInUse(FailedPrecondition):
     at a time, so two keyrings over it cannot drift apart."""
 
 
+class UnsafeSocketPath(FailedPrecondition):
+    """A directory on a Unix socket's path could be changed by another user,
+    who could then put a socket of their own in its place: refused by the
+    server at start and by the client before it connects.  ``fix`` says what
+    to do about that directory."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
 class ImportKeyUnavailable(FailedPrecondition):
     """The vault's sealed import key could not be opened at start: wrapped
     import is off (every other operation works) until the store is restored."""

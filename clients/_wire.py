@@ -21,6 +21,7 @@ from secretvault.api.limits import MAX_BATCH_OPERATIONS
 from secretvault.api.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES_SERVER
 from secretvault.api.paths import default_socket_path
 from secretvault.api.pubkeys import FORMATS
+from secretvault.api.socketpath import check_socket_path
 from secretvault.clients import _errors, local
 from secretvault.clients._types import (
     Decrypt,
@@ -131,6 +132,11 @@ def check_target(target: Target, tls: TlsConfig | None) -> None:
         )
     if target.unix_path is not None and tls is not None:
         raise InvalidArgument(f"{target} is a Unix socket: TLS applies to host:port targets only")
+    if target.unix_path is not None:
+        # refused when another user could swap a directory on the path for theirs;
+        # the socket's own directory may be the server's user's
+        check_socket_path(target.unix_path, uids={os.geteuid()}, foreign_socket_dir=True,
+                          what="the vault socket")
 
 
 # --- keys ----------------------------------------------------------------------------

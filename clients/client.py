@@ -59,7 +59,11 @@ class VaultClient:
     """A connection to one vault, over a Unix socket or TLS.
 
     ``target``: ``None`` for ``$SECRETVAULT_SOCKET`` (else the server's
-    default socket), a socket path, or ``host:port`` with ``tls``.
+    default socket), a socket path, or ``host:port`` with ``tls``.  A socket
+    path that another user could redirect (a directory on it that they own
+    or may write, sticky ones aside) is refused with ``UnsafeSocketPath``
+    before anything is sent; ``$SECRETVAULT_TRUST_SOCKET_DIRS`` names
+    directories to accept as they are.
     ``timeout`` bounds each attempt of each call, in seconds.
     Threads may share it.
     """

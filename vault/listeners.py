@@ -1,11 +1,14 @@
 """Unix-socket safety: the socket's directory, stale sockets, binding and removal.
 
 A Unix socket is guarded by its file's owner, group and mode, and by its
-directory: whoever may write the directory may replace the socket with their
-own.  So the directory is created (or checked) to be writable by its owner
-only and to let through exactly the users the socket's mode admits, a socket
-left by a dead server is cleared but a live one never is, and the socket file
-is never reachable with a wider mode than it is given.
+directory and every one above it: whoever may write any of them may replace
+the socket with their own.  So the directories above must pass
+:func:`secretvault.api.socketpath.check_socket_path` (root's or the server's
+user's, not writable by others unless sticky), the directory is created (or
+checked) to be writable by its owner only and to let through exactly the
+users the socket's mode admits, a socket left by a dead server is cleared
+but a live one never is, and the socket file is never reachable with a wider
+mode than it is given.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import stat
 import grpc
 
 from secretvault.api.errors import FailedPrecondition, InvalidArgument
+from secretvault.api.socketpath import TRUST_ENV, check_socket_path
 from secretvault.vault.config import ServerConfig
 from secretvault.vault.policy import OWNER, Policy, SocketBinding
 
@@ -109,6 +113,10 @@ def prepare_socket_dir(path: str, mode: int = 0o600, group: int | None = None) -
     refused when it does not.
     """
     directory = os.path.dirname(os.path.abspath(path))
+    # every directory above: whoever may change one could swap ours for theirs
+    for waived in check_socket_path(path, uids={os.geteuid()}, skip_socket_dir=True):
+        log.warning("the socket directory %s of %s could be changed by another user; accepted "
+                    "because %s names it", waived, path, TRUST_ENV)
     want = _dir_mode(mode)
     try:
         st = os.lstat(directory)

@@ -604,12 +604,12 @@ OPERATOR_CREATES = (
 )
 
 
-def check_app_probe(output: str, app_socket: str) -> None:
+def check_app_probe(output: str, app_socket: str, owner_socket: str = "EACCES") -> None:
     # the last JSON line: podman-compose adds lines of its own around it
     (*_, line) = [ln for ln in output.splitlines() if ln.startswith("{")]
     seen = json.loads(line)
     assert seen.pop("socket") == app_socket, seen
-    assert seen == APP_EXPECTED
+    assert seen == {**APP_EXPECTED, "owner socket": owner_socket}
 
 
 def test_container_policies_agree() -> None:
@@ -732,7 +732,7 @@ def test_kubernetes_statefulset_runs_with_least_privilege_sidecar(
     app_socket = {e["name"]: e["value"] for e in containers["client"]["env"]}[
         "SECRETVAULT_SOCKET"]
     sock = {e["name"]: e["value"] for e in containers["vault"]["env"]}["SECRETVAULT_SOCKET"]
-    assert (sock, app_socket) == ("/run/secretvault/vault/secretvault.sock",
+    assert (sock, app_socket) == ("/run/secretvault-owner/vault/secretvault.sock",
                                   "/run/secretvault/app/vault.sock")
 
     root = Path(tempfile.mkdtemp(prefix="kube-", dir=vaults.tmp))
@@ -795,11 +795,15 @@ def test_kubernetes_statefulset_runs_with_least_privilege_sidecar(
         logs = podman("logs", vault).stderr + podman("logs", vault).stdout
         assert "memfd_secret" in logs and "unseal key   created" not in logs, logs
 
-        # the sockets in the (kubelet-made, world-writable) emptyDir: the
-        # owner's for the vault's uid only, the app's for group 10002
+        # the sockets in the (kubelet-made, world-writable) emptyDirs: the
+        # owner's for the vault's uid only, in one the sidecar does not mount
+        # (in the shared one it could swap the owner's directory for its
+        # own), the app's for group 10002
+        owner = root / "pod1" / "owner-socket"
+        assert _mode(owner / "vault") == ("0700", IMAGE_UID, IMAGE_UID)
+        assert _mode(owner / "vault" / "secretvault.sock") == ("0600", IMAGE_UID, IMAGE_UID)
         run = root / "pod1" / "socket"
-        assert _mode(run / "vault") == ("0700", IMAGE_UID, IMAGE_UID)
-        assert _mode(run / "vault" / "secretvault.sock") == ("0600", IMAGE_UID, IMAGE_UID)
+        assert not (run / "vault").exists()
         assert _mode(run / "app") == ("0710", IMAGE_UID, APP_UID)
         assert _mode(run / "app" / "vault.sock") == ("0660", IMAGE_UID, APP_UID)
 
@@ -815,7 +819,8 @@ def test_kubernetes_statefulset_runs_with_least_privilege_sidecar(
                         "--format", "pem").stdout
         token = json.loads(sidecar_signs())["signature"]
         check_app_probe(
-            podman("exec", sidecar, "python", "-c", APP_PROBE, sock).stdout, app_socket)
+            podman("exec", sidecar, "python", "-c", APP_PROBE, sock).stdout, app_socket,
+            owner_socket="ENOENT")  # not even mounted in the sidecar
         denied = podman("exec", sidecar, "secretvault", "keys", "delete", "app/signer",
                         check=False)
         assert denied.returncode != 0, denied.stdout

@@ -111,7 +111,11 @@ FIXES: dict[type[VaultError], str] = {
 
 
 def fix_for(error: VaultError) -> str:
-    """The fix for ``error``: that of the nearest class in its MRO with one."""
+    """The fix for ``error``: its own (naming what to change), else that of the
+    nearest class in its MRO with one."""
+    own = getattr(error, "fix", None)
+    if own:
+        return str(own)
     for cls in type(error).__mro__:
         fix = FIXES.get(cls)
         if fix is not None:
