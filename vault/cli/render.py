@@ -1,14 +1,15 @@
-"""What the command prints: keys and stats as rich tables, and as JSON.
+"""What the command prints: keys and stats as tables, and as JSON.
 
-rich loads only when a table is drawn.  Piped output is not cut to rich's
-default 80 columns.
+The key list is plain aligned text (``keys list`` is a quick client call,
+so it loads no rich); the other views are rich tables, and rich loads only
+when one is drawn.  Piped output is not cut to rich's default 80 columns.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -80,17 +81,20 @@ def show_key(key: Key) -> None:
     out.print(table)
 
 
-def show_keys(keys: list[Key]) -> None:
-    from rich.table import Table
+def plain_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Columns two spaces apart, each as wide as its widest cell; no trailing spaces."""
+    lines = [list(headers), *(list(r) for r in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
+                   .rstrip() + "\n" for line in lines)
 
-    table = Table("name", "type", "primary", "versions", "created", "labels", box=None,
-                  pad_edge=False)
-    for k in keys:
-        table.add_row(
-            k.name, k.type, str(k.primary_version), str(len(k.versions)), _time(k.created),
-            ", ".join(f"{a}={b}" for a, b in sorted(k.labels.items())),
-        )
-    console().print(table)
+
+def show_keys(keys: list[Key]) -> None:
+    sys.stdout.write(plain_table(
+        ("name", "type", "primary", "versions", "created", "labels"),
+        ((k.name, k.type, str(k.primary_version), str(len(k.versions)), _time(k.created),
+          ", ".join(f"{a}={b}" for a, b in sorted(k.labels.items()))) for k in keys),
+    ))
 
 
 # --- stats ---------------------------------------------------------------------------------
