@@ -30,6 +30,17 @@ def console() -> Any:
                    width=None if sys.stdout.isatty() else 160)
 
 
+def emit(renderable: Any, out: Any = None) -> None:
+    """Print ``renderable``; piped, each line without the spaces rich pads cells with."""
+    out = out or console()
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    with out.capture() as captured:
+        out.print(renderable)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+
+
 def _time(t: datetime) -> str:
     return t.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
@@ -58,16 +69,16 @@ def key_json(key: Key) -> dict[str, Any]:
 
 
 def show_key(key: Key) -> None:
+    from rich.console import Group
     from rich.table import Table
 
-    out = console()
-    out.print(f"[bold]{key.name}[/bold]  ({key.type})")
-    out.print(f"  created                 {_time(key.created)}")
-    out.print(f"  primary version         {key.primary_version}")
-    out.print(f"  min decryption version  {key.min_decryption_version}")
+    lines = [f"[bold]{key.name}[/bold]  ({key.type})",
+             f"  created                 {_time(key.created)}",
+             f"  primary version         {key.primary_version}",
+             f"  min decryption version  {key.min_decryption_version}"]
     if key.labels:
-        out.print("  labels                  "
-                  + ", ".join(f"{k}={v}" for k, v in sorted(key.labels.items())))
+        lines.append("  labels                  "
+                     + ", ".join(f"{k}={v}" for k, v in sorted(key.labels.items())))
     table = Table("version", "created", "state", box=None, pad_edge=False)
     table.add_column("public key (base64)", overflow="fold")
     for v in key.versions:
@@ -78,7 +89,7 @@ def show_key(key: Key) -> None:
             state = f"[red]damaged: {v.damaged}[/red]"
         table.add_row(str(v.version), _time(v.created), state,
                       b64(v.public_key) if v.public_key else "-")
-    out.print(table)
+    emit(Group(*lines, table))
 
 
 def plain_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -144,7 +155,9 @@ def _secret_memory(s: Stats) -> Table:
     keys = ", ".join(f"{n:,} {t}" for t, n in sorted(s.keys_by_type.items()) if n) or "none"
     return _kv("Secret memory", [
         ("keys", keys),
-        ("key bytes", format_bytes(s.key_bytes)),
+        # every used slot: the keys' versions, and the vault's own secrets
+        ("key bytes", f"{format_bytes(s.key_bytes)}, with the vault's own (KEK, row-MAC "
+         "key, import key, HMAC scratch)"),
         ("regions", str(s.regions)),
         ("pages mapped", str(s.pages_mapped)),
         ("pages resident", str(s.pages_resident)),
@@ -254,40 +267,26 @@ def render_stats(s: Stats, *, side_by_side: bool = True) -> Any:
     return Group(*_heading(s), *stacked[:-1])
 
 
-def _int32_fields() -> frozenset[str]:
-    """The names of the Stats message's 32-bit integer fields, from the wire schema.
-
-    proto3's JSON form writes 64-bit integers as strings and 32-bit ones as
-    numbers; ``--json`` has always printed that form.
-    """
-    from google.protobuf.descriptor import FieldDescriptor
-
-    from secretvault.api._proto.secretvault.v1 import stats_pb2
-
-    small = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_UINT32,
-             FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_FIXED32,
-             FieldDescriptor.TYPE_SFIXED32}
-    return frozenset(
-        f.name for m in stats_pb2.DESCRIPTOR.message_types_by_name.values()
-        for f in m.fields if f.type in small
-    )
+def show_stats(s: Stats) -> None:
+    """The stats view: side by side on a terminal, stacked when piped."""
+    out = console()
+    emit(render_stats(s, side_by_side=out.is_terminal), out)
 
 
-def _json(value: Any, int32: frozenset[str], name: str = "") -> Any:
-    """``value`` as the JSON form of the wire message has it: absent fields
-    left out, 64-bit integers as strings (what ``--json`` has always printed)."""
+def _json(value: Any) -> Any:
+    """``value`` with the wire message's field names, absent fields left out,
+    and every integer a JSON number (proto3's JSON form writes 64-bit ones as
+    strings; ``--json`` did until issue 13)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _json(v, int32, f.name) for f in dataclasses.fields(value)
+        return {f.name: _json(v) for f in dataclasses.fields(value)
                 if (v := getattr(value, f.name)) is not None}
     if isinstance(value, tuple):
-        return [_json(v, int32, name) for v in value]
+        return [_json(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: _json(v, int32, name) for k, v in value.items()}
-    if isinstance(value, int) and not isinstance(value, bool) and name not in int32:
-        return str(value)
+        return {k: _json(v) for k, v in value.items()}
     return value
 
 
 def stats_json(s: Stats) -> dict[str, Any]:
-    result: dict[str, Any] = _json(s, _int32_fields())
+    result: dict[str, Any] = _json(s)
     return result

@@ -8,7 +8,7 @@ import json
 from secretvault.vault.cli.connect import connect
 from secretvault.vault.cli.errors import EXIT_OK, CliError
 from secretvault.vault.cli.files import print_json
-from secretvault.vault.cli.render import console, render_stats, stats_json
+from secretvault.vault.cli.render import console, render_stats, show_stats, stats_json
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -18,8 +18,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(stats_json(s))
             else:
-                out = console()
-                out.print(render_stats(s, side_by_side=out.is_terminal))
+                show_stats(s)
             return EXIT_OK
         updates = vault.watch_stats(args.interval)
         try:
