@@ -8,14 +8,16 @@ scratch) among them, and says so.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
 from secretvault.api._proto.secretvault.v1 import stats_pb2
-from secretvault.clients import Key, KeyVersion
+from secretvault.clients import Key, KeyVersion, Stats
 from secretvault.clients._stats import stats_from_wire
 from secretvault.vault.cli.render import show_key, show_keys, show_stats
+from secretvault.vault.cli.stats import show_last
 
 
 def _stats() -> stats_pb2.Stats:
@@ -74,3 +76,19 @@ def test_key_bytes_says_it_counts_the_vaults_own_keys(
     assert "352 B" in line
     for own in ("the vault's own", "KEK", "row-MAC key", "import key", "scratch"):
         assert own in line, (own, line)
+
+
+def test_piped_watch_shows_the_last_view_unpadded_when_ctrl_c_ends_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def updates() -> Iterator[Stats]:
+        yield stats_from_wire(_stats())
+        last = _stats()
+        last.key_bytes = 416
+        yield stats_from_wire(last)
+        raise KeyboardInterrupt  # what Ctrl-C raises while waiting for the next
+
+    with pytest.raises(KeyboardInterrupt):
+        show_last(updates())
+    out = capsys.readouterr().out
+    assert out.count("Secret memory") == 1 and "416 B" in out
+    _no_trailing_spaces(out)
