@@ -10,10 +10,6 @@ import base64
 import json
 from typing import Literal
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
-
 from secretvault.api.errors import InvalidArgument, WrongKeyType
 
 Format = Literal["raw", "pem", "openssh", "jwk"]
@@ -47,6 +43,11 @@ def encode_public_key(
         if kid:
             jwk["kid"] = kid
         return json.dumps(jwk, sort_keys=True).encode("ascii")
+    # cryptography loads only for the encodings that need it
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
     key = (
         Ed25519PublicKey.from_public_bytes(public)
         if key_type == "ed25519"

@@ -140,7 +140,7 @@ class SecretMemoryStats:
     pages_mapped: int
     pages_resident: int
     bytes_locked: int  # pages_mapped * page size: what memlock is charged
-    key_bytes: int  # bytes in used slots
+    key_bytes: int  # bytes in used slots: keys, and the vault's own (KEK, scratch...)
     slots: tuple[SizeClassStats, ...]
     memlock: MemlockStats
     memcg: MemcgReading | None

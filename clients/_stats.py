@@ -107,6 +107,8 @@ class Stats:
     pages_mapped: int
     pages_resident: int
     bytes_locked: int
+    #: bytes in used slots: the keys' versions and the vault's own secrets (KEK,
+    #: row-MAC key, import key, HMAC scratch)
     key_bytes: int
     size_classes: tuple[SizeClass, ...]
     memlock: Memlock

@@ -25,14 +25,13 @@ import os
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
 from secretvault.api.errors import ShuttingDown
 from secretvault.clients import _errors, _stubs, _wire, local
-from secretvault.clients._stats import Stats, stats_from_wire
 from secretvault.clients._transport import AsyncTransport
 from secretvault.clients._types import (
     DEFAULT_TIMEOUT,
@@ -49,6 +48,9 @@ from secretvault.clients._types import (
     Verify,
     VerifyMac,
 )
+
+if TYPE_CHECKING:  # the Stats records load with the first stats call
+    from secretvault.clients._stats import Stats
 
 T = TypeVar("T")
 Req = TypeVar("Req")
@@ -354,11 +356,15 @@ class AsyncVaultClient:
 
     async def stats(self) -> Stats:
         """What secret memory costs right now."""
+        from secretvault.clients._stats import stats_from_wire
+
         req = stats_pb2.GetStatsRequest()
         return stats_from_wire(await self._call(self._stats.GetStats, req, idempotent=True))
 
     async def watch_stats(self, interval: float = 1.0) -> AsyncGenerator[Stats]:
         """A :class:`Stats` every ``interval`` seconds until the iterator is closed."""
+        from secretvault.clients._stats import stats_from_wire
+
         req = stats_pb2.WatchStatsRequest(interval_seconds=interval)
         call = self._stats.WatchStats(req, metadata=self._metadata)
         with self._streaming(call):

@@ -21,20 +21,23 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-
-import nacl.bindings
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from secretvault.api import framing
 from secretvault.api.errors import InvalidArgument, InvalidImport, MalformedCiphertext, WrongKeyType
 from secretvault.api.framing import Kind
 from secretvault.api.pubkeys import ASYMMETRIC, encode_public_key
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+# PyNaCl and cryptography load on the first call that needs them: a command
+# that only talks to the vault (sign, keys list) never pays for them
+
 KEY_TYPES = ("ed25519", "x25519", "xchacha20-poly1305", "hmac-sha256")
 SIGNATURE_BYTES = 64
-SEAL_OVERHEAD = nacl.bindings.crypto_box_SEALBYTES  # 48: ephemeral public key + tag
+SEAL_OVERHEAD = 48  # crypto_box_SEALBYTES: ephemeral public key + tag
+BOX_PUBLIC_KEY_BYTES = 32  # crypto_box_PUBLICKEYBYTES
 
 #: bytes of key material each type imports (Ed25519: the RFC 8032 seed)
 IMPORT_LENGTHS: dict[str, tuple[int, int]] = {
@@ -66,6 +69,9 @@ def check_key_type(key_type: str) -> str:
 
 def load_public_key(public_key: bytes) -> Ed25519PublicKey:
     """An Ed25519 public key from 32 raw bytes, PEM (SPKI) or an OpenSSH line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     data = public_key.strip()
     try:
         if data.startswith(b"-----BEGIN"):
@@ -105,6 +111,8 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     raises :class:`~secretvault.api.errors.MalformedCiphertext`; a well-formed
     signature that does not verify returns False.
     """
+    from cryptography.exceptions import InvalidSignature
+
     key = load_public_key(public_key)
     _, raw = signature_payload(signature)
     try:
@@ -138,7 +146,9 @@ def check_material(key_type: str, length: int) -> None:
 def seal_for_import(import_public_key: bytes, key_type: str, material: bytes | bytearray) -> bytes:
     """``crypto_box_seal(material, import_public_key)``: what ImportKey accepts."""
     check_material(key_type, len(material))
-    if len(import_public_key) != nacl.bindings.crypto_box_PUBLICKEYBYTES:
+    import nacl.bindings
+
+    if len(import_public_key) != BOX_PUBLIC_KEY_BYTES:
         raise InvalidArgument(f"the import key is 32 bytes, got {len(import_public_key)}")
     return nacl.bindings.crypto_box_seal(bytes(material), import_public_key)
 
@@ -217,7 +227,9 @@ def encrypt_to(public_key: bytes, version: int, plaintext: bytes) -> bytes:
     (``Decrypt`` with the key's name).  The token is the 7-byte header
     (kind ``B``, ``version``) followed by ``crypto_box_seal`` output.
     """
-    if len(public_key) != nacl.bindings.crypto_box_PUBLICKEYBYTES:
+    import nacl.bindings
+
+    if len(public_key) != BOX_PUBLIC_KEY_BYTES:
         raise InvalidArgument(f"an X25519 public key is 32 bytes, got {len(public_key)}")
     if version < 1:
         raise InvalidArgument("key versions start at 1")

@@ -51,7 +51,8 @@ def families(s: VaultStats) -> Iterator[Metric]:
          "removed from the kernel's direct map)."),
         ("secret_memory_locked_bytes", m.bytes_locked, "Bytes of secret memory charged to "
          "the memlock limit."),
-        ("secret_memory_key_bytes", m.key_bytes, "Bytes of key material in used slots."),
+        ("secret_memory_key_bytes", m.key_bytes, "Bytes in used slots: keys, and "
+         "the vault's own (KEK, row-MAC key, import key, HMAC scratch)."),
         ("hibernation_inhibited", int(m.hibernation_inhibited), "1 while secret memory "
          "exists: the kernel refuses to hibernate."),
         ("memlock_locked_bytes", m.memlock.locked, "VmLck of the server process."),

@@ -360,8 +360,10 @@ def test_stats_table_json_and_watch(work: tuple[Path, dict[str, str]]) -> None:
                     "Memlock (RLIMIT_MEMLOCK)", "headroom in keys", "Direct map",
                     "level-2 splits", "DirectMap4k", "hibernation inhibited"):
         assert section in out, section
+    assert [line for line in out.splitlines() if line != line.rstrip()] == []  # piped
     doc = json.loads(sv("stats", "--json", environ=e).stdout)
     assert doc["backend"] == SERVER_BACKEND and "memlock" in doc and "direct_map" in doc
+    assert isinstance(doc["bytes_locked"], int) and isinstance(doc["key_bytes"], int)
 
     watch = subprocess.Popen([*command(), "stats", "--watch", "--json", "--interval", "0.2"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e)

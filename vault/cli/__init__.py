@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # grpc initialises, so before the first channel; GRPC_VERBOSITY=DEBUG
     # in the environment still wins.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    parser = build_parser()
+    parser = build_parser(lazy=True)
     args = parser.parse_args(argv)
     try:
         result: int = args.func(args)

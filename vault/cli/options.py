@@ -1,5 +1,8 @@
 """The parser's building blocks: help layout, usage errors, value types, shared options.
 
+Also ``--version`` and the subcommands whose options are built only once
+chosen (:class:`Subcommands`), so that a client command loads no server code.
+
 :mod:`secretvault.vault.cli.parser` builds every subcommand from these.  A
 value type checks only what the option itself means (a number, a positive
 count); the server's limits are checked once, by its config.
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from secretvault.api.paths import SOCKET_ENV, default_socket_path
@@ -36,6 +39,61 @@ class Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} "
                               f"(fix: see '{self.prog} --help')\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("secretvault")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+class Version(argparse.Action):
+    """``--version``: the installed version, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default,
+                         help=help or "show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"{parser.prog} {_version()}", file=sys.stdout)
+        parser.exit()
+
+
+class Subcommands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommands whose options are filled in only once they are chosen.
+
+    ``serve``'s options take their defaults from the server's own config
+    (which loads the server), and ``model``'s from the model report: a
+    client command such as ``sign`` builds neither.  ``--help`` at the top
+    lists them all from their one-line help.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deferred: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        fill = self.deferred.pop(values[0], None) if values else None
+        if fill is not None:
+            fill(self._name_parser_map[values[0]])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def deferred(sub: Any, name: str, help: str,
+              fill: Callable[[argparse.ArgumentParser], None], *, lazy: bool) -> None:
+    """Subcommand ``name``: listed now, its options filled in by ``fill`` when it is
+    chosen (``lazy``) or now."""
+    p = sub.add_parser(name, help=help, formatter_class=Formatter)
+    if lazy:
+        sub.deferred[name] = fill
+    else:
+        fill(p)
 
 
 # --- value types ------------------------------------------------------------------------------
@@ -72,11 +130,11 @@ def positive_int(text: str) -> int:
 # --- subcommands and the options they share ---------------------------------------------------
 
 
-def subcommands(parser: argparse.ArgumentParser, dest: str, name: str) -> Any:
+def subcommands(parser: argparse.ArgumentParser, dest: str, name: str, **kwargs: Any) -> Any:
     """The COMMAND argument of ``parser``: each subcommand is added to what this returns."""
     return parser.add_subparsers(dest=dest, metavar="COMMAND", required=True,
                                  parser_class=Parser, title="commands",
-                                 help=f"'{name} COMMAND --help' tells more")
+                                 help=f"'{name} COMMAND --help' tells more", **kwargs)
 
 
 def leaf(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str,

@@ -16,15 +16,16 @@ from typing import Any
 
 from secretvault.api.paths import SOCKET_ENV, default_socket_path
 from secretvault.api.pubkeys import FORMATS
-from secretvault.backends.model import report
 from secretvault.clients.local import KEY_TYPES
-from secretvault.vault.app import BACKENDS, PASSPHRASE_ENV, VaultConfig, default_data_dir
-from secretvault.vault.cli import crypto, keys, serve, stats
+from secretvault.vault.cli import crypto, keys, stats
 from secretvault.vault.cli.errors import PROG
 from secretvault.vault.cli.options import (
     Formatter,
     Parser,
+    Subcommands,
+    Version,
     connection_options,
+    deferred,
     in_out,
     key_name,
     leaf,
@@ -34,8 +35,6 @@ from secretvault.vault.cli.options import (
     subcommands,
     whole_number,
 )
-from secretvault.vault.config import ServerConfig
-from secretvault.vault.sealing import Argon2Params
 from secretvault.vault.sizes import format_exact_bytes
 
 TYPES_HELP = ("ed25519 (sign/verify), x25519 (sealed-box decrypt), "
@@ -57,17 +56,9 @@ exit status: 0 success; 1 verify/verify-mac found a mismatch; 2 error (one line 
 """
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("secretvault")
-    except PackageNotFoundError:
-        return "(not installed)"
-
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, lazy: bool = False) -> argparse.ArgumentParser:
+    """The whole command line.  ``lazy`` (what :func:`~secretvault.vault.cli.main`
+    asks for): ``serve`` and ``model`` are built only if they are the command."""
     parser = Parser(
         prog=PROG,
         description="A key-holding service whose keys live only in Linux secret memory "
@@ -76,16 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=Formatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=Version)
     parser.add_argument("--socket", metavar="PATH", default=None,
                         help=f"the vault's Unix socket, for any subcommand (default: "
                         f"${SOCKET_ENV}, else {default_socket_path()})")
-    sub = subcommands(parser, "command", PROG)
-    _add_serve(sub)
+    sub = subcommands(parser, "command", PROG, action=Subcommands)
+    deferred(sub, "serve", "run the vault server", _add_serve, lazy=lazy)
     _add_keys(sub)
     _add_crypto(sub)
     _add_stats(sub)
-    _add_model(sub)
+    deferred(sub, "model", "the page-by-page and pooled-PMD models of secret memory",
+              _add_model, lazy=lazy)
     return parser
 
 
@@ -103,20 +95,26 @@ def _server_option(group: Any, flag: str, name: str, help: str, *,
                    shown: Callable[[Any], str] | None = None, **kwargs: Any) -> None:
     """An option that sets ``ServerConfig.<name>``: its dest is the field's name, its
     default the field's (``shown`` writes it into the help)."""
+    from secretvault.vault.config import ServerConfig
+
     default = _default(ServerConfig, name)
     if shown is not None:
         help = f"{help} (default: {shown(default)})"
     group.add_argument(flag, dest=name, default=default, help=help, **kwargs)
 
 
-def _add_serve(sub: Any) -> None:
-    parser = sub.add_parser(
-        "serve", help="run the vault server",
-        description="Run the vault: unseal the key store into secret memory and serve the "
+def _add_serve(parser: argparse.ArgumentParser) -> None:
+    """``serve``'s options: their defaults are the server's own (it loads here)."""
+    from secretvault.vault.app import BACKENDS, PASSPHRASE_ENV, VaultConfig, default_data_dir
+    from secretvault.vault.cli import serve
+    from secretvault.vault.sealing import Argon2Params
+
+    parser.description = (
+        "Run the vault: unseal the key store into secret memory and serve the "
         "gRPC API on a Unix socket (and, optionally, on TCP with TLS). It prints one summary "
         "at start-up (backend and protection, memlock limit and headroom in keys, where the "
-        "store and socket are) and drains in-flight calls on SIGTERM or Ctrl-C.",
-        epilog=f"""\
+        "store and socket are) and drains in-flight calls on SIGTERM or Ctrl-C.")
+    parser.epilog = f"""\
 where the unseal material comes from (first match wins):
   --unseal-key-file FILE    a 32-byte key file
   --passphrase-file FILE    a passphrase in a file
@@ -124,9 +122,7 @@ where the unseal material comes from (first match wins):
 With none given on the first start, the vault creates an unseal key file
 (mode 0600) in the data directory and says where: fine for trying it out;
 in production keep the unseal material on another machine or medium.
-""",
-        formatter_class=Formatter,
-    )
+"""
     parser.set_defaults(func=serve.cmd_serve)
     parser.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
                         help=f"Unix socket to listen on (default: ${SOCKET_ENV}, else "
@@ -376,15 +372,13 @@ def _add_stats(sub: Any) -> None:
 # --- model --------------------------------------------------------------------------------
 
 
-def _add_model(sub: Any) -> None:
+def _add_model(model: argparse.ArgumentParser) -> None:
     """model compare: the options are the model report's own."""
-    model = sub.add_parser(
-        "model",
-        help="the page-by-page and pooled-PMD models of secret memory",
-        description="Questions for the two model backends: how the pooled-PMD (v16) and "
-        "page-by-page (merged) designs of secret memory compare.",
-        formatter_class=Formatter,
-    )
+    from secretvault.backends.model import report
+
+    model.description = (
+        "Questions for the two model backends: how the pooled-PMD (v16) and "
+        "page-by-page (merged) designs of secret memory compare.")
     msub = subcommands(model, "model_command", "secretvault model")
     compare = msub.add_parser(
         "compare",

@@ -1,14 +1,15 @@
-"""What the command prints: keys and stats as rich tables, and as JSON.
+"""What the command prints: keys and stats as tables, and as JSON.
 
-rich loads only when a table is drawn.  Piped output is not cut to rich's
-default 80 columns.
+The key list is plain aligned text (``keys list`` is a quick client call,
+so it loads no rich); the other views are rich tables, and rich loads only
+when one is drawn.  Piped output is not cut to rich's default 80 columns.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,17 @@ def console() -> Any:
     # piped output is not cut to rich's default 80 columns
     return Console(highlight=False, soft_wrap=False,
                    width=None if sys.stdout.isatty() else 160)
+
+
+def emit(renderable: Any, out: Any = None) -> None:
+    """Print ``renderable``; piped, each line without the spaces rich pads cells with."""
+    out = out or console()
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    with out.capture() as captured:
+        out.print(renderable)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 def _time(t: datetime) -> str:
@@ -57,16 +69,16 @@ def key_json(key: Key) -> dict[str, Any]:
 
 
 def show_key(key: Key) -> None:
+    from rich.console import Group
     from rich.table import Table
 
-    out = console()
-    out.print(f"[bold]{key.name}[/bold]  ({key.type})")
-    out.print(f"  created                 {_time(key.created)}")
-    out.print(f"  primary version         {key.primary_version}")
-    out.print(f"  min decryption version  {key.min_decryption_version}")
+    lines = [f"[bold]{key.name}[/bold]  ({key.type})",
+             f"  created                 {_time(key.created)}",
+             f"  primary version         {key.primary_version}",
+             f"  min decryption version  {key.min_decryption_version}"]
     if key.labels:
-        out.print("  labels                  "
-                  + ", ".join(f"{k}={v}" for k, v in sorted(key.labels.items())))
+        lines.append("  labels                  "
+                     + ", ".join(f"{k}={v}" for k, v in sorted(key.labels.items())))
     table = Table("version", "created", "state", box=None, pad_edge=False)
     table.add_column("public key (base64)", overflow="fold")
     for v in key.versions:
@@ -77,20 +89,23 @@ def show_key(key: Key) -> None:
             state = f"[red]damaged: {v.damaged}[/red]"
         table.add_row(str(v.version), _time(v.created), state,
                       b64(v.public_key) if v.public_key else "-")
-    out.print(table)
+    emit(Group(*lines, table))
+
+
+def plain_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Columns two spaces apart, each as wide as its widest cell; no trailing spaces."""
+    lines = [list(headers), *(list(r) for r in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
+                   .rstrip() + "\n" for line in lines)
 
 
 def show_keys(keys: list[Key]) -> None:
-    from rich.table import Table
-
-    table = Table("name", "type", "primary", "versions", "created", "labels", box=None,
-                  pad_edge=False)
-    for k in keys:
-        table.add_row(
-            k.name, k.type, str(k.primary_version), str(len(k.versions)), _time(k.created),
-            ", ".join(f"{a}={b}" for a, b in sorted(k.labels.items())),
-        )
-    console().print(table)
+    sys.stdout.write(plain_table(
+        ("name", "type", "primary", "versions", "created", "labels"),
+        ((k.name, k.type, str(k.primary_version), str(len(k.versions)), _time(k.created),
+          ", ".join(f"{a}={b}" for a, b in sorted(k.labels.items()))) for k in keys),
+    ))
 
 
 # --- stats ---------------------------------------------------------------------------------
@@ -140,7 +155,9 @@ def _secret_memory(s: Stats) -> Table:
     keys = ", ".join(f"{n:,} {t}" for t, n in sorted(s.keys_by_type.items()) if n) or "none"
     return _kv("Secret memory", [
         ("keys", keys),
-        ("key bytes", format_bytes(s.key_bytes)),
+        # every used slot: the keys' versions, and the vault's own secrets
+        ("key bytes", f"{format_bytes(s.key_bytes)}, with the vault's own (KEK, row-MAC "
+         "key, import key, HMAC scratch)"),
         ("regions", str(s.regions)),
         ("pages mapped", str(s.pages_mapped)),
         ("pages resident", str(s.pages_resident)),
@@ -250,40 +267,26 @@ def render_stats(s: Stats, *, side_by_side: bool = True) -> Any:
     return Group(*_heading(s), *stacked[:-1])
 
 
-def _int32_fields() -> frozenset[str]:
-    """The names of the Stats message's 32-bit integer fields, from the wire schema.
-
-    proto3's JSON form writes 64-bit integers as strings and 32-bit ones as
-    numbers; ``--json`` has always printed that form.
-    """
-    from google.protobuf.descriptor import FieldDescriptor
-
-    from secretvault.api._proto.secretvault.v1 import stats_pb2
-
-    small = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_UINT32,
-             FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_FIXED32,
-             FieldDescriptor.TYPE_SFIXED32}
-    return frozenset(
-        f.name for m in stats_pb2.DESCRIPTOR.message_types_by_name.values()
-        for f in m.fields if f.type in small
-    )
+def show_stats(s: Stats) -> None:
+    """The stats view: side by side on a terminal, stacked when piped."""
+    out = console()
+    emit(render_stats(s, side_by_side=out.is_terminal), out)
 
 
-def _json(value: Any, int32: frozenset[str], name: str = "") -> Any:
-    """``value`` as the JSON form of the wire message has it: absent fields
-    left out, 64-bit integers as strings (what ``--json`` has always printed)."""
+def _json(value: Any) -> Any:
+    """``value`` with the wire message's field names, absent fields left out,
+    and every integer a JSON number (proto3's JSON form writes 64-bit ones as
+    strings; ``--json`` did until issue 13)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _json(v, int32, f.name) for f in dataclasses.fields(value)
+        return {f.name: _json(v) for f in dataclasses.fields(value)
                 if (v := getattr(value, f.name)) is not None}
     if isinstance(value, tuple):
-        return [_json(v, int32, name) for v in value]
+        return [_json(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: _json(v, int32, name) for k, v in value.items()}
-    if isinstance(value, int) and not isinstance(value, bool) and name not in int32:
-        return str(value)
+        return {k: _json(v) for k, v in value.items()}
     return value
 
 
 def stats_json(s: Stats) -> dict[str, Any]:
-    result: dict[str, Any] = _json(s, _int32_fields())
+    result: dict[str, Any] = _json(s)
     return result

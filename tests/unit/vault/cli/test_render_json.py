@@ -1,12 +1,17 @@
-"""``secretvault stats --json`` prints the wire message's JSON form, from the client's record.
+"""``secretvault stats --json`` prints the wire message's fields, from the client's record.
 
 The record (:class:`secretvault.clients.Stats`) is not a protobuf message;
-``stats_json`` must still print what ``json_format.MessageToDict`` printed
-when the CLI rendered the message itself: absent optional fields left out,
-64-bit integers as strings, 32-bit ones as numbers.
+``stats_json`` prints what ``json_format.MessageToDict`` prints for the
+message (the same names, absent optional fields left out), except that
+every integer is a JSON number: proto3's JSON form writes 64-bit integers as
+strings, which a script then has to convert (issue 13; the contract changed).
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
 
 from google.protobuf import json_format
 
@@ -45,20 +50,56 @@ def _sparse() -> stats_pb2.Stats:
                            direct_map=stats_pb2.DirectMap(source="model"))
 
 
+def _numbers(value: Any) -> Any:
+    """proto3 JSON with its 64-bit integer strings read back as numbers."""
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
 def _wire_json(msg: stats_pb2.Stats) -> dict[str, object]:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True,
+    wire = json_format.MessageToDict(msg, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
+    result: dict[str, object] = _numbers(wire)
+    return result
 
 
-def test_json_of_the_record_is_the_wire_messages_json() -> None:
+def _strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
+    elif isinstance(value, str):
+        yield path, value
+
+
+def test_json_of_the_record_is_the_wire_messages_fields() -> None:
     for msg in (_full(), _sparse()):
         assert stats_json(stats_from_wire(msg)) == _wire_json(msg)
 
 
-def test_absent_fields_are_left_out_and_integers_keep_their_json_form() -> None:
+def test_every_integer_is_a_json_number() -> None:
+    full = stats_json(stats_from_wire(_full()))
+    assert full["bytes_locked"] == 131072  # uint64: a number, not "131072"
+    assert full["key_bytes"] == 96 and full["memlock"]["soft"] == 8 << 20
+    assert full["memlock"]["headroom_keys"] == {"ed25519": 130000, "hmac-sha256": 30000}
+    assert full["direct_map"]["directmap_4k_delta"] == -4096  # signed
+    assert full["operations"][0]["count"] == 7
+    assert full["size_classes"][0]["size"] == 64  # uint32: a number, as before
+    assert full["memcg"]["version"] == 2
+    # what is left as a string is text: names, paths, sources
+    numeric = [(p, v) for p, v in _strings(json.loads(json.dumps(full)))
+               if v.lstrip("-").isdigit()]
+    assert numeric == []
+
+
+def test_absent_fields_are_left_out() -> None:
     out = stats_json(stats_from_wire(_sparse()))
     assert "memcg" not in out and "soft" not in out["memlock"]
-    full = stats_json(stats_from_wire(_full()))
-    assert full["bytes_locked"] == "131072"  # uint64: a string in proto3 JSON
-    assert full["size_classes"][0]["size"] == 64  # uint32: a number
-    assert full["memcg"]["version"] == 2
+    assert "headroom_bytes" not in out["memlock"]
