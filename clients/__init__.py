@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         Memcg,
         Memlock,
         OperationCount,
+        Process,
         SizeClass,
         Stats,
     )
@@ -79,7 +80,8 @@ _LAZY = {
     "AsyncVaultClient": "secretvault.clients.aio",
     **{
         name: "secretvault.clients._stats"
-        for name in ("DirectMap", "Memcg", "Memlock", "OperationCount", "SizeClass", "Stats")
+        for name in ("DirectMap", "Memcg", "Memlock", "OperationCount", "Process", "SizeClass",
+                     "Stats")
     },
     **{
         name: "secretvault.clients._types"
@@ -130,6 +132,7 @@ __all__ = [
     "OperationCount",
     "OutcomeUnknown",
     "PermissionDenied",
+    "Process",
     "PublicKey",
     "ResourceExhausted",
     "Result",

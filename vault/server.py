@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -66,7 +67,8 @@ class VaultServer:
         self.policy = Policy.load(config.policy_file) if config.policy_file else Policy()
         self.counters = OperationCounters()
         self.stats = StatsSource(vault.allocator.statistics, vault.keyring.counts_by_type,
-                                 self.counters)
+                                 self.counters, stop_on_tracer=config.stop_on_tracer,
+                                 tracer_check_seconds=config.tracer_check_seconds)
         self.metrics = Metrics(self.stats) if config.metrics else None
         self.metrics_address: tuple[str, int] | None = None
         self.audit = AuditLog(config.audit_log, fail_open=config.audit_fail_open)
@@ -125,7 +127,9 @@ class VaultServer:
         )
         return server
 
-    def start(self) -> VaultServer:
+    def start(self, after_bind: Callable[[], None] | None = None) -> VaultServer:
+        """Bind every listener, call ``after_bind`` (``serve`` drops the capabilities
+        binding needed there), then start serving."""
         try:
             for u in unix_bindings(self.config, self.policy):
                 name = f"unix:{u.path}"
@@ -134,12 +138,14 @@ class VaultServer:
                 self.listeners.append(_Listener(name, server, u.identity, u.path))
             if self.config.tcp:
                 self._start_tcp()
+            if self.metrics is not None and self.config.metrics:
+                self.metrics_address = self.metrics.serve(self.config.metrics)
+            if after_bind is not None:
+                after_bind()
             for item in self.listeners:
                 item.server.start()
             for name in ("", *SERVICE_NAMES):
                 self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-            if self.metrics is not None and self.config.metrics:
-                self.metrics_address = self.metrics.serve(self.config.metrics)
         except BaseException:
             self.stop(0)
             raise
@@ -236,7 +242,8 @@ class VaultServer:
 
 
 def create_server(config: ServerConfig, *, vault: Vault | None = None,
-                  progress: Progress | None = None) -> VaultServer:
+                  progress: Progress | None = None,
+                  after_bind: Callable[[], None] | None = None) -> VaultServer:
     """A started server.  Opens the vault unless one is given (then it is not closed).
 
     ``progress(done, total)`` is called as the keyring unseals each key
@@ -252,7 +259,7 @@ def create_server(config: ServerConfig, *, vault: Vault | None = None,
         if owns:
             vault.close()
         raise
-    return server.start()
+    return server.start(after_bind)
 
 
 __all__ = ["VaultServer", "create_server"]
