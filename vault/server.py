@@ -26,6 +26,8 @@ Listeners (see ``docs/access-control.md``):
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from secretvault.api.errors import FailedPrecondition, InvalidArgument
+from secretvault.backends import tracer_pid
 from secretvault.vault.app import Vault, open_vault
 from secretvault.vault.audit import AuditLog
 from secretvault.vault.config import ServerConfig
@@ -47,6 +50,12 @@ from secretvault.vault.policy import Policy
 from secretvault.vault.servicers import CryptoServicer, KeyServicer, StatsServicer
 from secretvault.vault.stats import OperationCounters, StatsSource
 from secretvault.vault.unsealing import Progress
+
+#: the exit status of a server stopped by ``stop_on_tracer``
+EXIT_TRACED = 3
+#: with ``stop_on_tracer``, every thread's TracerPid is read every this many checks
+#: (the main thread's at every check: gdb and strace -p attach to it first)
+EVERY_THREAD_CHECK = 10
 
 
 @dataclass
@@ -146,6 +155,9 @@ class VaultServer:
                 item.server.start()
             for name in ("", *SERVICE_NAMES):
                 self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if self.config.stop_on_tracer:
+                threading.Thread(target=self._watch_tracer, name="secretvault-tracer",
+                                 daemon=True).start()
         except BaseException:
             self.stop(0)
             raise
@@ -179,6 +191,50 @@ class VaultServer:
         self.tcp_port = bound
         self.listeners.append(_Listener(f"tcp:{host}:{bound}", server,
                                         "mutual TLS" if ca else "TLS"))
+
+    # --- a tracer ----------------------------------------------------------------------
+
+    def _watch_tracer(self) -> None:
+        """Poll TracerPid; when a tracer is attached, zero secret memory and exit.
+
+        It runs only while the process runs: a tracer that stops every thread
+        at attach (gdb -p) is seen only once it lets the process go on.
+        """
+        checks = 0
+        while True:
+            pid = tracer_pid(every_thread=checks % EVERY_THREAD_CHECK == 0)
+            if pid:
+                self._stop_for_tracer(pid)
+            checks += 1
+            if self._stopped.wait(self.config.tracer_check_seconds):
+                return
+
+    def _stop_for_tracer(self, pid: int) -> None:
+        """Refuse calls, zero and unmap every secret page, say so once, exit 3."""
+        self.edge.draining.set()
+        with self._finish_lock:  # a stop() running meanwhile does not close twice
+            try:
+                # waits for calls in the keyring to leave it (its write lock),
+                # then zeroes every slot; the allocator zeroes every page
+                self.vault.keyring.close()
+                self.vault.allocator.close()
+                left = self.vault.backend.statistics()
+                done = ("secret memory zeroed and unmapped" if not left.regions
+                        else f"{left.regions} secret regions are still mapped")
+            except BaseException as e:  # exiting regardless: say what failed
+                done = f"zeroing secret memory failed ({e})"
+            for item in self.listeners:
+                if item.path:
+                    remove_socket(item.path)
+            try:
+                self.audit.write_one(f"pid:{pid}", "ptrace", "tracer_attached", None, None,
+                                     "stopped")
+            except BaseException:  # noqa: S110 - the stderr line below still says it
+                pass
+            print(f"secretvault: error: a tracer (pid {pid}) attached to the server: {done}; "
+                  "exiting (fix: find who attached; set kernel.yama.ptrace_scope=3 to forbid "
+                  "it)", file=sys.stderr, flush=True)
+            os._exit(EXIT_TRACED)
 
     # --- stop ----------------------------------------------------------------------------
 
