@@ -121,17 +121,22 @@ def _status_int(path: str, field: str, base: int = 10) -> int:
     return 0
 
 
+def user_can_attach(scope: int | None, dumpable: bool) -> str:
+    """Whether a process of the same user without CAP_SYS_PTRACE may attach.
+
+    The kernel refuses it a non-dumpable process; Yama then narrows what is
+    left: 1, only an ancestor (or a declared PR_SET_PTRACER); 2, only
+    CAP_SYS_PTRACE; 3, nobody.  No Yama (None) is 0: the classic rules.
+    """
+    if not dumpable or scope in (2, 3):
+        return "no"
+    return "ancestors" if scope == 1 else "yes"
+
+
 def exposure() -> Exposure:
     scope = yama_ptrace_scope()
     dumpable = _sys.is_dumpable()
-    if scope == 3:
-        user = "no"
-    elif not dumpable or scope == 2:
-        user = "no"
-    elif scope == 1:
-        user = "ancestors"
-    else:
-        user = "yes"
+    user = user_can_attach(scope, dumpable)
     status = "/proc/self/status"
     return Exposure(
         yama_ptrace_scope=scope,
