@@ -11,7 +11,7 @@ the tracer attached now (``TracerPid``).  The system calls are in ``_sys``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from secretvault.backends import _procfs, _sys
@@ -80,7 +80,7 @@ class Exposure:
     user_can_attach: str
     #: the pid tracing a thread of the process now; 0 when none
     tracer_pid: int
-    #: the leader thread's sets, as names
+    #: the capability sets, as names: a capability any thread holds is in
     effective: tuple[str, ...]
     permitted: tuple[str, ...]
     bounding: tuple[str, ...]
@@ -91,33 +91,36 @@ def yama_ptrace_scope() -> int | None:
     return int(text) if text and text.strip().isdigit() else None
 
 
-def tracer_pid(*, every_thread: bool = False) -> int:
-    """TracerPid of the leader thread (``/proc/self/status``), or of the first traced
-    thread when ``every_thread``; 0 when none is traced."""
+def _task_statuses(every_thread: bool) -> Iterator[bytes]:
+    """/proc/self/status of the leader, or of every thread (one that ended is skipped)."""
     paths = [f"/proc/self/task/{t}/status" for t in os.listdir("/proc/self/task")] \
         if every_thread else ["/proc/self/status"]
     for path in paths:
         try:  # bytes, no decoding: a scan of 200 threads takes about 4 ms
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:  # the thread ended
+        except FileNotFoundError:
             continue
         try:
-            text = os.read(fd, 4096)
+            yield os.read(fd, 4096)
         finally:
             os.close(fd)
-        at = text.find(b"\nTracerPid:")
-        if at >= 0:
-            pid = int(text[at + 11:text.index(b"\n", at + 1)])
-            if pid:
-                return pid
-    return 0
 
 
-def _status_int(path: str, field: str, base: int = 10) -> int:
-    text = _procfs.read_text(path) or ""
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1], base)
+def _field(status: bytes, name: bytes, base: int = 10) -> int:
+    at = status.find(b"\n" + name + b":")
+    if at < 0:
+        return 0
+    start = at + len(name) + 2
+    return int(status[start:status.index(b"\n", start)].strip(), base)
+
+
+def tracer_pid(*, every_thread: bool = False) -> int:
+    """TracerPid of the leader thread (``/proc/self/status``), or of the first traced
+    thread when ``every_thread``; 0 when none is traced."""
+    for status in _task_statuses(every_thread):
+        pid = _field(status, b"TracerPid")
+        if pid:
+            return pid
     return 0
 
 
@@ -134,17 +137,23 @@ def user_can_attach(scope: int | None, dumpable: bool) -> str:
 
 
 def exposure() -> Exposure:
+    """The report, over every thread: a capability counts when any thread holds it
+    (capabilities are per thread), the tracer of any thread is the tracer."""
     scope = yama_ptrace_scope()
     dumpable = _sys.is_dumpable()
-    user = user_can_attach(scope, dumpable)
-    status = "/proc/self/status"
+    tracer = effective = permitted = bounding = 0
+    for status in _task_statuses(True):
+        tracer = tracer or _field(status, b"TracerPid")
+        effective |= _field(status, b"CapEff", 16)
+        permitted |= _field(status, b"CapPrm", 16)
+        bounding |= _field(status, b"CapBnd", 16)
     return Exposure(
         yama_ptrace_scope=scope,
         dumpable=dumpable,
         root_can_attach=scope != 3,
-        user_can_attach=user,
-        tracer_pid=tracer_pid(every_thread=True),
-        effective=cap_names(_status_int(status, "CapEff", 16)),
-        permitted=cap_names(_status_int(status, "CapPrm", 16)),
-        bounding=cap_names(_status_int(status, "CapBnd", 16)),
+        user_can_attach=user_can_attach(scope, dumpable),
+        tracer_pid=tracer,
+        effective=cap_names(effective),
+        permitted=cap_names(permitted),
+        bounding=cap_names(bounding),
     )

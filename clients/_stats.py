@@ -117,7 +117,7 @@ class Process:
     stop_on_tracer: bool
     #: seconds between its checks (0 when it does not check)
     tracer_check_seconds: float
-    #: the main thread's capability sets, as names ("cap_ipc_lock"); empty: none
+    #: the capability sets, as names ("cap_ipc_lock"), of any thread; empty: none
     capabilities_effective: tuple[str, ...]
     capabilities_permitted: tuple[str, ...]
     capabilities_bounding: tuple[str, ...]

@@ -20,7 +20,9 @@ def capabilities_line(e: Exposure, *, kept: bool) -> str:
         return "none" if kept else "none (dropped at start: RLIMIT_MEMLOCK holds)"
     names = (f"all {len(e.effective)}" if len(e.effective) == len(e.bounding)
              and len(e.effective) > 30 else ", ".join(n.removeprefix("cap_") for n in e.effective))
-    return names + (" (kept: --keep-capabilities)" if kept else "")
+    return names + (" (kept: --keep-capabilities)" if kept else
+                    " (still held by grpc's threads, which started before the listeners "
+                    "that needed it were bound; CAP_IPC_LOCK is gone)")
 
 
 def ptrace_line(e: Exposure) -> str:

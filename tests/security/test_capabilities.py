@@ -7,6 +7,7 @@ sets from /proc/PID/status from outside.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 
@@ -90,3 +91,38 @@ def test_keep_capabilities_leaves_memlock_unenforced(base: str) -> None:
         assert refused is None and created == 1200, refused
     finally:
         child.close()
+
+
+def test_caps_binding_needs_go_once_the_listeners_are_bound(base: str) -> None:
+    # a socket given to a group root is not in needs CAP_CHOWN: kept until bound
+    group = 65534
+    sock = os.path.join(base, "ci", "vault.sock")
+    policy = os.path.join(base, "policy.toml")
+    with open(policy, "w") as f:
+        f.write(f'[identities.ci]\n[[identities.ci.sockets]]\npath = "{sock}"\n'
+                f'group = {group}\nmode = "0660"\n')
+    child = Child(base, ["--policy", policy], prefix=["prlimit", f"--memlock={LIMIT}:{LIMIT}"])
+    try:
+        child.wait_ready()
+        assert os.stat(sock).st_gid == group
+        pid = child.proc.pid
+        assert _caps(pid) == {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapBnd": 0, "CapAmb": 0}
+        threads = [_task_caps(pid, t)
+                   for t in os.listdir(f"/proc/{pid}/task")]
+        # no thread has CAP_IPC_LOCK; those that hold anything hold only CAP_CHOWN
+        assert all(not c["CapEff"] & (1 << CAP_IPC_LOCK) for c in threads)
+        assert all(c["CapEff"] in (0, 1) for c in threads), threads
+        _, refused = _fill(child, 2000)
+        assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        effective = list(stubs(child.socket).get_stats().process.capabilities_effective)
+        assert effective in ([], ["cap_chown"])
+        if effective:
+            assert "capabilities chown (still held by grpc's threads" in child.stderr()
+    finally:
+        child.close()
+
+
+def _task_caps(pid: int, tid: str) -> dict[str, int]:
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        return {k: int(v, 16) for k, _, v in (line.partition(":\t") for line in f)
+                if k.startswith("Cap")}
