@@ -212,29 +212,30 @@ class VaultServer:
     def _stop_for_tracer(self, pid: int) -> None:
         """Refuse calls, zero and unmap every secret page, say so once, exit 3."""
         self.edge.draining.set()
-        with self._finish_lock:  # a stop() running meanwhile does not close twice
-            try:
-                # waits for calls in the keyring to leave it (its write lock),
-                # then zeroes every slot; the allocator zeroes every page
-                self.vault.keyring.close()
-                self.vault.allocator.close()
-                left = self.vault.backend.statistics()
-                done = ("secret memory zeroed and unmapped" if not left.regions
-                        else f"{left.regions} secret regions are still mapped")
-            except BaseException as e:  # exiting regardless: say what failed
-                done = f"zeroing secret memory failed ({e})"
-            for item in self.listeners:
-                if item.path:
-                    remove_socket(item.path)
-            try:
-                self.audit.write_one(f"pid:{pid}", "ptrace", "tracer_attached", None, None,
-                                     "stopped")
-            except BaseException:  # noqa: S110 - the stderr line below still says it
-                pass
-            print(f"secretvault: error: a tracer (pid {pid}) attached to the server: {done}; "
-                  "exiting (fix: find who attached; set kernel.yama.ptrace_scope=3 to forbid "
-                  "it)", file=sys.stderr, flush=True)
-            os._exit(EXIT_TRACED)
+        try:
+            # not behind a stop() that may be draining for its grace period:
+            # both closes are safe twice and under their own locks.  The
+            # keyring waits for calls in it to leave (its write lock), then
+            # zeroes every slot; the allocator zeroes every page and unmaps
+            self.vault.keyring.close()
+            self.vault.allocator.close()
+            left = self.vault.backend.statistics()
+            done = ("secret memory zeroed and unmapped" if not left.regions
+                    else f"{left.regions} secret regions are still mapped")
+        except BaseException as e:  # exiting regardless: say what failed
+            done = f"zeroing secret memory failed ({e})"
+        for item in self.listeners:
+            if item.path:
+                remove_socket(item.path)
+        try:
+            self.audit.write_one(f"pid:{pid}", "ptrace", "tracer_attached", None, None,
+                                 "stopped")
+        except BaseException:  # noqa: S110 - the stderr line below still says it
+            pass
+        print(f"secretvault: error: a tracer (pid {pid}) attached to the server: {done}; "
+              "exiting (fix: find who attached; set kernel.yama.ptrace_scope=3 to forbid "
+              "it)", file=sys.stderr, flush=True)
+        os._exit(EXIT_TRACED)
 
     # --- stop ----------------------------------------------------------------------------
 
