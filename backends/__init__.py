@@ -21,6 +21,7 @@ from secretvault.backends._base import (
     SizeClassStats,
 )
 from secretvault.backends._memfd import MemfdSecretBackend
+from secretvault.backends._process import Exposure, drop_capabilities, exposure, tracer_pid
 from secretvault.backends._procfs import PAGE_SIZE, MemcgReading
 from secretvault.backends._slots import SIZE_CLASSES, Slot, SlotAllocator, size_class
 from secretvault.backends._sys import harden_process
@@ -31,6 +32,7 @@ __all__ = [
     "SIZE_CLASSES",
     "BackendStats",
     "DirectMapStats",
+    "Exposure",
     "MemcgReading",
     "MemfdSecretBackend",
     "MemlockStats",
@@ -41,6 +43,9 @@ __all__ = [
     "SizeClassStats",
     "Slot",
     "SlotAllocator",
+    "drop_capabilities",
+    "exposure",
     "harden_process",
     "size_class",
+    "tracer_pid",
 ]

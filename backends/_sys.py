@@ -43,6 +43,12 @@ O_CLOEXEC = os.O_CLOEXEC
 
 # <linux/prctl.h>
 PR_SET_DUMPABLE = 4
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_LOWER = 3
+# <linux/capability.h>
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -337,3 +343,51 @@ def harden_process() -> None:
 def is_dumpable() -> bool:
     PR_GET_DUMPABLE = 3
     return bool(_libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+
+
+# --- capabilities ---------------------------------------------------------------------
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def capget() -> tuple[int, int, int]:
+    """(effective, permitted, inheritable) of this thread, as 64-bit masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc.capget(ctypes.byref(header), data) != 0:
+        raise BackendError(f"capget failed: {os.strerror(_errno())}")
+    return tuple(
+        getattr(data[0], f) | getattr(data[1], f) << 32
+        for f in ("effective", "permitted", "inheritable"))
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) on the calling thread (the kernel changes no other thread)."""
+    data = (_CapData * 2)()
+    for f, mask in (("effective", effective), ("permitted", permitted),
+                    ("inheritable", inheritable)):
+        setattr(data[0], f, mask & 0xFFFFFFFF)
+        setattr(data[1], f, mask >> 32)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        err = _errno()
+        raise BackendError(f"capset failed: {os.strerror(err)} (errno {err})")
+
+
+def capbset_read(cap: int) -> bool:
+    return bool(_libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1)
+
+
+def capbset_drop(cap: int) -> None:
+    """Take ``cap`` out of the bounding set (needs CAP_SETPCAP) and the ambient set."""
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER, cap, 0, 0)
+    if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+        err = _errno()
+        raise BackendError(f"prctl(PR_CAPBSET_DROP, {cap}) failed: {os.strerror(err)}")

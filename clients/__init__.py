@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         Memcg,
         Memlock,
         OperationCount,
+        Process,
         SizeClass,
         Stats,
     )
@@ -80,7 +81,8 @@ _LAZY = {
     "AsyncVaultClient": "secretvault.clients.aio",
     **{
         name: "secretvault.clients._stats"
-        for name in ("DirectMap", "Memcg", "Memlock", "OperationCount", "SizeClass", "Stats")
+        for name in ("DirectMap", "Memcg", "Memlock", "OperationCount", "Process", "SizeClass",
+                     "Stats")
     },
     **{
         name: "secretvault.clients._types"
@@ -131,6 +133,7 @@ __all__ = [
     "OperationCount",
     "OutcomeUnknown",
     "PermissionDenied",
+    "Process",
     "PublicKey",
     "ResourceExhausted",
     "Result",

@@ -1,7 +1,7 @@
 """What the vault reports about itself, as the client's own frozen records.
 
 :class:`Stats` (with :class:`SizeClass`, :class:`Memlock`, :class:`Memcg`,
-:class:`DirectMap` and :class:`OperationCount` for its sections) carries the
+:class:`DirectMap`, :class:`OperationCount` and :class:`Process` for its sections) carries the
 fields of the wire ``Stats`` message under the same names, in Python types:
 ``int``, ``str``, ``bool``, tuples for repeated fields, mappings for map
 fields, and ``None`` exactly where the message leaves an optional field
@@ -96,6 +96,34 @@ class OperationCount:
 
 
 @dataclass(frozen=True, slots=True)
+class Process:
+    """Who can read the server's memory with a debugger, and its capabilities.
+
+    No user-space program keeps root (CAP_SYS_PTRACE) out: only
+    ``kernel.yama.ptrace_scope=3`` forbids every attach.
+    """
+
+    #: kernel.yama.ptrace_scope (0-3); None when the kernel has no Yama
+    yama_ptrace_scope: int | None
+    #: False once the server hardened itself (then only CAP_SYS_PTRACE may attach)
+    dumpable: bool
+    #: whether a process with CAP_SYS_PTRACE (root) may attach: False only at scope 3
+    root_can_attach: bool
+    #: "yes", "ancestors" (scope 1) or "no": a process of the server's own user
+    user_can_attach: str
+    #: the pid of the tracer attached now; 0 when none
+    tracer_pid: int
+    #: the server zeroes its secret memory and exits 3 when a tracer appears
+    stop_on_tracer: bool
+    #: seconds between its checks (0 when it does not check)
+    tracer_check_seconds: float
+    #: the capability sets, as names ("cap_ipc_lock"), of any thread; empty: none
+    capabilities_effective: tuple[str, ...]
+    capabilities_permitted: tuple[str, ...]
+    capabilities_bounding: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """What secret memory costs right now, as the vault reported it."""
 
@@ -120,6 +148,8 @@ class Stats:
     extra: Mapping[str, float]
     keys_by_type: Mapping[str, int]
     operations: tuple[OperationCount, ...]
+    #: debugger exposure and capabilities; None from a server too old to report them
+    process: Process | None
 
 
 def _optional(msg: Message, field: str) -> int | None:
@@ -136,6 +166,21 @@ def _memcg(msg: stats_pb2.Memcg) -> Memcg:
         file=_optional(msg, "file"),
         file_mapped=_optional(msg, "file_mapped"),
         unevictable=_optional(msg, "unevictable"),
+    )
+
+
+def _process(msg: stats_pb2.Process) -> Process:
+    return Process(
+        yama_ptrace_scope=_optional(msg, "yama_ptrace_scope"),
+        dumpable=msg.dumpable,
+        root_can_attach=msg.root_can_attach,
+        user_can_attach=msg.user_can_attach,
+        tracer_pid=msg.tracer_pid,
+        stop_on_tracer=msg.stop_on_tracer,
+        tracer_check_seconds=msg.tracer_check_seconds,
+        capabilities_effective=tuple(msg.capabilities_effective),
+        capabilities_permitted=tuple(msg.capabilities_permitted),
+        capabilities_bounding=tuple(msg.capabilities_bounding),
     )
 
 
@@ -183,4 +228,5 @@ def stats_from_wire(msg: stats_pb2.Stats) -> Stats:
             OperationCount(operation=o.operation, result=o.result, count=o.count)
             for o in msg.operations
         ),
+        process=_process(msg.process) if msg.HasField("process") else None,
     )

@@ -74,6 +74,20 @@ class ServerConfig:
     #: a WatchStats that cannot send an update for this long past its interval
     #: (the client stopped reading): neither may park a handler thread
     stream_idle_seconds: float = 60.0
+    #: keep the capabilities the server was started with.  By default ``serve``
+    #: drops every one (CAP_IPC_LOCK first, before the store is unsealed, so
+    #: RLIMIT_MEMLOCK holds; CAP_CHOWN and CAP_NET_BIND_SERVICE, when a listener
+    #: needs them, once every listener is bound); a program that calls
+    #: ``create_server`` itself keeps its own
+    keep_capabilities: bool = False
+    #: when a tracer (a debugger, strace) attaches to any thread of the server:
+    #: zero every secret page and exit 3.  Checked every ``tracer_check_seconds``
+    #: by polling TracerPid, so it catches a tracer that lets the server run; one
+    #: that stops the process at once (gdb -p) can read it until it resumes it
+    stop_on_tracer: bool = False
+    #: seconds between the checks for a tracer (the main thread's every check,
+    #: every thread's every 10th); used with ``stop_on_tracer``
+    tracer_check_seconds: float = 0.1
 
     def validate(self) -> None:
         """Refuse a configuration that cannot serve, or a limit out of its range."""
@@ -108,5 +122,7 @@ class ServerConfig:
         if self.max_concurrent_rpcs < 1 or self.max_streams_per_identity < 1:
             raise InvalidArgument("max_concurrent_rpcs and max_streams_per_identity must be "
                                   ">= 1")
+        if not 0.01 <= self.tracer_check_seconds <= 60:
+            raise InvalidArgument("tracer_check_seconds must be between 0.01 and 60")
         if not 0 < self.stream_idle_seconds <= 86400:
             raise InvalidArgument("stream_idle_seconds must be more than 0 and at most a day")

@@ -63,6 +63,20 @@ def families(s: VaultStats) -> Iterator[Metric]:
         g.add_metric([], value)
         yield g
 
+    if s.process is not None:
+        e = s.process.exposure
+        for name, value, doc in (
+            ("tracer_pid", e.tracer_pid, "The pid of the tracer (debugger) attached to the "
+             "server now; 0 when none."),
+            ("ptrace_root_can_attach", int(e.root_can_attach), "1 unless "
+             "kernel.yama.ptrace_scope=3: root can attach a debugger and read every key."),
+            ("capabilities_effective", len(e.effective), "Capabilities in the server's "
+             "effective set (serve drops every one unless --keep-capabilities)."),
+        ):
+            g = _gauge(name, doc)
+            g.add_metric([], value)
+            yield g
+
     slots = _gauge("slots", "Key slots by size class and state.", ("size", "state"))
     pages = _gauge("slot_pages", "Pages carved into each slot size class.", ("size",))
     for c in m.slots:

@@ -26,7 +26,10 @@ Listeners (see ``docs/access-control.md``):
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -35,6 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from secretvault.api.errors import FailedPrecondition, InvalidArgument
+from secretvault.backends import tracer_pid
 from secretvault.vault.app import Vault, open_vault
 from secretvault.vault.audit import AuditLog
 from secretvault.vault.config import ServerConfig
@@ -46,6 +50,12 @@ from secretvault.vault.policy import Policy
 from secretvault.vault.servicers import CryptoServicer, KeyServicer, StatsServicer
 from secretvault.vault.stats import OperationCounters, StatsSource
 from secretvault.vault.unsealing import Progress
+
+#: the exit status of a server stopped by ``stop_on_tracer``
+EXIT_TRACED = 3
+#: with ``stop_on_tracer``, every thread's TracerPid is read every this many checks
+#: (the main thread's at every check: gdb and strace -p attach to it first)
+EVERY_THREAD_CHECK = 10
 
 
 @dataclass
@@ -66,7 +76,8 @@ class VaultServer:
         self.policy = Policy.load(config.policy_file) if config.policy_file else Policy()
         self.counters = OperationCounters()
         self.stats = StatsSource(vault.allocator.statistics, vault.keyring.counts_by_type,
-                                 self.counters)
+                                 self.counters, stop_on_tracer=config.stop_on_tracer,
+                                 tracer_check_seconds=config.tracer_check_seconds)
         self.metrics = Metrics(self.stats) if config.metrics else None
         self.metrics_address: tuple[str, int] | None = None
         self.audit = AuditLog(config.audit_log, fail_open=config.audit_fail_open)
@@ -125,7 +136,9 @@ class VaultServer:
         )
         return server
 
-    def start(self) -> VaultServer:
+    def start(self, after_bind: Callable[[], None] | None = None) -> VaultServer:
+        """Bind every listener, call ``after_bind`` (``serve`` drops the capabilities
+        binding needed there), then start serving."""
         try:
             for u in unix_bindings(self.config, self.policy):
                 name = f"unix:{u.path}"
@@ -134,12 +147,17 @@ class VaultServer:
                 self.listeners.append(_Listener(name, server, u.identity, u.path))
             if self.config.tcp:
                 self._start_tcp()
+            if self.metrics is not None and self.config.metrics:
+                self.metrics_address = self.metrics.serve(self.config.metrics)
+            if after_bind is not None:
+                after_bind()
             for item in self.listeners:
                 item.server.start()
             for name in ("", *SERVICE_NAMES):
                 self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-            if self.metrics is not None and self.config.metrics:
-                self.metrics_address = self.metrics.serve(self.config.metrics)
+            if self.config.stop_on_tracer:
+                threading.Thread(target=self._watch_tracer, name="secretvault-tracer",
+                                 daemon=True).start()
         except BaseException:
             self.stop(0)
             raise
@@ -173,6 +191,51 @@ class VaultServer:
         self.tcp_port = bound
         self.listeners.append(_Listener(f"tcp:{host}:{bound}", server,
                                         "mutual TLS" if ca else "TLS"))
+
+    # --- a tracer ----------------------------------------------------------------------
+
+    def _watch_tracer(self) -> None:
+        """Poll TracerPid; when a tracer is attached, zero secret memory and exit.
+
+        It runs only while the process runs: a tracer that stops every thread
+        at attach (gdb -p) is seen only once it lets the process go on.
+        """
+        checks = 0
+        while True:
+            pid = tracer_pid(every_thread=checks % EVERY_THREAD_CHECK == 0)
+            if pid:
+                self._stop_for_tracer(pid)
+            checks += 1
+            if self._stopped.wait(self.config.tracer_check_seconds):
+                return
+
+    def _stop_for_tracer(self, pid: int) -> None:
+        """Refuse calls, zero and unmap every secret page, say so once, exit 3."""
+        self.edge.draining.set()
+        try:
+            # not behind a stop() that may be draining for its grace period:
+            # both closes are safe twice and under their own locks.  The
+            # keyring waits for calls in it to leave (its write lock), then
+            # zeroes every slot; the allocator zeroes every page and unmaps
+            self.vault.keyring.close()
+            self.vault.allocator.close()
+            left = self.vault.backend.statistics()
+            done = ("secret memory zeroed and unmapped" if not left.regions
+                    else f"{left.regions} secret regions are still mapped")
+        except BaseException as e:  # exiting regardless: say what failed
+            done = f"zeroing secret memory failed ({e})"
+        for item in self.listeners:
+            if item.path:
+                remove_socket(item.path)
+        try:
+            self.audit.write_one(f"pid:{pid}", "ptrace", "tracer_attached", None, None,
+                                 "stopped")
+        except BaseException:  # noqa: S110 - the stderr line below still says it
+            pass
+        print(f"secretvault: error: a tracer (pid {pid}) attached to the server: {done}; "
+              "exiting (fix: find who attached; set kernel.yama.ptrace_scope=3 to forbid "
+              "it)", file=sys.stderr, flush=True)
+        os._exit(EXIT_TRACED)
 
     # --- stop ----------------------------------------------------------------------------
 
@@ -236,7 +299,8 @@ class VaultServer:
 
 
 def create_server(config: ServerConfig, *, vault: Vault | None = None,
-                  progress: Progress | None = None) -> VaultServer:
+                  progress: Progress | None = None,
+                  after_bind: Callable[[], None] | None = None) -> VaultServer:
     """A started server.  Opens the vault unless one is given (then it is not closed).
 
     ``progress(done, total)`` is called as the keyring unseals each key
@@ -252,7 +316,7 @@ def create_server(config: ServerConfig, *, vault: Vault | None = None,
         if owns:
             vault.close()
         raise
-    return server.start()
+    return server.start(after_bind)
 
 
 __all__ = ["VaultServer", "create_server"]

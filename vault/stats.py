@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from secretvault.api._proto.secretvault.v1 import stats_pb2
-from secretvault.backends import SecretMemoryStats
+from secretvault.backends import Exposure, SecretMemoryStats, exposure
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +79,20 @@ def _add(into: dict[tuple[str, str], int], counts: Mapping[tuple[str, str], int]
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessStats:
+    """Who can attach a debugger, the tracer now, and what the server does about one."""
+
+    exposure: Exposure
+    stop_on_tracer: bool = False
+    tracer_check_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class VaultStats:
     memory: SecretMemoryStats
     keys_by_type: tuple[tuple[str, int], ...]
     operations: tuple[OperationCount, ...]
+    process: ProcessStats | None = None
 
 
 class StatsSource:
@@ -93,16 +103,22 @@ class StatsSource:
         memory: Callable[[], SecretMemoryStats],
         key_counts: Callable[[], Mapping[str, int]],
         counters: OperationCounters,
+        *,
+        stop_on_tracer: bool = False,
+        tracer_check_seconds: float = 0.0,
     ) -> None:
         self._memory = memory
         self._key_counts = key_counts
         self.counters = counters
+        self._stop_on_tracer = stop_on_tracer
+        self._tracer_check_seconds = tracer_check_seconds if stop_on_tracer else 0.0
 
     def snapshot(self) -> VaultStats:
         return VaultStats(
             memory=self._memory(),
             keys_by_type=tuple(sorted(self._key_counts().items())),
             operations=self.counters.snapshot(),
+            process=ProcessStats(exposure(), self._stop_on_tracer, self._tracer_check_seconds),
         )
 
 
@@ -159,6 +175,8 @@ def to_proto(s: VaultStats) -> stats_pb2.Stats:
             for o in s.operations
         ],
     )
+    if s.process is not None:
+        out.process.CopyFrom(_process(s.process))
     if m.memcg is not None:
         cg = m.memcg
         memcg = stats_pb2.Memcg(version=cg.version, path=cg.path)
@@ -167,4 +185,22 @@ def to_proto(s: VaultStats) -> stats_pb2.Stats:
             if value is not None:
                 setattr(memcg, name, value)
         out.memcg.CopyFrom(memcg)
+    return out
+
+
+def _process(p: ProcessStats) -> stats_pb2.Process:
+    e = p.exposure
+    out = stats_pb2.Process(
+        dumpable=e.dumpable,
+        root_can_attach=e.root_can_attach,
+        user_can_attach=e.user_can_attach,
+        tracer_pid=e.tracer_pid,
+        stop_on_tracer=p.stop_on_tracer,
+        tracer_check_seconds=p.tracer_check_seconds,
+        capabilities_effective=e.effective,
+        capabilities_permitted=e.permitted,
+        capabilities_bounding=e.bounding,
+    )
+    if e.yama_ptrace_scope is not None:
+        out.yama_ptrace_scope = e.yama_ptrace_scope
     return out

@@ -9,8 +9,30 @@ unseal key was created next to the store.
 
 from __future__ import annotations
 
+from secretvault.backends import Exposure, exposure
 from secretvault.vault.server import VaultServer
 from secretvault.vault.sizes import format_bytes
+
+
+def capabilities_line(e: Exposure, *, kept: bool) -> str:
+    """The capability state: none, or the effective set (``all N`` when it is every one)."""
+    if not e.effective:
+        return "none" if kept else "none (dropped at start: RLIMIT_MEMLOCK holds)"
+    names = (f"all {len(e.effective)}" if len(e.effective) == len(e.bounding)
+             and len(e.effective) > 30 else ", ".join(n.removeprefix("cap_") for n in e.effective))
+    return names + (" (kept: --keep-capabilities)" if kept else
+                    " (still held by grpc's threads, which started before the listeners "
+                    "that needed it were bound; CAP_IPC_LOCK is gone)")
+
+
+def ptrace_line(e: Exposure) -> str:
+    """Who can attach a debugger (and so read every key), and whether one is attached."""
+    scope = ("absent (no Yama)" if e.yama_ptrace_scope is None
+             else str(e.yama_ptrace_scope))
+    root = "yes" if e.root_can_attach else "no"
+    traced = f"YES, pid {e.tracer_pid}" if e.tracer_pid else "no"
+    return (f"ptrace_scope {scope}; root (CAP_SYS_PTRACE) can attach: {root}; "
+            f"the server's user: {e.user_can_attach}; traced now: {traced}")
 
 
 def summary(server: VaultServer) -> str:
@@ -32,6 +54,8 @@ def summary(server: VaultServer) -> str:
     else:
         limit = f"{soft} (locked now {format_bytes(ml.locked)})"
     lines.append(f"  memlock      {limit}")
+    e = exposure()
+    lines.append(f"  capabilities {capabilities_line(e, kept=server.config.keep_capabilities)}")
     room = ", ".join(f"{n:,} {t}" for t, n in ml.headroom_keys if n is not None)
     lines.append(f"  headroom     {room + ' more keys' if room else 'unlimited'}")
     counts = v.keyring.counts_by_type()
@@ -47,6 +71,13 @@ def summary(server: VaultServer) -> str:
     if import_damage is not None:
         lines.append("  !!! WARNING  wrapped import is unavailable (ImportKey and GetImportKey "
                      f"answer FAILED_PRECONDITION): {import_damage}; everything else works")
+    lines.append(f"  debugger     {ptrace_line(e)}")
+    if e.root_can_attach:
+        stop = (f"on a tracer: zero secret memory and exit (checked every "
+                f"{server.config.tracer_check_seconds:g} s)" if server.config.stop_on_tracer
+                else "on a tracer: keep serving (--stop-on-tracer stops)")
+        lines.append(f"  !!! WARNING  root can read every key with a debugger "
+                     f"(kernel.yama.ptrace_scope=3 forbids it); {stop}")
     lines.append(f"  store        {v.config.store_path}")
     for item in server.listeners:
         lines.append(f"  listening    {item.name} (identity: {item.identity})")

@@ -264,8 +264,11 @@ def assert_carries(record: Any, msg: Message) -> None:
             assert type(value) is dict and value == dict(wire), where
         elif field.is_repeated:
             assert type(value) is tuple and len(value) == len(wire), where
+            if field.message_type is None:  # repeated scalars: the values themselves
+                assert value == tuple(wire), where
             for item, wire_item in zip(value, wire, strict=True):
-                assert_carries(item, wire_item)
+                if field.message_type is not None:
+                    assert_carries(item, wire_item)
         elif field.message_type is not None:
             assert_carries(value, wire)
         else:

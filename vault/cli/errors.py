@@ -77,7 +77,8 @@ FIXES: dict[type[VaultError], str] = {
     InvalidImport: "see 'secretvault keys import --help' for the accepted key files",
     PermissionDenied: "the vault's policy does not allow this: ask its operator to grant it",
     MemlockExceeded: "raise the server's memlock limit (ulimit -l, LimitMEMLOCK=, "
-    "--ulimit memlock=) or grant it CAP_IPC_LOCK; 'secretvault stats' shows the headroom",
+    "--ulimit memlock=) or grant it CAP_IPC_LOCK (serve drops it unless "
+    "--keep-capabilities); 'secretvault stats' shows the headroom",
     PoolExhausted: "the pooled-PMD model's pool is drained: start it with a larger pool "
     "or with fallback enabled",
     SecretMemoryExhausted: "free keys ('secretvault keys delete') or give the machine or "

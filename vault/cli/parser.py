@@ -163,6 +163,15 @@ in production keep the unseal material on another machine or medium.
     _server_option(ops, "--metrics", "metrics", metavar="HOST:PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics "
                    "(e.g. 127.0.0.1:9464)")
+    _server_option(ops, "--keep-capabilities", "keep_capabilities", action="store_true",
+                   help="keep the capabilities the server was started with (default: "
+                   "drop them all at start, CAP_IPC_LOCK first, so RLIMIT_MEMLOCK holds)")
+    _server_option(ops, "--stop-on-tracer", "stop_on_tracer", action="store_true",
+                   help="when a debugger or other tracer attaches, zero secret memory and "
+                   "exit 3 (default: report it in stats and keep serving)")
+    _server_option(ops, "--tracer-check-seconds", "tracer_check_seconds", type=number,
+                   metavar="SECONDS", shown=str,
+                   help="how often --stop-on-tracer looks for a tracer")
     # the server's limits: their ranges are checked by ServerConfig.validate
     _server_option(ops, "--grace", "grace_seconds", type=number, metavar="SECONDS",
                    help="how long in-flight calls may finish on SIGTERM", shown="{:g}".format)

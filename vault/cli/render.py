@@ -180,6 +180,23 @@ def _memlock(s: Stats) -> Table:
     ])
 
 
+def _process(s: Stats) -> Table | None:
+    p = s.process
+    if p is None:
+        return None
+    scope = "absent (no Yama)" if p.yama_ptrace_scope is None else str(p.yama_ptrace_scope)
+    caps = ", ".join(c.removeprefix("cap_") for c in p.capabilities_effective) or "none"
+    return _kv("Debugger exposure", [
+        ("yama ptrace_scope", scope),
+        ("root can attach", "yes (can read every key)" if p.root_can_attach else "no"),
+        ("server's user can attach", p.user_can_attach),
+        ("traced now", f"YES, by pid {p.tracer_pid}" if p.tracer_pid else "no"),
+        ("on a tracer", f"zero and exit (every {p.tracer_check_seconds:g} s)"
+         if p.stop_on_tracer else "keep serving"),
+        ("capabilities", caps),
+    ])
+
+
 def _memcg(s: Stats) -> Table | None:
     cg = s.memcg
     if cg is None:
@@ -243,7 +260,7 @@ def _extra(s: Stats) -> Table | None:
 
 #: the sections of the stats view, in order; a section with nothing to show is left out
 SECTIONS: tuple[Callable[[Stats], Table | None], ...] = (
-    _secret_memory, _memlock, _memcg, _direct_map, _size_classes, _operations, _extra,
+    _secret_memory, _memlock, _process, _memcg, _direct_map, _size_classes, _operations, _extra,
 )
 
 

@@ -68,6 +68,33 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(vault=_vault_config(args), **server)
 
 
+def _bind_capabilities(config: ServerConfig) -> tuple[str, ...]:
+    """The capabilities binding the listeners may need, kept until they are bound.
+
+    CAP_CHOWN gives a listener's socket and directory a group the server is
+    not in (only extra sockets, from the policy or ``listeners``, have one);
+    CAP_NET_BIND_SERVICE binds a TCP or metrics port below 1024.
+    """
+    from secretvault.vault.metrics import split_host_port
+
+    keep = ["chown"] if config.policy_file or config.listeners else []
+    ports = [split_host_port(a)[1] for a in (config.tcp, config.metrics) if a]
+    if any(0 < p < 1024 for p in ports):
+        keep.append("net_bind_service")
+    return tuple(keep)
+
+
+def _drop_capabilities(keep: tuple[str, ...]) -> None:
+    from secretvault.api.errors import BackendError
+    from secretvault.backends import drop_capabilities
+
+    try:
+        drop_capabilities(keep)
+    except BackendError as e:
+        raise BackendError(f"cannot drop the server's capabilities ({e}); pass "
+                           "--keep-capabilities to serve with them") from None
+
+
 def run(config: ServerConfig) -> int:
     """Serve until SIGTERM or SIGINT, then drain, zero secret memory, and return 0.
 
@@ -94,9 +121,19 @@ def run(config: ServerConfig) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         # a bar on a terminal while many key versions unseal; one line after
+        after_bind = None
+        if not config.keep_capabilities:
+            # before the store is unsealed and before any thread starts (threads
+            # inherit the sets; capabilities are per thread): every capability
+            # but those binding needs goes now, CAP_IPC_LOCK with them
+            keep = _bind_capabilities(config)
+            _drop_capabilities(keep)
+            if keep:
+                def after_bind() -> None:
+                    _drop_capabilities(())
         progress = UnsealProgress()
         try:
-            server = create_server(config, progress=progress)
+            server = create_server(config, progress=progress, after_bind=after_bind)
         finally:
             progress.close()
         if progress.started:

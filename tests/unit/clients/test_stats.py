@@ -22,6 +22,7 @@ from secretvault.clients import (
     Memcg,
     Memlock,
     OperationCount,
+    Process,
     SizeClass,
     Stats,
 )
@@ -29,7 +30,7 @@ from secretvault.clients._stats import stats_from_wire
 
 RECORDS: dict[str, type] = {
     "Stats": Stats, "SizeClass": SizeClass, "Memlock": Memlock, "Memcg": Memcg,
-    "DirectMap": DirectMap, "OperationCount": OperationCount,
+    "DirectMap": DirectMap, "OperationCount": OperationCount, "Process": Process,
 }
 
 

@@ -96,8 +96,32 @@ class OperationCount(_message.Message):
     count: int
     def __init__(self, operation: _Optional[str] = ..., result: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
+class Process(_message.Message):
+    __slots__ = ("yama_ptrace_scope", "dumpable", "root_can_attach", "user_can_attach", "tracer_pid", "stop_on_tracer", "tracer_check_seconds", "capabilities_effective", "capabilities_permitted", "capabilities_bounding")
+    YAMA_PTRACE_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    DUMPABLE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_CAN_ATTACH_FIELD_NUMBER: _ClassVar[int]
+    USER_CAN_ATTACH_FIELD_NUMBER: _ClassVar[int]
+    TRACER_PID_FIELD_NUMBER: _ClassVar[int]
+    STOP_ON_TRACER_FIELD_NUMBER: _ClassVar[int]
+    TRACER_CHECK_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_EFFECTIVE_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_PERMITTED_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_BOUNDING_FIELD_NUMBER: _ClassVar[int]
+    yama_ptrace_scope: int
+    dumpable: bool
+    root_can_attach: bool
+    user_can_attach: str
+    tracer_pid: int
+    stop_on_tracer: bool
+    tracer_check_seconds: float
+    capabilities_effective: _containers.RepeatedScalarFieldContainer[str]
+    capabilities_permitted: _containers.RepeatedScalarFieldContainer[str]
+    capabilities_bounding: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, yama_ptrace_scope: _Optional[int] = ..., dumpable: _Optional[bool] = ..., root_can_attach: _Optional[bool] = ..., user_can_attach: _Optional[str] = ..., tracer_pid: _Optional[int] = ..., stop_on_tracer: _Optional[bool] = ..., tracer_check_seconds: _Optional[float] = ..., capabilities_effective: _Optional[_Iterable[str]] = ..., capabilities_permitted: _Optional[_Iterable[str]] = ..., capabilities_bounding: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Stats(_message.Message):
-    __slots__ = ("backend", "protection", "regions", "pages_mapped", "pages_resident", "bytes_locked", "key_bytes", "size_classes", "memlock", "memcg", "hibernation_inhibited", "direct_map", "extra", "keys_by_type", "operations")
+    __slots__ = ("backend", "protection", "regions", "pages_mapped", "pages_resident", "bytes_locked", "key_bytes", "size_classes", "memlock", "memcg", "hibernation_inhibited", "direct_map", "extra", "keys_by_type", "operations", "process")
     class ExtraEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +151,7 @@ class Stats(_message.Message):
     EXTRA_FIELD_NUMBER: _ClassVar[int]
     KEYS_BY_TYPE_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
     backend: str
     protection: str
     regions: int
@@ -142,7 +167,8 @@ class Stats(_message.Message):
     extra: _containers.ScalarMap[str, float]
     keys_by_type: _containers.ScalarMap[str, int]
     operations: _containers.RepeatedCompositeFieldContainer[OperationCount]
-    def __init__(self, backend: _Optional[str] = ..., protection: _Optional[str] = ..., regions: _Optional[int] = ..., pages_mapped: _Optional[int] = ..., pages_resident: _Optional[int] = ..., bytes_locked: _Optional[int] = ..., key_bytes: _Optional[int] = ..., size_classes: _Optional[_Iterable[_Union[SizeClass, _Mapping]]] = ..., memlock: _Optional[_Union[Memlock, _Mapping]] = ..., memcg: _Optional[_Union[Memcg, _Mapping]] = ..., hibernation_inhibited: _Optional[bool] = ..., direct_map: _Optional[_Union[DirectMap, _Mapping]] = ..., extra: _Optional[_Mapping[str, float]] = ..., keys_by_type: _Optional[_Mapping[str, int]] = ..., operations: _Optional[_Iterable[_Union[OperationCount, _Mapping]]] = ...) -> None: ...
+    process: Process
+    def __init__(self, backend: _Optional[str] = ..., protection: _Optional[str] = ..., regions: _Optional[int] = ..., pages_mapped: _Optional[int] = ..., pages_resident: _Optional[int] = ..., bytes_locked: _Optional[int] = ..., key_bytes: _Optional[int] = ..., size_classes: _Optional[_Iterable[_Union[SizeClass, _Mapping]]] = ..., memlock: _Optional[_Union[Memlock, _Mapping]] = ..., memcg: _Optional[_Union[Memcg, _Mapping]] = ..., hibernation_inhibited: _Optional[bool] = ..., direct_map: _Optional[_Union[DirectMap, _Mapping]] = ..., extra: _Optional[_Mapping[str, float]] = ..., keys_by_type: _Optional[_Mapping[str, int]] = ..., operations: _Optional[_Iterable[_Union[OperationCount, _Mapping]]] = ..., process: _Optional[_Union[Process, _Mapping]] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

@@ -40,6 +40,10 @@ def _full() -> stats_pb2.Stats:
         extra={"pool_bytes": 2.5},
         keys_by_type={"ed25519": 1},
         operations=[stats_pb2.OperationCount(operation="sign", result="ok", count=7)],
+        process=stats_pb2.Process(yama_ptrace_scope=1, root_can_attach=True,
+                                  user_can_attach="ancestors", tracer_pid=4242,
+                                  stop_on_tracer=True, tracer_check_seconds=0.1,
+                                  capabilities_bounding=["cap_chown"]),
     )
 
 
