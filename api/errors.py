@@ -221,6 +221,12 @@ class StoreError(VaultError):
     """An unexpected failure of the key store."""
 
 
+class StoreDamaged(IntegrityError, StoreError):
+    """The key store's file is damaged: SQLite finds it malformed or not a
+    database (a torn disk write, bytes overwritten).  DATA_LOSS, like every
+    integrity error: restore the store from a backup."""
+
+
 def _all_errors() -> dict[str, type[VaultError]]:
     found: dict[str, type[VaultError]] = {}
     stack: list[type[VaultError]] = [VaultError]
