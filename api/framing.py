@@ -47,6 +47,9 @@ _NAMES = {
 }
 
 
+#: the payload length of the kinds whose payload has one length
+PAYLOAD_BYTES = {Kind.SIGNATURE: 64, Kind.MAC: 32}
+
 #: each kind's byte, looked up without the enum's ``value`` descriptor
 _BYTE = {k: k.value for k in Kind}
 #: the headers of the first versions, made once: framing is on every
@@ -63,8 +66,13 @@ def frame(kind: Kind, version: int, payload: bytes) -> bytes:
     return HEADER.pack(MAGIC, _BYTE[kind], version) + payload
 
 
-def unframe(kind: Kind, token: bytes) -> tuple[int, bytes]:
-    """(key version, payload) of a token that must be of ``kind``."""
+def unframe(kind: Kind, token: bytes, *, exact: bool = False) -> tuple[int, bytes]:
+    """(key version, payload) of a token that must be of ``kind``.
+
+    With ``exact``, a signature or MAC whose payload is not of its one length
+    (:data:`PAYLOAD_BYTES`) is malformed too: it is not a token of that kind,
+    so no verification can answer it.
+    """
     if len(token) < HEADER_SIZE or token[:2] != MAGIC:
         raise MalformedCiphertext(
             f"expected {_NAMES[kind]} produced by secretvault (it starts with 'SV'); "
@@ -79,4 +87,9 @@ def unframe(kind: Kind, token: bytes) -> tuple[int, bytes]:
         raise MalformedCiphertext(f"expected {_NAMES[kind]}, got {got}")
     if version == 0:
         raise MalformedCiphertext("key version 0 does not exist: versions start at 1")
+    if exact and (size := PAYLOAD_BYTES.get(kind)) is not None \
+            and len(token) - HEADER_SIZE != size:
+        raise MalformedCiphertext(
+            f"{_NAMES[kind]} is {size} bytes after its 7-byte header, got "
+            f"{len(token) - HEADER_SIZE}")
     return version, token[HEADER_SIZE:]

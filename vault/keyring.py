@@ -377,7 +377,7 @@ class Keyring:
         return v.version, framing.frame(Kind.SIGNATURE, v.version, sig)
 
     def verify(self, name: str, message: bytes, signature: bytes) -> bool:
-        version, raw = framing.unframe(Kind.SIGNATURE, signature)
+        version, raw = framing.unframe(Kind.SIGNATURE, signature, exact=True)
         with self._reading:
             public = self._use(name, _ED25519, "verify", version, True).public
             assert public is not None
@@ -418,7 +418,7 @@ class Keyring:
         return v.version, framing.frame(Kind.MAC, v.version, tag)
 
     def verify_mac(self, name: str, message: bytes, mac: bytes) -> bool:
-        version, raw = framing.unframe(Kind.MAC, mac)
+        version, raw = framing.unframe(Kind.MAC, mac, exact=True)
         with self._reading:
             tag = self._hmac(self._use(name, _HMAC, "verify_mac", version, True),
                              message)

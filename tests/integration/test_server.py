@@ -260,6 +260,30 @@ def test_mac_verify_mac(vs: Stubs) -> None:
                                                                mac=m.mac)).valid
 
 
+def test_verify_and_verify_mac_refuse_a_payload_of_the_wrong_length(vs: Stubs) -> None:
+    """The .proto's INVALID_ARGUMENT for 'not a signature token': a correct
+    header on 0, 33, 63 or 65 bytes was answered valid=false."""
+    vs.create("w/ed", ED25519)
+    vs.create("w/mac", HMAC)
+    for n in (0, 33, 63, 65):
+        token = framing.frame(framing.Kind.SIGNATURE, 1, bytes(n))
+        code, details, name = code_of(vs.crypto.Verify, crypto_pb2.VerifyRequest(
+            key="w/ed", message=b"m", signature=token))
+        assert (code, name) == (C.INVALID_ARGUMENT, "MalformedCiphertext"), (n, details)
+        assert f"64 bytes after its 7-byte header, got {n}" in details
+    for n in (0, 31, 33, 64):
+        token = framing.frame(framing.Kind.MAC, 1, bytes(n))
+        code, details, name = code_of(vs.crypto.VerifyMac, crypto_pb2.VerifyMacRequest(
+            key="w/mac", message=b"m", mac=token))
+        assert (code, name) == (C.INVALID_ARGUMENT, "MalformedCiphertext"), (n, details)
+        assert f"32 bytes after its 7-byte header, got {n}" in details
+    # in a batch too: the operation's error, the batch goes on
+    r = vs.crypto.Batch(crypto_pb2.BatchRequest(operations=[crypto_pb2.Operation(
+        id=1, verify=crypto_pb2.VerifyRequest(
+            key="w/ed", message=b"m", signature=framing.frame(framing.Kind.SIGNATURE, 1, b"")))]))
+    assert (r.results[0].error.code, r.results[0].error.error) == (3, "MalformedCiphertext")
+
+
 def _ops() -> list[crypto_pb2.Operation]:
     return [
         crypto_pb2.Operation(id=10, sign=crypto_pb2.SignRequest(key="b/ed", message=b"a")),

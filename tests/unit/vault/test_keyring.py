@@ -16,6 +16,7 @@ from secretvault.api.errors import (
     InvalidKeyName,
     KeyExists,
     KeyNotFound,
+    MalformedCiphertext,
     StoreSealed,
     VersionNotFound,
 )
@@ -409,3 +410,24 @@ def test_a_failed_wal_scrub_after_a_committed_deletion_keeps_memory_and_disk_agr
     with pytest.raises(KeyNotFound):
         again.get("gone")
     again.close()
+
+
+#: payload lengths after a correct header that are no signature (64 bytes) or MAC (32)
+WRONG_SIGNATURE_LENGTHS = (0, 1, 32, 33, 63, 65, 128)
+WRONG_MAC_LENGTHS = (0, 1, 16, 31, 33, 64)
+
+
+def test_a_token_of_the_wrong_length_is_malformed_not_invalid(ring: Keyring) -> None:
+    """The .proto promises INVALID_ARGUMENT for what is not a signature (or
+    MAC) token: a correct header on a payload of the wrong length is one."""
+    ring.create("sig", "ed25519")
+    ring.create("mac", "hmac-sha256")
+    for n in WRONG_SIGNATURE_LENGTHS:
+        with pytest.raises(MalformedCiphertext, match=f"64 bytes after its 7-byte header, got {n}"):
+            ring.verify("sig", b"m", framing.frame(Kind.SIGNATURE, 1, bytes(n)))
+    for n in WRONG_MAC_LENGTHS:
+        with pytest.raises(MalformedCiphertext, match=f"32 bytes after its 7-byte header, got {n}"):
+            ring.verify_mac("mac", b"m", framing.frame(Kind.MAC, 1, bytes(n)))
+    # the right length that does not match is a valid question with the answer no
+    assert not ring.verify("sig", b"m", framing.frame(Kind.SIGNATURE, 1, bytes(64)))
+    assert not ring.verify_mac("mac", b"m", framing.frame(Kind.MAC, 1, bytes(32)))
