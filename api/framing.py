@@ -74,6 +74,12 @@ def unframe(kind: Kind, token: bytes, *, exact: bool = False) -> tuple[int, byte
     so no verification can answer it.
     """
     if len(token) < HEADER_SIZE or token[:2] != MAGIC:
+        if kind is Kind.SEALED_BOX:  # most often a bare crypto_box_seal output
+            raise MalformedCiphertext(
+                "expected a sealed box framed with the 7-byte header b'SVB' and the version "
+                "of the public key it was sealed to (uint32, big-endian), then the "
+                f"crypto_box_seal output; got {len(token)} bytes without that header "
+                "(secretvault.clients.local.encrypt_to frames one)")
         raise MalformedCiphertext(
             f"expected {_NAMES[kind]} produced by secretvault (it starts with 'SV'); "
             f"got {len(token)} bytes without that header"

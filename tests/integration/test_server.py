@@ -249,6 +249,13 @@ def test_encrypt_decrypt_and_sealed_box(vs: Stubs) -> None:
     token = framing.frame(framing.Kind.SEALED_BOX, 1, box)
     d = vs.crypto.Decrypt(crypto_pb2.DecryptRequest(key="c/x", ciphertext=token))
     assert d.plaintext == b"to the vault"
+    # the bare box (the most natural mistake) is told the header it lacks
+    while box[:2] == framing.MAGIC:  # 1 in 65,536 ephemeral keys start so
+        box = SealedBox(PublicKey(k.versions[0].public_key)).encrypt(b"to the vault")
+    code, details, name = code_of(vs.crypto.Decrypt, crypto_pb2.DecryptRequest(
+        key="c/x", ciphertext=box))
+    assert (code, name) == (C.INVALID_ARGUMENT, "MalformedCiphertext")
+    assert "7-byte header b'SVB'" in details and "XChaCha20" not in details
 
 
 def test_mac_verify_mac(vs: Stubs) -> None:

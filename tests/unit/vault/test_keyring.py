@@ -431,3 +431,33 @@ def test_a_token_of_the_wrong_length_is_malformed_not_invalid(ring: Keyring) -> 
     # the right length that does not match is a valid question with the answer no
     assert not ring.verify("sig", b"m", framing.frame(Kind.SIGNATURE, 1, bytes(64)))
     assert not ring.verify_mac("mac", b"m", framing.frame(Kind.MAC, 1, bytes(32)))
+
+
+def _bare_box(public: bytes, message: bytes) -> bytes:
+    """crypto_box_seal output, as any libsodium client makes it (not starting
+    with 'SV' by chance: its first 32 bytes are a random ephemeral key)."""
+    while (box := SealedBox(PublicKey(public)).encrypt(message))[:2] == framing.MAGIC:
+        pass
+    return box
+
+
+def test_a_bare_sealed_box_is_told_what_header_it_lacks(ring: Keyring) -> None:
+    """The most natural mistake with an X25519 key: Decrypt of bare
+    crypto_box_seal output.  Refused (not guessed to be for the primary
+    version), with what is missing: the 7-byte header, kind B, the version."""
+    ring.create("box", "x25519")
+    ring.rotate("box")
+    box = _bare_box(ring.public_key("box", 2), b"hello")
+    with pytest.raises(MalformedCiphertext) as info:
+        ring.decrypt("box", box)
+    message = str(info.value)
+    for fact in ("sealed box", "7-byte header", "b'SVB'", "uint32, big-endian",
+                 "the version of the public key it was sealed to", f"got {len(box)} bytes"):
+        assert fact in message, (fact, message)
+    assert "XChaCha20" not in message
+    # framed with that header, the same box opens
+    assert ring.decrypt("box", framing.frame(Kind.SEALED_BOX, 2, box)) == (2, b"hello")
+    # an XChaCha20-Poly1305 key still names its own token
+    ring.create("aead", "xchacha20-poly1305")
+    with pytest.raises(MalformedCiphertext, match="XChaCha20-Poly1305"):
+        ring.decrypt("aead", box)
