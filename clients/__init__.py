@@ -40,6 +40,7 @@ from secretvault.api.errors import (
     ShuttingDown,
     Unavailable,
     VaultError,
+    VersionBelowMinimum,
     VersionNotFound,
     WrongKeyType,
 )
@@ -144,6 +145,7 @@ __all__ = [
     "VaultError",
     "Verify",
     "VerifyMac",
+    "VersionBelowMinimum",
     "VersionNotFound",
     "WrongKeyType",
 ]

@@ -291,6 +291,31 @@ def test_verify_and_verify_mac_refuse_a_payload_of_the_wrong_length(vs: Stubs) -
     assert (r.results[0].error.code, r.results[0].error.error) == (3, "MalformedCiphertext")
 
 
+def test_a_version_below_the_minimum_is_failed_precondition(vs: Stubs) -> None:
+    """The version exists (GetKey lists it) but is retired for decrypt and
+    verify: FAILED_PRECONDITION (VersionBelowMinimum), not NOT_FOUND."""
+    vs.create("min/ed", ED25519)
+    vs.create("min/aead", AEAD)
+    vs.create("min/mac", HMAC)
+    old = {"sig": vs.sign("min/ed").signature,
+           "ct": vs.crypto.Encrypt(crypto_pb2.EncryptRequest(key="min/aead", plaintext=b"p"))
+           .ciphertext,
+           "mac": vs.crypto.Mac(crypto_pb2.MacRequest(key="min/mac", message=b"m")).mac}
+    for name in ("min/ed", "min/aead", "min/mac"):
+        vs.keys.RotateKey(keys_pb2.RotateKeyRequest(name=name))
+        vs.keys.SetMinDecryptionVersion(
+            keys_pb2.SetMinDecryptionVersionRequest(name=name, version=2))
+    for call, request in (
+            (vs.crypto.Verify, crypto_pb2.VerifyRequest(key="min/ed", message=b"m",
+                                                        signature=old["sig"])),
+            (vs.crypto.Decrypt, crypto_pb2.DecryptRequest(key="min/aead", ciphertext=old["ct"])),
+            (vs.crypto.VerifyMac, crypto_pb2.VerifyMacRequest(key="min/mac", message=b"m",
+                                                              mac=old["mac"]))):
+        code, details, name = code_of(call, request)
+        assert (code, name) == (C.FAILED_PRECONDITION, "VersionBelowMinimum"), details
+        assert "version 1 is below the minimum decryption version 2" in details
+
+
 def _ops() -> list[crypto_pb2.Operation]:
     return [
         crypto_pb2.Operation(id=10, sign=crypto_pb2.SignRequest(key="b/ed", message=b"a")),

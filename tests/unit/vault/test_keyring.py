@@ -18,6 +18,7 @@ from secretvault.api.errors import (
     KeyNotFound,
     MalformedCiphertext,
     StoreSealed,
+    VersionBelowMinimum,
     VersionNotFound,
 )
 from secretvault.api.framing import Kind
@@ -155,19 +156,19 @@ def test_min_decryption_version(
     with pytest.raises(InvalidArgument):
         ring.set_min_decryption_version("enc", 0)
     assert ring.set_min_decryption_version("enc", 2).min_decryption_version == 2
-    with pytest.raises(VersionNotFound, match="below the minimum decryption version 2"):
+    with pytest.raises(VersionBelowMinimum, match="below the minimum decryption version 2"):
         ring.decrypt("enc", ct1)
     assert ring.decrypt("enc", ct2) == (2, b"two")
     ring = _reopen(ring, allocator, store)
     assert ring.get("enc").min_decryption_version == 2
-    with pytest.raises(VersionNotFound):
+    with pytest.raises(VersionBelowMinimum):
         ring.decrypt("enc", ct1)
     # the same rule holds for signatures
     ring.create("sig", "ed25519")
     s1 = ring.sign("sig", b"m")[1]
     ring.rotate("sig")
     ring.set_min_decryption_version("sig", 2)
-    with pytest.raises(VersionNotFound):
+    with pytest.raises(VersionBelowMinimum):
         ring.verify("sig", b"m", s1)
     ring.close()
 
