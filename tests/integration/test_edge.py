@@ -441,6 +441,16 @@ def test_undecodable_bytes_are_invalid_argument_on_every_service(base: str) -> N
                     wrong.append((path, data, code, details, name))
         assert wrong == []
         assert v.sign("k").key_version == 1  # still serving
+        # every operation name the counters recorded (a Batch and a Stream
+        # refused whole among them, and an Operation with nothing set) is one
+        # the stats contract names (proto/secretvault/v1/stats.proto)
+        v.crypto.Batch(crypto_pb2.BatchRequest(operations=[crypto_pb2.Operation(id=1)]))
+        recorded = {o.operation for o in v.get_stats().operations}
+        assert {"batch", "stream", "invalid", "sign", "create_key"} <= recorded
+        from tests.unit.api.test_proto_docs import comment_above
+
+        listed = comment_above("stats", "string operation = 1;")
+        assert sorted(n for n in recorded if f'"{n}"' not in listed) == []
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         health = health_pb2_grpc.HealthStub(v.channel)
