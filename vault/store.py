@@ -74,7 +74,10 @@ class Store(Protocol):
         and write ``meta`` (insert or replace)."""
         ...
 
-    def delete_key(self, name: str) -> None: ...
+    def delete_key(self, name: str) -> None:
+        """Delete the key and its versions; a key loaded under a name its row
+        does not hold (NULL, not UTF-8, a blob) is deleted by its row."""
+        ...
 
     def load(self) -> Iterator[KeyRecord]:
         """Every key with its versions, by name.
