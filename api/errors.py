@@ -65,7 +65,7 @@ class KeyNotFound(NotFound):
 
 
 class VersionNotFound(NotFound):
-    """The key exists but not that version (or it is below the minimum)."""
+    """The key exists but not that version (never made, or deleted)."""
 
 
 class KeyExists(VaultError):
@@ -142,6 +142,12 @@ class WrongPassphrase(FailedPrecondition):
 
 class SecretMemoryUnavailable(FailedPrecondition):
     """memfd_secret(2) is not available: the vault refuses to start."""
+
+
+class VersionBelowMinimum(FailedPrecondition):
+    """The token's key version exists but is below the key's minimum
+    decryption version: decrypt, verify and verify_mac refuse it until the
+    minimum is lowered.  (Earlier releases answered VersionNotFound, NOT_FOUND.)"""
 
 
 class StoreInUse(FailedPrecondition):
@@ -230,6 +236,12 @@ class BackendError(VaultError):
 
 class StoreError(VaultError):
     """An unexpected failure of the key store."""
+
+
+class StoreDamaged(IntegrityError, StoreError):
+    """The key store's file is damaged: SQLite finds it malformed or not a
+    database (a torn disk write, bytes overwritten).  DATA_LOSS, like every
+    integrity error: restore the store from a backup."""
 
 
 def _all_errors() -> dict[str, type[VaultError]]:

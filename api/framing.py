@@ -47,6 +47,9 @@ _NAMES = {
 }
 
 
+#: the payload length of the kinds whose payload has one length
+PAYLOAD_BYTES = {Kind.SIGNATURE: 64, Kind.MAC: 32}
+
 #: each kind's byte, looked up without the enum's ``value`` descriptor
 _BYTE = {k: k.value for k in Kind}
 #: the headers of the first versions, made once: framing is on every
@@ -63,9 +66,20 @@ def frame(kind: Kind, version: int, payload: bytes) -> bytes:
     return HEADER.pack(MAGIC, _BYTE[kind], version) + payload
 
 
-def unframe(kind: Kind, token: bytes) -> tuple[int, bytes]:
-    """(key version, payload) of a token that must be of ``kind``."""
+def unframe(kind: Kind, token: bytes, *, exact: bool = False) -> tuple[int, bytes]:
+    """(key version, payload) of a token that must be of ``kind``.
+
+    With ``exact``, a signature or MAC whose payload is not of its one length
+    (:data:`PAYLOAD_BYTES`) is malformed too: it is not a token of that kind,
+    so no verification can answer it.
+    """
     if len(token) < HEADER_SIZE or token[:2] != MAGIC:
+        if kind is Kind.SEALED_BOX:  # most often a bare crypto_box_seal output
+            raise MalformedCiphertext(
+                "expected a sealed box framed with the 7-byte header b'SVB' and the version "
+                "of the public key it was sealed to (uint32, big-endian), then the "
+                f"crypto_box_seal output; got {len(token)} bytes without that header "
+                "(secretvault.clients.local.encrypt_to frames one)")
         raise MalformedCiphertext(
             f"expected {_NAMES[kind]} produced by secretvault (it starts with 'SV'); "
             f"got {len(token)} bytes without that header"
@@ -79,4 +93,9 @@ def unframe(kind: Kind, token: bytes) -> tuple[int, bytes]:
         raise MalformedCiphertext(f"expected {_NAMES[kind]}, got {got}")
     if version == 0:
         raise MalformedCiphertext("key version 0 does not exist: versions start at 1")
+    if exact and (size := PAYLOAD_BYTES.get(kind)) is not None \
+            and len(token) - HEADER_SIZE != size:
+        raise MalformedCiphertext(
+            f"{_NAMES[kind]} is {size} bytes after its 7-byte header, got "
+            f"{len(token) - HEADER_SIZE}")
     return version, token[HEADER_SIZE:]

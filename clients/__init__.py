@@ -41,6 +41,7 @@ from secretvault.api.errors import (
     Unavailable,
     UnsafeSocketPath,
     VaultError,
+    VersionBelowMinimum,
     VersionNotFound,
     WrongKeyType,
 )
@@ -149,6 +150,7 @@ __all__ = [
     "VaultError",
     "Verify",
     "VerifyMac",
+    "VersionBelowMinimum",
     "VersionNotFound",
     "WrongKeyType",
 ]

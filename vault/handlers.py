@@ -9,15 +9,16 @@ refuses with INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import message as _message
 from google.protobuf import message_factory
 
 from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
-from secretvault.api.errors import InvalidArgument
+from secretvault.api.errors import ERROR_METADATA_KEY, InvalidArgument
 from secretvault.vault.servicers import CryptoServicer, KeyServicer, StatsServicer
 
 # --- decoding ---------------------------------------------------------------------
@@ -52,6 +53,44 @@ def _safe_parser(cls: type[_message.Message]
             return Malformed(type_name, type(e).__name__)
 
     return parse
+
+
+def parse_checked(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` of a service the vault hosts but does not write (health
+    checking, reflection), with a decoder that never raises: a request that
+    does not parse is answered INVALID_ARGUMENT, naming the error class as
+    every vault method does, and never reaches the servicer."""
+    parse = handler.request_deserializer
+    cls = getattr(parse, "__self__", None)
+    type_name = getattr(getattr(cls, "DESCRIPTOR", None), "full_name", "request")
+
+    def decode(data: bytes) -> object:
+        try:
+            return parse(data)
+        except Exception as e:  # any failure to parse is about the client's bytes
+            return Malformed(type_name, type(e).__name__)
+
+    def admit(request: object, context: grpc.ServicerContext) -> object:
+        if isinstance(request, Malformed):
+            context.set_trailing_metadata(((ERROR_METADATA_KEY, "InvalidArgument"),))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.error()))
+        return request
+
+    def each(requests: Iterator[object], context: grpc.ServicerContext) -> Iterator[object]:
+        for request in requests:
+            yield admit(request, context)
+
+    shape = (handler.request_streaming, handler.response_streaming)
+    inner = (handler.unary_unary or handler.unary_stream or handler.stream_unary
+             or handler.stream_stream)
+
+    def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+        if shape[0]:
+            return inner(each(request, context), context)
+        return inner(admit(request, context), context)
+
+    return HANDLER_FACTORIES[shape](behavior, request_deserializer=decode,
+                                    response_serializer=handler.response_serializer)
 
 
 # --- registration -------------------------------------------------------------------

@@ -377,7 +377,7 @@ class Keyring:
         return v.version, framing.frame(Kind.SIGNATURE, v.version, sig)
 
     def verify(self, name: str, message: bytes, signature: bytes) -> bool:
-        version, raw = framing.unframe(Kind.SIGNATURE, signature)
+        version, raw = framing.unframe(Kind.SIGNATURE, signature, exact=True)
         with self._reading:
             public = self._use(name, _ED25519, "verify", version, True).public
             assert public is not None
@@ -397,7 +397,8 @@ class Keyring:
         which a tampered store could change): a mismatch is a WrongKeyType,
         or an IntegrityError when that version failed to unseal.
         """
-        if ciphertext[:3] == _SEALED_BOX_MAGIC:
+        if ciphertext[:3] == _SEALED_BOX_MAGIC or (ciphertext[:2] != framing.MAGIC and getattr(
+                self._keys.get(name), "type", None) is _X25519):  # bare: say what it lacks
             version, box = framing.unframe(Kind.SEALED_BOX, ciphertext)
             if aad:
                 raise InvalidArgument("sealed boxes take no associated data")
@@ -418,10 +419,9 @@ class Keyring:
         return v.version, framing.frame(Kind.MAC, v.version, tag)
 
     def verify_mac(self, name: str, message: bytes, mac: bytes) -> bool:
-        version, raw = framing.unframe(Kind.MAC, mac)
+        version, raw = framing.unframe(Kind.MAC, mac, exact=True)
         with self._reading:
-            tag = self._hmac(self._use(name, _HMAC, "verify_mac", version, True),
-                             message)
+            tag = self._hmac(self._use(name, _HMAC, "verify_mac", version, True), message)
         return crypto.constant_time_equal(tag, raw)
 
     def _hmac(self, v: Version, message: bytes) -> bytes:

@@ -17,7 +17,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from secretvault.api.errors import IntegrityError, InvalidArgument, InvalidKeyName, VersionNotFound
+from secretvault.api.errors import (
+    IntegrityError,
+    InvalidArgument,
+    InvalidKeyName,
+    VersionBelowMinimum,
+    VersionNotFound,
+)
 from secretvault.backends import Slot
 from secretvault.vault.crypto import KeyType
 from secretvault.vault.sealing import version_digest
@@ -146,7 +152,7 @@ class Key:
                 raise IntegrityError(f"key {self.name!r}: {self.damaged}")
             raise VersionNotFound(f"key {self.name!r} has no version {n}")
         if decrypting and n < self.min_decryption:
-            raise VersionNotFound(
+            raise VersionBelowMinimum(
                 f"key {self.name!r} version {n} is below the minimum decryption version "
                 f"{self.min_decryption}"
             )

@@ -19,46 +19,29 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Protocol, TypeGuard
+from typing import Protocol
 
 from secretvault.api.errors import (
     KeyExists,
     KeyNotFound,
     StoreBusy,
+    StoreDamaged,
     StoreError,
     StoreFull,
+    VaultError,
     VersionNotFound,
 )
+from secretvault.vault.records import (
+    KeyRecord,
+    VersionRecord,
+    is_number,
+    is_version,
+    parse_key_row,
+)
+
+__all__ = ["KeyRecord", "SQLiteStore", "Store", "VersionRecord"]
 
 _log = logging.getLogger("secretvault.store")
-
-@dataclass(frozen=True, slots=True)
-class VersionRecord:
-    version: int
-    created: float
-    public_key: bytes | None
-    nonce: bytes
-    sealed: bytes
-    #: why the stored row does not parse (set by :meth:`Store.load` only)
-    damaged: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    name: str
-    type: str
-    created: float
-    primary_version: int
-    min_decryption_version: int
-    labels: Mapping[str, str] = field(default_factory=dict)
-    versions: tuple[VersionRecord, ...] = ()
-    #: the row MAC (see ``sealing.row_mac_message``) over this row and its
-    #: versions; None in a row written before row MACs existed
-    row_mac: bytes | None = None
-    #: why the stored key row (or one of its version rows' numbers) does not
-    #: parse; set by :meth:`Store.load` only, never written
-    damaged: str | None = None
 
 
 class Store(Protocol):
@@ -91,7 +74,10 @@ class Store(Protocol):
         and write ``meta`` (insert or replace)."""
         ...
 
-    def delete_key(self, name: str) -> None: ...
+    def delete_key(self, name: str) -> None:
+        """Delete the key and its versions; a key loaded under a name its row
+        does not hold (NULL, not UTF-8, a blob) is deleted by its row."""
+        ...
 
     def load(self) -> Iterator[KeyRecord]:
         """Every key with its versions, by name.
@@ -165,8 +151,20 @@ class SQLiteStore:
             self._has_row_mac = "row_mac" in {
                 row[1] for row in self._db.execute("PRAGMA table_info(keys)")}
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open the key store {path}: {e}") from None
+            raise _store_error(e, f"cannot open the key store {path}") from None
         self._lock = threading.Lock()
+        #: keys whose stored name does not round-trip (NULL, not UTF-8, not
+        #: text) by the name they are served under: (rowid, the stored bytes)
+        self._by_row: dict[str, tuple[int, bytes | None]] = {}
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads: a damaged file is a typed error, not a traceback."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.DatabaseError as e:
+                raise _store_error(e, f"cannot read the key store {self.path}") from None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -215,8 +213,8 @@ class SQLiteStore:
                          "next checkpoint", self.path, self.path)
 
     def get_meta(self, key: str) -> bytes | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT CAST(value AS BLOB) FROM meta WHERE key = ?", (key,)
             ).fetchone()
         return None if row is None else bytes(row[0])
@@ -295,76 +293,87 @@ class SQLiteStore:
         self._has_row_mac = True
 
     def delete_key(self, name: str) -> None:
+        row = self._by_row.get(name)
         with self._tx() as db:
-            db.execute("DELETE FROM key_versions WHERE name = ?", (name,))
-            cur = db.execute("DELETE FROM keys WHERE name = ?", (name,))
+            if row is None:
+                db.execute("DELETE FROM key_versions WHERE name = ?", (name,))
+                cur = db.execute("DELETE FROM keys WHERE name = ?", (name,))
+            else:  # a damaged name: by its row, and its versions by the stored bytes
+                db.execute("DELETE FROM key_versions WHERE CAST(name AS BLOB) = ?", (row[1],))
+                cur = db.execute("DELETE FROM keys WHERE rowid = ?", (row[0],))
             if cur.rowcount == 0:
                 raise KeyNotFound(f"no key named {name!r}")
+        self._by_row.pop(name, None)
         self._scrub_wal()
 
     def load(self) -> Iterator[KeyRecord]:
-        with self._lock:
+        with self._reading() as db:
             # CAST: a blob rewritten as TEXT, or text that is not UTF-8
             # (corruption, or an edit by hand), must reach the parsers below
             # as bytes, not fail the whole load with a decoding error in
             # fetchall(); SQLite's column affinity does not stop a value of
             # another type from being stored, so every value is checked
-            keys = self._db.execute(
-                "SELECT CAST(name AS BLOB), CAST(type AS BLOB), created, CAST(labels AS BLOB), "
+            keys = db.execute(
+                "SELECT rowid, typeof(name), CAST(name AS BLOB), CAST(type AS BLOB), created, "
+                "CAST(labels AS BLOB), "
                 "primary_version, min_decryption_version, "
                 + ("CAST(row_mac AS BLOB) " if self._has_row_mac else "NULL ")
                 + "FROM keys ORDER BY name"
             ).fetchall()
             versions: dict[bytes, list[VersionRecord]] = {}
             bad_numbers: dict[bytes, list[str]] = {}
-            for name, version, created, public, nonce, sealed in self._db.execute(
+            for name, version, created, public, nonce, sealed in db.execute(
                 "SELECT CAST(name AS BLOB), version, created, CAST(public_key AS BLOB), "
                 "CAST(nonce AS BLOB), CAST(sealed AS BLOB) "
                 "FROM key_versions ORDER BY name, version"
             ):
                 key = bytes(name)
-                if not _is_version(version):
+                if not is_version(version):
                     # without its number the record cannot be placed: the
                     # key as a whole is reported damaged
                     bad_numbers.setdefault(key, []).append(
                         f"a version record's number {version!r} is not a version number")
                     continue
-                damaged = None if _is_number(created) else (
+                damaged = None if is_number(created) else (
                     f"its created time {created!r} is not a number")
                 versions.setdefault(key, []).append(
                     VersionRecord(
                         version,
-                        float(created) if _is_number(created) else 0.0,
+                        float(created) if is_number(created) else 0.0,
                         None if public is None else bytes(public),
                         bytes(nonce),
                         bytes(sealed),
                         damaged,
                     )
                 )
-        for row in keys:
-            # (a TEXT PRIMARY KEY may hold NULL in SQLite: that name is b"")
-            raw_name = row[0] if isinstance(row[0], bytes) else b""
-            yield _parse_key(row, tuple(versions.get(raw_name, ())),
-                             bad_numbers.get(raw_name, []))
+        self._by_row = {}
+        for rowid, kind, *row in keys:
+            # (a TEXT PRIMARY KEY may hold NULL in SQLite: named by its rowid)
+            raw = row[0] if isinstance(row[0], bytes) else None
+            rec = parse_key_row(row, tuple(versions.get(raw, ())) if raw is not None else (),
+                             bad_numbers.get(raw, []) if raw is not None else [], rowid)
+            if kind != "text" or rec.name.encode() != raw:
+                self._by_row[rec.name] = (rowid, raw)
+            yield rec
 
     def count(self) -> int:
-        with self._lock:
-            (n,) = self._db.execute("SELECT count(*) FROM key_versions").fetchone()
+        with self._reading() as db:
+            (n,) = db.execute("SELECT count(*) FROM key_versions").fetchone()
         return int(n)
 
     def integrity_check(self) -> list[str]:
         problems: list[str] = []
-        with self._lock:
-            (ok,) = self._db.execute("PRAGMA integrity_check").fetchone()
+        with self._reading() as db:
+            (ok,) = db.execute("PRAGMA integrity_check").fetchone()
             if ok != "ok":
                 problems.append(f"sqlite integrity_check: {ok}")
             problems += [
                 f"foreign key violation in {row[0]}"
-                for row in self._db.execute("PRAGMA foreign_key_check")
+                for row in db.execute("PRAGMA foreign_key_check")
             ]
             problems += [
                 f"key {name!r}: primary version {primary} has no record"
-                for name, primary in self._db.execute(
+                for name, primary in db.execute(
                     "SELECT k.name, k.primary_version FROM keys k WHERE NOT EXISTS "
                     "(SELECT 1 FROM key_versions v WHERE v.name = k.name "
                     "AND v.version = k.primary_version)"
@@ -377,70 +386,12 @@ class SQLiteStore:
             self._db.close()
 
 
-def _is_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-_MAX_VERSION = 2**32 - 1  # the sealed record's associated data holds it in 4 bytes
-
-
-def _is_version(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and 1 <= value <= _MAX_VERSION
-
-
-def _parse_key(row: tuple[object, ...], versions: tuple[VersionRecord, ...],
-               problems: list[str]) -> KeyRecord:
-    """One ``keys`` row as a record; what does not parse is named in ``damaged``."""
-    raw_name, raw_type, created, raw_labels, primary, min_dec, row_mac = row
-    problems = list(problems)
-
-    def text(value: object, what: str) -> str:
-        raw = bytes(value) if isinstance(value, bytes) else b""
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            problems.append(f"its {what} is not valid UTF-8")
-            return raw.decode(errors="backslashreplace")
-
-    name = text(raw_name, "name")
-    type_ = text(raw_type, "type")
-    if _is_number(created):
-        created_at = float(created)
-    else:
-        problems.append(f"its created time {created!r} is not a number")
-        created_at = 0.0
-    for what, value in (("primary version", primary),
-                        ("minimum decryption version", min_dec)):
-        if not _is_version(value):
-            problems.append(f"its {what} {value!r} is not a version number")
-    labels: dict[str, str] = {}
-    try:
-        parsed = json.loads(raw_labels) if isinstance(raw_labels, bytes) else None
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError
-        problems.append("its labels are not valid JSON")
-    else:
-        if isinstance(parsed, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
-            labels = parsed
-        else:
-            problems.append("its labels are not a JSON object of strings")
-    return KeyRecord(
-        name=name,
-        type=type_,
-        created=created_at,
-        primary_version=primary if _is_version(primary) else 1,
-        min_decryption_version=min_dec if _is_version(min_dec) else 1,
-        labels=labels,
-        versions=versions,
-        row_mac=bytes(row_mac) if isinstance(row_mac, bytes) else None,
-        damaged="; ".join(problems) or None,
-    )
-
-
-def _store_error(e: sqlite3.DatabaseError) -> StoreError | StoreFull | StoreBusy:
+def _store_error(e: sqlite3.DatabaseError, what: str = "the key store failed") -> VaultError:
     code = getattr(e, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL:
         return StoreFull("the key store's disk is full; nothing was written")
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return StoreBusy("the key store is locked by another process; nothing was written")
-    return StoreError(f"the key store failed: {e}")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StoreDamaged(f"{what}: the file is damaged ({e})")
+    return StoreError(f"{what}: {e}")

@@ -382,3 +382,77 @@ def test_a_small_batch_is_not_held_up_by_a_large_one(base: str) -> None:
                         "anything; make it larger")
         # it waited about one turn of the big batch, not for the rest of it
         assert waited < took / 4, (waited, took)
+
+
+# --- undecodable requests: every service blames the client -------------------------------
+
+#: bytes no request message parses (unknown fields are skipped, so these are
+#: broken for every message): a truncated length, a truncated varint, a group
+#: end with no start, a truncated tag
+UNDECODABLE = (b"\x0a\x05ab", b"\x08", b"\x0c", b"\xff")
+
+
+def _every_method() -> list[tuple[str, bool, bool]]:
+    """(path, request streaming, response streaming) of every method the server hosts."""
+    from grpc_health.v1 import health_pb2
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    from secretvault.api._proto.secretvault.v1 import stats_pb2
+
+    services = [*(m.DESCRIPTOR.services_by_name[n] for m, n in (
+        (keys_pb2, "KeyService"), (crypto_pb2, "CryptoService"), (stats_pb2, "StatsService"),
+        (health_pb2, "Health"), (reflection_pb2, "ServerReflection")))]
+    return [(f"/{s.full_name}/{m.name}", m.client_streaming, m.server_streaming)
+            for s in services for m in s.methods]
+
+
+def _raw_call(channel: grpc.Channel, path: str, shape: tuple[bool, bool],
+              data: bytes) -> tuple[grpc.StatusCode, str, str | None]:
+    ident: dict[str, Any] = {"request_serializer": None, "response_deserializer": None}
+    try:
+        if shape == (False, False):
+            channel.unary_unary(path, **ident)(data, timeout=10)
+        elif shape == (False, True):
+            list(channel.unary_stream(path, **ident)(data, timeout=10))
+        else:
+            list(channel.stream_stream(path, **ident)(iter([data]), timeout=10))
+    except grpc.RpcError as e:
+        meta = dict(e.trailing_metadata() or ())
+        return e.code(), e.details() or "", meta.get("secretvault-error")
+    raise AssertionError(f"{path} accepted {data!r}")
+
+
+def test_undecodable_bytes_are_invalid_argument_on_every_service(base: str) -> None:
+    """Health, reflection and every vault method: INVALID_ARGUMENT, never
+    INTERNAL ("Exception deserializing request!"); the server stays up."""
+    methods = _every_method()
+    assert {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"} <= {
+                p for p, _, _ in methods}
+    with start(base) as s:
+        v = stubs(s.config.vault.socket)
+        v.create("k")
+        wrong = []
+        for path, *shape in methods:
+            for data in UNDECODABLE:
+                code, details, name = _raw_call(v.channel, path, (shape[0], shape[1]), data)
+                if (code, name) != (C.INVALID_ARGUMENT, "InvalidArgument") \
+                        or "is not a valid" not in details:
+                    wrong.append((path, data, code, details, name))
+        assert wrong == []
+        assert v.sign("k").key_version == 1  # still serving
+        # every operation name the counters recorded (a Batch and a Stream
+        # refused whole among them, and an Operation with nothing set) is one
+        # the stats contract names (proto/secretvault/v1/stats.proto)
+        v.crypto.Batch(crypto_pb2.BatchRequest(operations=[crypto_pb2.Operation(id=1)]))
+        recorded = {o.operation for o in v.get_stats().operations}
+        assert {"batch", "stream", "invalid", "sign", "create_key"} <= recorded
+        from tests.unit.api.test_proto_docs import comment_above
+
+        listed = comment_above("stats", "string operation = 1;")
+        assert sorted(n for n in recorded if f'"{n}"' not in listed) == []
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        health = health_pb2_grpc.HealthStub(v.channel)
+        assert health.Check(health_pb2.HealthCheckRequest()).status == \
+            health_pb2.HealthCheckResponse.SERVING

@@ -381,6 +381,57 @@ def test_damaged_records_do_not_stop_the_server(base: str) -> None:
                "FAILED_PRECONDITION): the vault's sealed import key" in text
 
 
+@pytest.mark.parametrize("damage", ["middle", "truncated"])
+def test_a_damaged_store_file_is_one_line_at_start(base: str, damage: str) -> None:
+    """4 KiB overwritten in the middle of the file, or half of it cut off:
+    ``serve`` exits 2 with one line that names the file and the fix, no traceback."""
+    _populate(base, 300)
+    path = os.path.join(base, "data", "keys.sqlite3")
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        if damage == "middle":
+            f.seek(size // 2 // 4096 * 4096)
+            f.write(bytes([0xA5]) * 4096)
+        else:
+            f.truncate(size // 2)
+    child = Child(base)
+    try:
+        assert child.proc.wait(timeout=60) == 2
+        lines = child.stderr().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("secretvault: error: StoreDamaged: "), lines
+        assert path in lines[0]
+        assert "(fix: the store is damaged or was tampered with: restore it from a " \
+               "backup)" in lines[0]
+    finally:
+        child.close()
+
+
+def test_a_key_row_with_a_null_name_is_listed_and_deleted_over_grpc(base: str) -> None:
+    with start(base) as s:
+        v = stubs(s.config.vault.socket)
+        v.create("good")
+        v.create("nameless")
+        store_path = s.config.vault.store_path
+    db = sqlite3.connect(store_path)
+    (rowid,) = db.execute("SELECT rowid FROM keys WHERE name = 'nameless'").fetchone()
+    db.execute("UPDATE keys SET name = NULL WHERE name = 'nameless'")
+    db.commit()
+    db.close()
+    placeholder = f"damaged-row:{rowid}"
+    with start(base) as s:
+        v = stubs(s.config.vault.socket)
+        listed = v.keys.ListKeys(keys_pb2.ListKeysRequest()).keys
+        assert [k.name for k in listed] == [placeholder, "good"]
+        assert "damaged keys (their records do not open; using them fails with DATA_LOSS " \
+               f"naming the damage): {placeholder!r}" in summary(s)
+        v.keys.DeleteKey(keys_pb2.DeleteKeyRequest(name=placeholder))
+        assert [k.name for k in v.keys.ListKeys(keys_pb2.ListKeysRequest()).keys] == ["good"]
+    with start(base) as s:
+        assert [k.name for k in stubs(s.config.vault.socket).keys.ListKeys(
+            keys_pb2.ListKeysRequest()).keys] == ["good"]
+
+
 # --- the unseal progress -------------------------------------------------------------------
 
 MANY = 1500  # more than secretvault.vault.progress.BAR_THRESHOLD

@@ -249,6 +249,13 @@ def test_encrypt_decrypt_and_sealed_box(vs: Stubs) -> None:
     token = framing.frame(framing.Kind.SEALED_BOX, 1, box)
     d = vs.crypto.Decrypt(crypto_pb2.DecryptRequest(key="c/x", ciphertext=token))
     assert d.plaintext == b"to the vault"
+    # the bare box (the most natural mistake) is told the header it lacks
+    while box[:2] == framing.MAGIC:  # 1 in 65,536 ephemeral keys start so
+        box = SealedBox(PublicKey(k.versions[0].public_key)).encrypt(b"to the vault")
+    code, details, name = code_of(vs.crypto.Decrypt, crypto_pb2.DecryptRequest(
+        key="c/x", ciphertext=box))
+    assert (code, name) == (C.INVALID_ARGUMENT, "MalformedCiphertext")
+    assert "7-byte header b'SVB'" in details and "XChaCha20" not in details
 
 
 def test_mac_verify_mac(vs: Stubs) -> None:
@@ -258,6 +265,55 @@ def test_mac_verify_mac(vs: Stubs) -> None:
                                                            mac=m.mac)).valid
     assert not vs.crypto.VerifyMac(crypto_pb2.VerifyMacRequest(key="c/mac", message=b"y",
                                                                mac=m.mac)).valid
+
+
+def test_verify_and_verify_mac_refuse_a_payload_of_the_wrong_length(vs: Stubs) -> None:
+    """The .proto's INVALID_ARGUMENT for 'not a signature token': a correct
+    header on 0, 33, 63 or 65 bytes was answered valid=false."""
+    vs.create("w/ed", ED25519)
+    vs.create("w/mac", HMAC)
+    for n in (0, 33, 63, 65):
+        token = framing.frame(framing.Kind.SIGNATURE, 1, bytes(n))
+        code, details, name = code_of(vs.crypto.Verify, crypto_pb2.VerifyRequest(
+            key="w/ed", message=b"m", signature=token))
+        assert (code, name) == (C.INVALID_ARGUMENT, "MalformedCiphertext"), (n, details)
+        assert f"64 bytes after its 7-byte header, got {n}" in details
+    for n in (0, 31, 33, 64):
+        token = framing.frame(framing.Kind.MAC, 1, bytes(n))
+        code, details, name = code_of(vs.crypto.VerifyMac, crypto_pb2.VerifyMacRequest(
+            key="w/mac", message=b"m", mac=token))
+        assert (code, name) == (C.INVALID_ARGUMENT, "MalformedCiphertext"), (n, details)
+        assert f"32 bytes after its 7-byte header, got {n}" in details
+    # in a batch too: the operation's error, the batch goes on
+    r = vs.crypto.Batch(crypto_pb2.BatchRequest(operations=[crypto_pb2.Operation(
+        id=1, verify=crypto_pb2.VerifyRequest(
+            key="w/ed", message=b"m", signature=framing.frame(framing.Kind.SIGNATURE, 1, b"")))]))
+    assert (r.results[0].error.code, r.results[0].error.error) == (3, "MalformedCiphertext")
+
+
+def test_a_version_below_the_minimum_is_failed_precondition(vs: Stubs) -> None:
+    """The version exists (GetKey lists it) but is retired for decrypt and
+    verify: FAILED_PRECONDITION (VersionBelowMinimum), not NOT_FOUND."""
+    vs.create("min/ed", ED25519)
+    vs.create("min/aead", AEAD)
+    vs.create("min/mac", HMAC)
+    old = {"sig": vs.sign("min/ed").signature,
+           "ct": vs.crypto.Encrypt(crypto_pb2.EncryptRequest(key="min/aead", plaintext=b"p"))
+           .ciphertext,
+           "mac": vs.crypto.Mac(crypto_pb2.MacRequest(key="min/mac", message=b"m")).mac}
+    for name in ("min/ed", "min/aead", "min/mac"):
+        vs.keys.RotateKey(keys_pb2.RotateKeyRequest(name=name))
+        vs.keys.SetMinDecryptionVersion(
+            keys_pb2.SetMinDecryptionVersionRequest(name=name, version=2))
+    for call, request in (
+            (vs.crypto.Verify, crypto_pb2.VerifyRequest(key="min/ed", message=b"m",
+                                                        signature=old["sig"])),
+            (vs.crypto.Decrypt, crypto_pb2.DecryptRequest(key="min/aead", ciphertext=old["ct"])),
+            (vs.crypto.VerifyMac, crypto_pb2.VerifyMacRequest(key="min/mac", message=b"m",
+                                                              mac=old["mac"]))):
+        code, details, name = code_of(call, request)
+        assert (code, name) == (C.FAILED_PRECONDITION, "VersionBelowMinimum"), details
+        assert "version 1 is below the minimum decryption version 2" in details
 
 
 def _ops() -> list[crypto_pb2.Operation]:

@@ -38,6 +38,7 @@ from secretvault.api.errors import (
     TooManyCalls,
     Unavailable,
     VaultError,
+    VersionBelowMinimum,
     VersionNotFound,
     WrongKeyType,
     WrongPassphrase,
@@ -66,6 +67,9 @@ FIXES: dict[type[VaultError], str] = {
     KeyNotFound: "'secretvault keys list' shows the keys; "
     "'secretvault keys create NAME --type TYPE' makes one",
     VersionNotFound: "'secretvault keys show NAME' lists the key's versions",
+    VersionBelowMinimum: "the token was made with a version retired for decrypt and verify "
+    "('secretvault keys show NAME'); 'secretvault keys set-min-version NAME N' lowers the "
+    "minimum if that was not intended",
     KeyExists: "choose another name, or 'secretvault keys rotate NAME' for a new version",
     InvalidKeyName: "rename the key within that character set",
     WrongKeyType: "'secretvault keys show NAME' shows its type: sign/verify need ed25519, "

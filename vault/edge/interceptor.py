@@ -1,7 +1,8 @@
 """The server edge's one wrapper: identity, policy, limits, errors, audit and metrics.
 
 One :class:`EdgeInterceptor` per listener wraps every method of the vault's
-three services.  Health checking and reflection pass through untouched;
+three services.  Health checking and reflection pass through unchecked
+(only a request that does not parse is refused, INVALID_ARGUMENT);
 any other method the method table (``secretvault.vault.edge.methods``) does
 not describe is refused with UNIMPLEMENTED, so nothing runs unchecked.
 For each call it:
@@ -58,7 +59,7 @@ from secretvault.vault.edge.methods import (
 )
 from secretvault.vault.edge.stages import Call, Site, Stage, stage_for
 from secretvault.vault.edge.state import Edge
-from secretvault.vault.handlers import HANDLER_FACTORIES, Malformed
+from secretvault.vault.handlers import HANDLER_FACTORIES, Malformed, parse_checked
 
 log = logging.getLogger("secretvault.server")
 
@@ -107,7 +108,10 @@ class EdgeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             self._wrapped[method] = wrapped
             return wrapped
         if method.startswith(PASS_THROUGH):
-            return handler  # health checking, reflection
+            # health checking, reflection: unchecked, but bytes that do not
+            # parse are the client's mistake (grpcio would answer INTERNAL)
+            wrapped = self._wrapped[method] = parse_checked(handler)
+            return wrapped
         # served, yet unknown to the edge: it would run with no policy check
         return _unlisted(method, handler)
 

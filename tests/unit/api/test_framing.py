@@ -49,3 +49,14 @@ def test_cached_and_packed_headers_are_the_same(kind: Kind, version: int) -> Non
     token = framing.frame(kind, version, b"payload")
     assert token == framing.HEADER.pack(framing.MAGIC, kind.value, version) + b"payload"
     assert framing.unframe(kind, token) == (version, b"payload")
+
+
+@pytest.mark.parametrize(("kind", "size"), list(framing.PAYLOAD_BYTES.items()))
+def test_exact_holds_a_signature_or_mac_to_its_length(kind: Kind, size: int) -> None:
+    assert unframe(kind, frame(kind, 3, bytes(size)), exact=True) == (3, bytes(size))
+    for n in (0, size - 1, size + 1):
+        with pytest.raises(MalformedCiphertext, match=f"is {size} bytes after its 7-byte "
+                           f"header, got {n}"):
+            unframe(kind, frame(kind, 3, bytes(n)), exact=True)
+    # the variable-length kinds have no one length to hold them to
+    assert unframe(Kind.AEAD, frame(Kind.AEAD, 1, b"x"), exact=True) == (1, b"x")

@@ -139,3 +139,18 @@ def test_outcome_unknown_keeps_its_cause() -> None:
     assert isinstance(err, OutcomeUnknown)
     assert err.__cause__ is cause
     assert "may or may not" in str(err)
+
+
+def test_a_version_below_the_minimum_is_a_failed_precondition() -> None:
+    """The contract since issue 13: the version exists but is retired for
+    decrypt and verify, FAILED_PRECONDITION; a server from before still sent
+    NOT_FOUND with VersionNotFound, which maps as it did."""
+    from secretvault.api.errors import VersionBelowMinimum, VersionNotFound
+
+    err = _errors.from_rpc_error(FailedCall(grpc.StatusCode.FAILED_PRECONDITION,
+                                            "below", "VersionBelowMinimum"))
+    assert type(err) is VersionBelowMinimum
+    assert isinstance(err, FailedPrecondition) and not isinstance(err, NotFound)
+    old = _errors.from_rpc_error(FailedCall(grpc.StatusCode.NOT_FOUND, "below",
+                                            "VersionNotFound"))
+    assert type(old) is VersionNotFound

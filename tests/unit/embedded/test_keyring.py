@@ -263,3 +263,22 @@ def test_threads_share_one_keyring(ring: Keyring) -> None:
     assert counts[("sign", "ok")] == counts[("verify", "ok")] == 4 * per_thread
     assert counts[("rotate_key", "ok")] == 5
     assert ring.get_key("shared").primary_version == 6
+
+
+def test_a_token_of_the_wrong_length_is_malformed(ring: Keyring) -> None:
+    """A correct header on a payload that is no signature (64 bytes) or MAC
+    (32) is refused, as the server refuses it, not answered 'invalid'."""
+    from secretvault.api import framing
+    from secretvault.api.errors import MalformedCiphertext
+
+    ring.create_key("sig", "ed25519")
+    ring.create_key("mac", "hmac-sha256")
+    for n in (0, 33, 63, 65):
+        with pytest.raises(MalformedCiphertext, match="64 bytes after its 7-byte header"):
+            ring.verify("sig", b"m", framing.frame(framing.Kind.SIGNATURE, 1, bytes(n)))
+    for n in (0, 31, 33, 64):
+        with pytest.raises(MalformedCiphertext, match="32 bytes after its 7-byte header"):
+            ring.verify_mac("mac", b"m", framing.frame(framing.Kind.MAC, 1, bytes(n)))
+    counts = {(o.operation, o.result): o.count for o in ring.stats().operations}
+    assert counts[("verify", "INVALID_ARGUMENT")] == 4
+    assert counts[("verify_mac", "INVALID_ARGUMENT")] == 4

@@ -466,3 +466,73 @@ def test_an_unreadable_kek_source_is_a_clear_refusal(
     _sql(store_path, "UPDATE meta SET value = x'ff' WHERE key = 'kek_source'")
     with pytest.raises(WrongPassphrase, match="unsealed with a"):
         open_ring(allocator, store)
+
+
+# --- damaged names: every damaged key can be deleted --------------------------------
+
+
+def _rowid(path: str, name: str) -> int:
+    db = sqlite3.connect(path)
+    (rowid,) = db.execute("SELECT rowid FROM keys WHERE name = ?", (name,)).fetchone()
+    db.close()
+    return int(rowid)
+
+
+DAMAGED_NAMES: dict[str, tuple[str, Callable[[int], str]]] = {
+    # id: (SQL on the key 'sig2', the name it is then listed and deleted under)
+    # a TEXT PRIMARY KEY holds NULL in SQLite: named by its row, stable across restarts
+    "null": ("UPDATE keys SET name = NULL WHERE name = 'sig2'", lambda r: f"damaged-row:{r}"),
+    "not-utf8": ("UPDATE keys SET name = CAST(x'73696732ff' AS TEXT) WHERE name = 'sig2'",
+                 lambda r: "sig2\\xff"),
+    # a blob equal to the name's bytes: 'WHERE name = ?' with text never matches it
+    "blob": ("UPDATE keys SET name = CAST('sig2' AS BLOB) WHERE name = 'sig2'",
+             lambda r: "sig2"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_NAMES))
+def test_a_key_with_a_damaged_name_is_listed_under_a_usable_name_and_deletable(
+    allocator: SlotAllocator, store: SQLiteStore, store_path: str, case: str
+) -> None:
+    statement, listed_as = DAMAGED_NAMES[case]
+    ring = open_ring(allocator, store)
+    tokens = _populate(ring)
+    ring.close()
+    rowid = _rowid(store_path, "sig2")
+    _sql(store_path, statement)
+    name = listed_as(rowid)
+
+    ring = open_ring(allocator, store)
+    assert name in [k.name for k in ring.list()]
+    if case != "blob":  # a blob of the right bytes is the right name: it still works
+        assert name in ring.damaged_keys()
+    ring.delete(name)
+    assert name not in [k.name for k in ring.list()]
+    _rest_works(ring, tokens, {"sig2"})
+    ring.close()
+    # gone from the file: not listed again at the next start, nothing left damaged
+    ring = open_ring(allocator, store)
+    assert name not in [k.name for k in ring.list()]
+    assert ring.damaged_keys() == {}
+    db = sqlite3.connect(store_path)
+    assert db.execute("SELECT count(*) FROM keys WHERE rowid = ?", (rowid,)).fetchone() == (0,)
+    db.close()
+    _rest_works(ring, tokens, {"sig2"})
+    ring.close()
+
+
+def test_two_null_names_are_two_keys(
+    allocator: SlotAllocator, store: SQLiteStore, store_path: str
+) -> None:
+    ring = open_ring(allocator, store)
+    _populate(ring)
+    ring.close()
+    rows = [_rowid(store_path, "sig2"), _rowid(store_path, "mac")]
+    _sql(store_path, "UPDATE keys SET name = NULL WHERE name IN ('sig2', 'mac')")
+    ring = open_ring(allocator, store)
+    names = [f"damaged-row:{r}" for r in rows]
+    assert set(names) <= set(ring.damaged_keys())
+    for n in names:
+        ring.delete(n)
+    assert ring.damaged_keys() == {}
+    ring.close()

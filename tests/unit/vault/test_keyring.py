@@ -16,7 +16,9 @@ from secretvault.api.errors import (
     InvalidKeyName,
     KeyExists,
     KeyNotFound,
+    MalformedCiphertext,
     StoreSealed,
+    VersionBelowMinimum,
     VersionNotFound,
 )
 from secretvault.api.framing import Kind
@@ -154,19 +156,19 @@ def test_min_decryption_version(
     with pytest.raises(InvalidArgument):
         ring.set_min_decryption_version("enc", 0)
     assert ring.set_min_decryption_version("enc", 2).min_decryption_version == 2
-    with pytest.raises(VersionNotFound, match="below the minimum decryption version 2"):
+    with pytest.raises(VersionBelowMinimum, match="below the minimum decryption version 2"):
         ring.decrypt("enc", ct1)
     assert ring.decrypt("enc", ct2) == (2, b"two")
     ring = _reopen(ring, allocator, store)
     assert ring.get("enc").min_decryption_version == 2
-    with pytest.raises(VersionNotFound):
+    with pytest.raises(VersionBelowMinimum):
         ring.decrypt("enc", ct1)
     # the same rule holds for signatures
     ring.create("sig", "ed25519")
     s1 = ring.sign("sig", b"m")[1]
     ring.rotate("sig")
     ring.set_min_decryption_version("sig", 2)
-    with pytest.raises(VersionNotFound):
+    with pytest.raises(VersionBelowMinimum):
         ring.verify("sig", b"m", s1)
     ring.close()
 
@@ -409,3 +411,54 @@ def test_a_failed_wal_scrub_after_a_committed_deletion_keeps_memory_and_disk_agr
     with pytest.raises(KeyNotFound):
         again.get("gone")
     again.close()
+
+
+#: payload lengths after a correct header that are no signature (64 bytes) or MAC (32)
+WRONG_SIGNATURE_LENGTHS = (0, 1, 32, 33, 63, 65, 128)
+WRONG_MAC_LENGTHS = (0, 1, 16, 31, 33, 64)
+
+
+def test_a_token_of_the_wrong_length_is_malformed_not_invalid(ring: Keyring) -> None:
+    """The .proto promises INVALID_ARGUMENT for what is not a signature (or
+    MAC) token: a correct header on a payload of the wrong length is one."""
+    ring.create("sig", "ed25519")
+    ring.create("mac", "hmac-sha256")
+    for n in WRONG_SIGNATURE_LENGTHS:
+        with pytest.raises(MalformedCiphertext, match=f"64 bytes after its 7-byte header, got {n}"):
+            ring.verify("sig", b"m", framing.frame(Kind.SIGNATURE, 1, bytes(n)))
+    for n in WRONG_MAC_LENGTHS:
+        with pytest.raises(MalformedCiphertext, match=f"32 bytes after its 7-byte header, got {n}"):
+            ring.verify_mac("mac", b"m", framing.frame(Kind.MAC, 1, bytes(n)))
+    # the right length that does not match is a valid question with the answer no
+    assert not ring.verify("sig", b"m", framing.frame(Kind.SIGNATURE, 1, bytes(64)))
+    assert not ring.verify_mac("mac", b"m", framing.frame(Kind.MAC, 1, bytes(32)))
+
+
+def _bare_box(public: bytes, message: bytes) -> bytes:
+    """crypto_box_seal output, as any libsodium client makes it (not starting
+    with 'SV' by chance: its first 32 bytes are a random ephemeral key)."""
+    while (box := SealedBox(PublicKey(public)).encrypt(message))[:2] == framing.MAGIC:
+        pass
+    return box
+
+
+def test_a_bare_sealed_box_is_told_what_header_it_lacks(ring: Keyring) -> None:
+    """The most natural mistake with an X25519 key: Decrypt of bare
+    crypto_box_seal output.  Refused (not guessed to be for the primary
+    version), with what is missing: the 7-byte header, kind B, the version."""
+    ring.create("box", "x25519")
+    ring.rotate("box")
+    box = _bare_box(ring.public_key("box", 2), b"hello")
+    with pytest.raises(MalformedCiphertext) as info:
+        ring.decrypt("box", box)
+    message = str(info.value)
+    for fact in ("sealed box", "7-byte header", "b'SVB'", "uint32, big-endian",
+                 "the version of the public key it was sealed to", f"got {len(box)} bytes"):
+        assert fact in message, (fact, message)
+    assert "XChaCha20" not in message
+    # framed with that header, the same box opens
+    assert ring.decrypt("box", framing.frame(Kind.SEALED_BOX, 2, box)) == (2, b"hello")
+    # an XChaCha20-Poly1305 key still names its own token
+    ring.create("aead", "xchacha20-poly1305")
+    with pytest.raises(MalformedCiphertext, match="XChaCha20-Poly1305"):
+        ring.decrypt("aead", box)

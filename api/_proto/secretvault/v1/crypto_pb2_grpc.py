@@ -81,55 +81,86 @@ class CryptoServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Sign(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """An "S" token: the message signed by the primary version.
+        Needs a KEY_TYPE_ED25519 key, else INVALID_ARGUMENT WrongKeyType.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Verify(self, request, context):
-        """valid=false for a well-formed signature that does not verify;
-        INVALID_ARGUMENT for one that is not a signature token.
+        """valid=true when the signature verifies with the version its token
+        names; valid=false for a well-formed "S" token (64-byte payload) that
+        does not.  INVALID_ARGUMENT MalformedCiphertext for one that is not a
+        signature token; NOT_FOUND VersionNotFound; FAILED_PRECONDITION
+        VersionBelowMinimum below the min_decryption_version.
+        Needs a KEY_TYPE_ED25519 key, else INVALID_ARGUMENT WrongKeyType.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Encrypt(self, request, context):
-        """The vault picks a random 24-byte nonce and returns it inside the token.
+        """An "A" token under the primary version.  The vault picks a random
+        24-byte nonce and returns it inside the token.
+        Needs a KEY_TYPE_XCHACHA20_POLY1305 key, else INVALID_ARGUMENT
+        WrongKeyType (to an X25519 key, seal a box yourself: see SEALED BOXES).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Decrypt(self, request, context):
-        """INVALID_ARGUMENT when authentication fails (DecryptionFailed).
+        """Opens an "A" token (needs a KEY_TYPE_XCHACHA20_POLY1305 key) or a "B"
+        token (needs a KEY_TYPE_X25519 key); the token's kind picks which, and
+        a key of the other type is INVALID_ARGUMENT WrongKeyType.  A token with
+        no "SV" header, or an "S" or "M" one: INVALID_ARGUMENT
+        MalformedCiphertext (to an X25519 key the message says the sealed box's
+        header is missing).  Authentication fails (wrong key, wrong
+        associated_data, altered, too short): INVALID_ARGUMENT DecryptionFailed.
+        associated_data with a sealed box: INVALID_ARGUMENT InvalidArgument.
+        NOT_FOUND VersionNotFound; FAILED_PRECONDITION VersionBelowMinimum.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Mac(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """An "M" token: HMAC-SHA-256 of the message under the primary version.
+        Needs a KEY_TYPE_HMAC_SHA256 key, else INVALID_ARGUMENT WrongKeyType.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def VerifyMac(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """valid=true when the MAC matches (compared in constant time) under the
+        version its token names; valid=false for a well-formed "M" token
+        (32-byte payload) that does not.  INVALID_ARGUMENT MalformedCiphertext
+        for one that is not a MAC token; NOT_FOUND VersionNotFound;
+        FAILED_PRECONDITION VersionBelowMinimum below the min_decryption_version.
+        Needs a KEY_TYPE_HMAC_SHA256 key, else INVALID_ARGUMENT WrongKeyType.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Batch(self, request, context):
         """Many operations in one message: how a client approaches the crypto
-        limit.  Each result carries its own success or error.
+        limit.  Each result carries its own success or error (the status the
+        unary call would have answered, as OperationError).  More operations
+        than the limit: RESOURCE_EXHAUSTED RequestTooLarge, and none runs; one
+        the policy denies: PERMISSION_DENIED, and none runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Stream(self, request_iterator, context):
-        """The same as a bidirectional stream: results in request order.
+        """The same as a bidirectional stream: results in request order.  A
+        denied operation ends the stream with PERMISSION_DENIED (the ones
+        before it were served); more open streams than allowed per identity:
+        RESOURCE_EXHAUSTED TooManyCalls; idle too long: CANCELLED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

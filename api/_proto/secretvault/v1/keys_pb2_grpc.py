@@ -28,7 +28,9 @@ if _version_not_supported:
 
 class KeyServiceStub:
     """Key management.  Every call that changes a key returns only after the
-    change is durable in the store.
+    change is durable in the store.  Any call naming a key that does not
+    exist: NOT_FOUND KeyNotFound.  A call that changes a damaged key (DATA_LOSS
+    IntegrityError): only DeleteKey is allowed.
     """
 
     def __init__(self, channel):
@@ -91,18 +93,23 @@ class KeyServiceStub:
 
 class KeyServiceServicer:
     """Key management.  Every call that changes a key returns only after the
-    change is durable in the store.
+    change is durable in the store.  Any call naming a key that does not
+    exist: NOT_FOUND KeyNotFound.  A call that changes a damaged key (DATA_LOSS
+    IntegrityError): only DeleteKey is allowed.
     """
 
     def CreateKey(self, request, context):
-        """A new key with a fresh version 1.  ALREADY_EXISTS if the name is taken.
+        """A new key with a fresh version 1.  ALREADY_EXISTS KeyExists if the name
+        is taken; INVALID_ARGUMENT InvalidKeyName for a bad name, InvalidArgument
+        for KEY_TYPE_UNSPECIFIED, an unknown type or too many or too long labels.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetImportKey(self, request, context):
-        """The public key to wrap imported key material to.
+        """The public key to wrap imported key material to.  FAILED_PRECONDITION
+        ImportKeyUnavailable when the vault's import key is damaged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,7 +117,9 @@ class KeyServiceServicer:
 
     def ImportKey(self, request, context):
         """A new key whose version 1 is opened from wrapped material, straight into
-        secret memory.
+        secret memory.  INVALID_ARGUMENT InvalidImport when the box does not
+        open or the material's length does not fit the type; otherwise as
+        CreateKey.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,14 +132,18 @@ class KeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPublicKey(self, request, context):
-        """Ed25519 and X25519 keys only; INVALID_ARGUMENT for symmetric keys.
+        """Ed25519 and X25519 keys only: INVALID_ARGUMENT WrongKeyType for
+        symmetric keys.  NOT_FOUND VersionNotFound for a version the key does
+        not have; INVALID_ARGUMENT InvalidArgument for an unknown format, or
+        OPENSSH for an X25519 key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListKeys(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The keys the caller's policy lets it list, in name order.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -143,21 +156,26 @@ class KeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetMinDecryptionVersion(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Decrypt, Verify and VerifyMac then refuse tokens of older versions
+        (FAILED_PRECONDITION VersionBelowMinimum); they stay listed.  A version
+        outside 1..primary_version: INVALID_ARGUMENT InvalidArgument.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteKeyVersion(self, request, context):
         """Zeroes the version's memory and removes its sealed record.  The primary
-        version cannot be deleted (FAILED_PRECONDITION): rotate first.
+        version cannot be deleted (FAILED_PRECONDITION FailedPrecondition):
+        rotate first.  NOT_FOUND VersionNotFound for a version it does not have.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteKey(self, request, context):
-        """Zeroes every version's memory and removes every sealed record.
+        """Zeroes every version's memory and removes every sealed record; allowed
+        on a damaged key too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -226,7 +244,9 @@ def add_KeyServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class KeyService:
     """Key management.  Every call that changes a key returns only after the
-    change is durable in the store.
+    change is durable in the store.  Any call naming a key that does not
+    exist: NOT_FOUND KeyNotFound.  A call that changes a damaged key (DATA_LOSS
+    IntegrityError): only DeleteKey is allowed.
     """
 
     @staticmethod
