@@ -38,6 +38,7 @@ from secretvault.vault._rwlock import RWLock
 from secretvault.vault.crypto import KeyType
 from secretvault.vault.keys import Key, KeyInfo, Version, validate_labels, validate_name
 from secretvault.vault.listing import NameIndex
+from secretvault.vault.scratch import HmacStates
 from secretvault.vault.sealing import Argon2Params, UnsealSource
 from secretvault.vault.store import KeyRecord, Store, VersionRecord
 from secretvault.vault.unsealing import Progress, Unsealed, unseal
@@ -69,7 +70,13 @@ class Keyring:
         # the read side, entered by every operation (held here: one lookup
         # less on the hot path than ``self._rw.read()``)
         self._reading = self._rw.read()
-        self._scratch: list[Slot] = []
+        # HMAC state, reserved now: an operation on an existing key never
+        # needs secret memory the keys may have taken since
+        try:
+            self._scratch = HmacStates(allocator)
+        except BaseException:
+            unsealed.close()
+            raise
         self._closed = False
 
     @classmethod
@@ -414,27 +421,15 @@ class Keyring:
     def mac(self, name: str, message: bytes) -> tuple[int, bytes]:
         with self._reading:
             v = self._use(name, _HMAC, "mac")
-            tag = self._hmac(v, message)
+            tag = self._scratch.hmac(v.slot, v.length, message)
         return v.version, framing.frame(Kind.MAC, v.version, tag)
 
     def verify_mac(self, name: str, message: bytes, mac: bytes) -> bool:
         version, raw = framing.unframe(Kind.MAC, mac)
         with self._reading:
-            tag = self._hmac(self._use(name, _HMAC, "verify_mac", version, True),
-                             message)
+            v = self._use(name, _HMAC, "verify_mac", version, True)
+            tag = self._scratch.hmac(v.slot, v.length, message)
         return crypto.constant_time_equal(tag, raw)
-
-    def _hmac(self, v: Version, message: bytes) -> bytes:
-        assert v.slot is not None
-        # the HMAC state holds the key's pads: it is secret scratch, pooled
-        try:
-            scratch = self._scratch.pop()
-        except IndexError:
-            scratch = self._alloc.allocate(crypto.HMAC_STATE_BYTES)
-        try:
-            return crypto.hmac_sha256(v.slot, v.length, scratch, message)
-        finally:
-            self._scratch.append(scratch)
 
     # --- teardown -------------------------------------------------------------
 
@@ -444,6 +439,7 @@ class Keyring:
             if self._closed:
                 return
             self._closed = True
-            while self._scratch:
-                self._scratch.pop().free()
-            self._unsealed.close()
+            try:
+                self._scratch.close()
+            finally:
+                self._unsealed.close()
