@@ -47,6 +47,7 @@ from secretvault.api.errors import (
 if TYPE_CHECKING:
     from secretvault.clients._stats import (
         DirectMap,
+        IdentityQuota,
         Memcg,
         Memlock,
         OperationCount,
@@ -79,7 +80,8 @@ _LAZY = {
     "AsyncVaultClient": "secretvault.clients.aio",
     **{
         name: "secretvault.clients._stats"
-        for name in ("DirectMap", "Memcg", "Memlock", "OperationCount", "SizeClass", "Stats")
+        for name in ("DirectMap", "IdentityQuota", "Memcg", "Memlock", "OperationCount",
+                     "SizeClass", "Stats")
     },
     **{
         name: "secretvault.clients._types"
@@ -112,6 +114,7 @@ __all__ = [
     "DirectMap",
     "Encrypt",
     "FailedPrecondition",
+    "IdentityQuota",
     "IntegrityError",
     "InvalidArgument",
     "InvalidImport",

@@ -74,6 +74,10 @@ class ServerConfig:
     #: a WatchStats that cannot send an update for this long past its interval
     #: (the client stopped reading): neither may park a handler thread
     stream_idle_seconds: float = 60.0
+    #: versions one key may have; one more is refused (TooManyVersions,
+    #: FAILED_PRECONDITION) until old ones are deleted.  Each holds a slot of
+    #: secret memory: this bounds what rotating one key can take
+    max_versions_per_key: int = 100
 
     def validate(self) -> None:
         """Refuse a configuration that cannot serve, or a limit out of its range."""
@@ -108,5 +112,7 @@ class ServerConfig:
         if self.max_concurrent_rpcs < 1 or self.max_streams_per_identity < 1:
             raise InvalidArgument("max_concurrent_rpcs and max_streams_per_identity must be "
                                   ">= 1")
+        if not 1 <= self.max_versions_per_key <= 1_000_000:
+            raise InvalidArgument("max_versions_per_key must be between 1 and 1,000,000")
         if not 0 < self.stream_idle_seconds <= 86400:
             raise InvalidArgument("stream_idle_seconds must be more than 0 and at most a day")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from secretvault.api._proto.secretvault.v1 import stats_pb2
 from secretvault.backends import SecretMemoryStats
+from secretvault.vault.quotas import IdentityUse, Quotas
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,10 @@ class VaultStats:
     memory: SecretMemoryStats
     keys_by_type: tuple[tuple[str, int], ...]
     operations: tuple[OperationCount, ...]
+    #: versions one key may have (None: no limit)
+    max_versions_per_key: int | None = None
+    #: each identity's secret memory and quota
+    identity_quotas: tuple[IdentityUse, ...] = ()
 
 
 class StatsSource:
@@ -93,16 +98,20 @@ class StatsSource:
         memory: Callable[[], SecretMemoryStats],
         key_counts: Callable[[], Mapping[str, int]],
         counters: OperationCounters,
+        quotas: Quotas | None = None,
     ) -> None:
         self._memory = memory
         self._key_counts = key_counts
         self.counters = counters
+        self._quotas = quotas
 
     def snapshot(self) -> VaultStats:
         return VaultStats(
             memory=self._memory(),
             keys_by_type=tuple(sorted(self._key_counts().items())),
             operations=self.counters.snapshot(),
+            max_versions_per_key=None if self._quotas is None else self._quotas.max_versions,
+            identity_quotas=() if self._quotas is None else self._quotas.snapshot(),
         )
 
 
@@ -157,6 +166,12 @@ def to_proto(s: VaultStats) -> stats_pb2.Stats:
         operations=[
             stats_pb2.OperationCount(operation=o.operation, result=o.result, count=o.count)
             for o in s.operations
+        ],
+        max_versions_per_key=s.max_versions_per_key or 0,
+        identity_quotas=[
+            stats_pb2.IdentityQuota(identity=q.identity, secret_bytes=q.secret_bytes,
+                                    budget_bytes=q.budget_bytes)
+            for q in s.identity_quotas
         ],
     )
     if m.memcg is not None:

@@ -96,8 +96,18 @@ class OperationCount(_message.Message):
     count: int
     def __init__(self, operation: _Optional[str] = ..., result: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
+class IdentityQuota(_message.Message):
+    __slots__ = ("identity", "secret_bytes", "budget_bytes")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    secret_bytes: int
+    budget_bytes: int
+    def __init__(self, identity: _Optional[str] = ..., secret_bytes: _Optional[int] = ..., budget_bytes: _Optional[int] = ...) -> None: ...
+
 class Stats(_message.Message):
-    __slots__ = ("backend", "protection", "regions", "pages_mapped", "pages_resident", "bytes_locked", "key_bytes", "size_classes", "memlock", "memcg", "hibernation_inhibited", "direct_map", "extra", "keys_by_type", "operations")
+    __slots__ = ("backend", "protection", "regions", "pages_mapped", "pages_resident", "bytes_locked", "key_bytes", "size_classes", "memlock", "memcg", "hibernation_inhibited", "direct_map", "extra", "keys_by_type", "operations", "max_versions_per_key", "identity_quotas")
     class ExtraEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +137,8 @@ class Stats(_message.Message):
     EXTRA_FIELD_NUMBER: _ClassVar[int]
     KEYS_BY_TYPE_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_VERSIONS_PER_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_QUOTAS_FIELD_NUMBER: _ClassVar[int]
     backend: str
     protection: str
     regions: int
@@ -142,7 +154,9 @@ class Stats(_message.Message):
     extra: _containers.ScalarMap[str, float]
     keys_by_type: _containers.ScalarMap[str, int]
     operations: _containers.RepeatedCompositeFieldContainer[OperationCount]
-    def __init__(self, backend: _Optional[str] = ..., protection: _Optional[str] = ..., regions: _Optional[int] = ..., pages_mapped: _Optional[int] = ..., pages_resident: _Optional[int] = ..., bytes_locked: _Optional[int] = ..., key_bytes: _Optional[int] = ..., size_classes: _Optional[_Iterable[_Union[SizeClass, _Mapping]]] = ..., memlock: _Optional[_Union[Memlock, _Mapping]] = ..., memcg: _Optional[_Union[Memcg, _Mapping]] = ..., hibernation_inhibited: _Optional[bool] = ..., direct_map: _Optional[_Union[DirectMap, _Mapping]] = ..., extra: _Optional[_Mapping[str, float]] = ..., keys_by_type: _Optional[_Mapping[str, int]] = ..., operations: _Optional[_Iterable[_Union[OperationCount, _Mapping]]] = ...) -> None: ...
+    max_versions_per_key: int
+    identity_quotas: _containers.RepeatedCompositeFieldContainer[IdentityQuota]
+    def __init__(self, backend: _Optional[str] = ..., protection: _Optional[str] = ..., regions: _Optional[int] = ..., pages_mapped: _Optional[int] = ..., pages_resident: _Optional[int] = ..., bytes_locked: _Optional[int] = ..., key_bytes: _Optional[int] = ..., size_classes: _Optional[_Iterable[_Union[SizeClass, _Mapping]]] = ..., memlock: _Optional[_Union[Memlock, _Mapping]] = ..., memcg: _Optional[_Union[Memcg, _Mapping]] = ..., hibernation_inhibited: _Optional[bool] = ..., direct_map: _Optional[_Union[DirectMap, _Mapping]] = ..., extra: _Optional[_Mapping[str, float]] = ..., keys_by_type: _Optional[_Mapping[str, int]] = ..., operations: _Optional[_Iterable[_Union[OperationCount, _Mapping]]] = ..., max_versions_per_key: _Optional[int] = ..., identity_quotas: _Optional[_Iterable[_Union[IdentityQuota, _Mapping]]] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

@@ -35,6 +35,9 @@ def _full() -> stats_pb2.Stats:
         extra={"pool_bytes": 2.5},
         keys_by_type={"ed25519": 1},
         operations=[stats_pb2.OperationCount(operation="sign", result="ok", count=7)],
+        max_versions_per_key=100,
+        identity_quotas=[stats_pb2.IdentityQuota(identity="ci", secret_bytes=640,
+                                                 budget_bytes=4096)],
     )
 
 
