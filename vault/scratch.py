@@ -48,24 +48,35 @@ class HmacStates:
     def hmac(self, key: Slot | None, length: int, message: bytes) -> bytes:
         """The HMAC-SHA256 tag of ``message`` under the ``length``-byte key in ``key``."""
         assert key is not None
-        with self.borrow() as state:
+        # :meth:`borrow`, inline: a generator's context manager would cost
+        # more than the rest of a short MAC's bookkeeping
+        try:
+            state = self._free.pop()  # atomic: the usual case takes no lock
+        except IndexError:
+            state = self._wait()
+        try:
             return crypto.hmac_sha256(key, length, state, message)
+        finally:
+            self._give_back(state)
 
     @contextmanager
     def borrow(self) -> Iterator[Slot]:
         """A slot for the body's use (its content is the body's business: the
         HMAC wipes its state when it is done)."""
         try:
-            slot = self._free.pop()  # atomic: the usual case takes no lock
+            slot = self._free.pop()
         except IndexError:
             slot = self._wait()
         try:
             yield slot
         finally:
-            self._free.append(slot)
-            if self._waiting:
-                with self._ready:
-                    self._ready.notify()
+            self._give_back(slot)
+
+    def _give_back(self, slot: Slot) -> None:
+        self._free.append(slot)
+        if self._waiting:
+            with self._ready:
+                self._ready.notify()
 
     def _wait(self) -> Slot:
         with self._ready:
