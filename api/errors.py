@@ -116,6 +116,11 @@ class TooManyCalls(ResourceExhausted):
     """The caller already holds as many long-lived calls (streams, watches) as allowed."""
 
 
+class QuotaExceeded(ResourceExhausted):
+    """The caller's identity already holds as much secret memory as its policy
+    quota (``secret_memory``) allows: delete keys or versions it created first."""
+
+
 class StoreFull(ResourceExhausted):
     """The key store's disk is full: nothing was written."""
 
@@ -134,6 +139,11 @@ class StoreSealed(FailedPrecondition):
 class KeyringClosed(StoreSealed):
     """The embedded keyring was closed (its memory zeroed), or this process
     is a forked child of the one that opened it: no key can be used here."""
+
+
+class TooManyVersions(FailedPrecondition):
+    """The key already has as many versions as a key may have
+    (``max_versions_per_key``): delete old versions before rotating again."""
 
 
 class WrongPassphrase(FailedPrecondition):

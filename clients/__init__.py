@@ -49,6 +49,7 @@ from secretvault.api.errors import (
 if TYPE_CHECKING:
     from secretvault.clients._stats import (
         DirectMap,
+        IdentityQuota,
         Memcg,
         Memlock,
         OperationCount,
@@ -82,8 +83,8 @@ _LAZY = {
     "AsyncVaultClient": "secretvault.clients.aio",
     **{
         name: "secretvault.clients._stats"
-        for name in ("DirectMap", "Memcg", "Memlock", "OperationCount", "Process", "SizeClass",
-                     "Stats")
+        for name in ("DirectMap", "IdentityQuota", "Memcg", "Memlock", "OperationCount",
+                     "Process", "SizeClass", "Stats")
     },
     **{
         name: "secretvault.clients._types"
@@ -116,6 +117,7 @@ __all__ = [
     "DirectMap",
     "Encrypt",
     "FailedPrecondition",
+    "IdentityQuota",
     "IntegrityError",
     "InvalidArgument",
     "InvalidImport",

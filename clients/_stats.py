@@ -1,8 +1,9 @@
 """What the vault reports about itself, as the client's own frozen records.
 
 :class:`Stats` (with :class:`SizeClass`, :class:`Memlock`, :class:`Memcg`,
-:class:`DirectMap`, :class:`OperationCount` and :class:`Process` for its sections) carries the
-fields of the wire ``Stats`` message under the same names, in Python types:
+:class:`DirectMap`, :class:`OperationCount`, :class:`Process` and
+:class:`IdentityQuota` for its sections) carries the fields of the wire
+``Stats`` message under the same names, in Python types:
 ``int``, ``str``, ``bool``, tuples for repeated fields, mappings for map
 fields, and ``None`` exactly where the message leaves an optional field
 absent (an unlimited memlock, no memory cgroup, a figure only root can
@@ -124,6 +125,18 @@ class Process:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityQuota:
+    """What the key versions one identity created hold of secret memory, and its quota."""
+
+    #: the policy identity ("owner": the server's own user)
+    identity: str
+    #: bytes of slots held by the live key versions it created
+    secret_bytes: int
+    #: its quota in bytes (the policy's secret_memory); None when unlimited
+    budget_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """What secret memory costs right now, as the vault reported it."""
 
@@ -150,6 +163,10 @@ class Stats:
     operations: tuple[OperationCount, ...]
     #: debugger exposure and capabilities; None from a server too old to report them
     process: Process | None
+    #: versions one key may have; 0 when there is no limit
+    max_versions_per_key: int = 0
+    #: every policy identity, and any other holding secret memory, by name
+    identity_quotas: tuple[IdentityQuota, ...] = ()
 
 
 def _optional(msg: Message, field: str) -> int | None:
@@ -229,4 +246,10 @@ def stats_from_wire(msg: stats_pb2.Stats) -> Stats:
             for o in msg.operations
         ),
         process=_process(msg.process) if msg.HasField("process") else None,
+        max_versions_per_key=msg.max_versions_per_key,
+        identity_quotas=tuple(
+            IdentityQuota(identity=q.identity, secret_bytes=q.secret_bytes,
+                          budget_bytes=_optional(q, "budget_bytes"))
+            for q in msg.identity_quotas
+        ),
     )

@@ -88,6 +88,10 @@ class ServerConfig:
     #: seconds between the checks for a tracer (the main thread's every check,
     #: every thread's every 10th); used with ``stop_on_tracer``
     tracer_check_seconds: float = 0.1
+    #: versions one key may have; one more is refused (TooManyVersions,
+    #: FAILED_PRECONDITION) until old ones are deleted.  Each holds a slot of
+    #: secret memory: this bounds what rotating one key can take
+    max_versions_per_key: int = 100
 
     def validate(self) -> None:
         """Refuse a configuration that cannot serve, or a limit out of its range."""
@@ -124,5 +128,7 @@ class ServerConfig:
                                   ">= 1")
         if not 0.01 <= self.tracer_check_seconds <= 60:
             raise InvalidArgument("tracer_check_seconds must be between 0.01 and 60")
+        if not 1 <= self.max_versions_per_key <= 1_000_000:
+            raise InvalidArgument("max_versions_per_key must be between 1 and 1,000,000")
         if not 0 < self.stream_idle_seconds <= 86400:
             raise InvalidArgument("stream_idle_seconds must be more than 0 and at most a day")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 
 from secretvault.api import framing
 from secretvault.api.errors import (
@@ -38,6 +39,8 @@ from secretvault.vault._rwlock import RWLock
 from secretvault.vault.crypto import KeyType
 from secretvault.vault.keys import Key, KeyInfo, Version, validate_labels, validate_name
 from secretvault.vault.listing import NameIndex
+from secretvault.vault.quotas import Quotas
+from secretvault.vault.scratch import HmacStates
 from secretvault.vault.sealing import Argon2Params, UnsealSource
 from secretvault.vault.store import KeyRecord, Store, VersionRecord
 from secretvault.vault.unsealing import Progress, Unsealed, unseal
@@ -64,12 +67,20 @@ class Keyring:
         self._keys = unsealed.keys
         self._import = unsealed.import_key
         self._names = NameIndex(self._keys)
+        #: versions per key and secret memory per identity (``configure`` sets the limits)
+        self.quotas = Quotas(self._keys.values())
         self._mutate = threading.Lock()
         self._rw = RWLock()
         # the read side, entered by every operation (held here: one lookup
         # less on the hot path than ``self._rw.read()``)
         self._reading = self._rw.read()
-        self._scratch: list[Slot] = []
+        # HMAC state, reserved now: an operation on an existing key never
+        # needs secret memory the keys may have taken since
+        try:
+            self._scratch = HmacStates(allocator)
+        except BaseException:
+            unsealed.close()
+            raise
         self._closed = False
 
     @classmethod
@@ -220,25 +231,30 @@ class Keyring:
             yield key
 
     @contextmanager
-    def _new_version(self, kt: KeyType, name: str, n: int,
-                     fill: Fill) -> Iterator[tuple[Version, VersionRecord]]:
-        """Version ``n`` of ``name``, filled and sealed, for the body to commit
-        to the store; if the body raises, its slot is zeroed and freed."""
+    def _new_version(self, key: Key | None, kt: KeyType, name: str, n: int, size: int,
+                     fill: Fill, by: str | None) -> Iterator[tuple[Version, VersionRecord]]:
+        """Version ``n`` of ``name`` (``key``; None: new), made by ``by``,
+        filled and sealed, for the body to commit to the store; if the body
+        raises, its slot is zeroed and freed, else ``by`` is charged for it."""
+        charge = self.quotas.admit(key, by, size)
         slot, public, length = fill()
         try:
-            rec = self._unsealed.seal(kt, name, n, slot, length, public)
+            rec = replace(self._unsealed.seal(kt, name, n, slot, length, public), created_by=by)
             yield Version.of(rec, slot, length), rec
         except BaseException:
             slot.free()
             raise
+        self.quotas.charge(by, charge)
 
     def create(
-        self, name: str, key_type: KeyType | str, labels: Mapping[str, str] | None = None
+        self, name: str, key_type: KeyType | str, labels: Mapping[str, str] | None = None,
+        *, by: str | None = None,
     ) -> KeyInfo:
-        """A new key with a fresh version 1.  Returns once it is durable."""
+        """A new key with a fresh version 1, made by identity ``by`` (None: no
+        identity, charged to nobody).  Returns once it is durable."""
         kt = KeyType.parse(key_type) if isinstance(key_type, str) else key_type
         return self._add_key(validate_name(name), kt, validate_labels(labels or {}),
-                             lambda: self._generate(kt))
+                             crypto.SLOT_BYTES[kt], lambda: self._generate(kt), by)
 
     def _generate(self, kt: KeyType) -> tuple[Slot, bytes | None, int]:
         length = crypto.SLOT_BYTES[kt]
@@ -251,7 +267,7 @@ class Keyring:
 
     def import_wrapped(
         self, name: str, key_type: KeyType | str, wrapped: bytes,
-        labels: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None, *, by: str | None = None,
     ) -> KeyInfo:
         """A new key whose version 1 is opened from a sealed box, into a slot.
 
@@ -263,31 +279,16 @@ class Keyring:
         labels = validate_labels(labels or {})
         if self._import.damaged is not None:
             raise self._import_unavailable()
-        length = crypto.wrapped_length(kt, wrapped)
-        # Ed25519 imports a 32-byte seed and keeps libsodium's 64-byte form
-        size = crypto.SLOT_BYTES[kt] if kt is KeyType.ED25519 else length
+        size, fill = self._import.opener(self._alloc, kt, wrapped)
+        return self._add_key(name, kt, labels, size, fill, by)
 
-        def fill() -> tuple[Slot, bytes | None, int]:
-            assert self._import.slot is not None
-            slot = self._alloc.allocate(size)
-            try:
-                with self._alloc.allocate(length) as opened:
-                    crypto.open_sealed_box_into(self._import.slot, self._import.public,
-                                                wrapped, opened, length)
-                    public = crypto.expand_import(kt, opened, length, slot)
-            except BaseException:
-                slot.free()
-                raise
-            return slot, public, size
-
-        return self._add_key(name, kt, labels, fill)
-
-    def _add_key(self, name: str, kt: KeyType, labels: dict[str, str], fill: Fill) -> KeyInfo:
+    def _add_key(self, name: str, kt: KeyType, labels: dict[str, str], size: int, fill: Fill,
+                 by: str | None) -> KeyInfo:
         with self._mutate:
             self._require_open()
             if name in self._keys:
                 raise KeyExists(f"a key named {name!r} already exists")
-            with self._new_version(kt, name, 1, fill) as (v, rec):
+            with self._new_version(None, kt, name, 1, size, fill, by) as (v, rec):
                 key = Key(name, kt, rec.created, 1, 1, labels, {1: v})
                 row = KeyRecord(name, kt.value, key.created, 1, 1, labels,
                                 row_mac=self._unsealed.row_mac(key))
@@ -297,12 +298,13 @@ class Keyring:
                 self._names.add(name)
             return key.info()
 
-    def rotate(self, name: str) -> KeyInfo:
-        """A new primary version; older ones stay for decrypt and verify."""
+    def rotate(self, name: str, *, by: str | None = None) -> KeyInfo:
+        """A new primary version, made by ``by``; older ones stay for decrypt and verify."""
         with self._changing(name) as key:
             n = max(key.versions, default=0) + 1
             kt = key.type
-            with self._new_version(kt, name, n, lambda: self._generate(kt)) as (v, rec):
+            with self._new_version(key, kt, name, n, crypto.SLOT_BYTES[kt],
+                                   lambda: self._generate(kt), by) as (v, rec):
                 mac = self._unsealed.row_mac(key, primary=n,
                                              digests=[*key.digests(), (n, v.digest)])
                 self._store.add_version(name, rec, row_mac=mac)
@@ -339,6 +341,7 @@ class Keyring:
             self._store.delete_version(name, version, row_mac=mac)
             with self._rw.write():
                 del key.versions[version]
+                self.quotas.release((v,))
                 v.free()
             return key.info()
 
@@ -349,6 +352,7 @@ class Keyring:
             with self._rw.write():
                 del self._keys[name]
                 self._names.remove(name)
+                self.quotas.release(key.versions.values())
                 key.free()
 
     # --- public keys ------------------------------------------------------------
@@ -415,26 +419,15 @@ class Keyring:
     def mac(self, name: str, message: bytes) -> tuple[int, bytes]:
         with self._reading:
             v = self._use(name, _HMAC, "mac")
-            tag = self._hmac(v, message)
+            tag = self._scratch.hmac(v.slot, v.length, message)
         return v.version, framing.frame(Kind.MAC, v.version, tag)
 
     def verify_mac(self, name: str, message: bytes, mac: bytes) -> bool:
         version, raw = framing.unframe(Kind.MAC, mac, exact=True)
         with self._reading:
-            tag = self._hmac(self._use(name, _HMAC, "verify_mac", version, True), message)
+            v = self._use(name, _HMAC, "verify_mac", version, True)
+            tag = self._scratch.hmac(v.slot, v.length, message)
         return crypto.constant_time_equal(tag, raw)
-
-    def _hmac(self, v: Version, message: bytes) -> bytes:
-        assert v.slot is not None
-        # the HMAC state holds the key's pads: it is secret scratch, pooled
-        try:
-            scratch = self._scratch.pop()
-        except IndexError:
-            scratch = self._alloc.allocate(crypto.HMAC_STATE_BYTES)
-        try:
-            return crypto.hmac_sha256(v.slot, v.length, scratch, message)
-        finally:
-            self._scratch.append(scratch)
 
     # --- teardown -------------------------------------------------------------
 
@@ -444,6 +437,7 @@ class Keyring:
             if self._closed:
                 return
             self._closed = True
-            while self._scratch:
-                self._scratch.pop().free()
-            self._unsealed.close()
+            try:
+                self._scratch.close()
+            finally:
+                self._unsealed.close()

@@ -91,12 +91,15 @@ class Version:
     slot: Slot | None = None
     length: int = 0
     damaged: str | None = None
+    #: the identity that made it, charged for its slot (``vault.quotas``)
+    created_by: str | None = None
 
     @classmethod
     def of(cls, rec: VersionRecord, slot: Slot | None = None, length: int = 0) -> Version:
         """The version a stored record describes, its key in ``slot`` (None: not yet)."""
         digest = version_digest(rec.version, rec.created, rec.public_key, rec.nonce, rec.sealed)
-        return cls(rec.version, rec.created, rec.public_key, digest, slot, length)
+        return cls(rec.version, rec.created, rec.public_key, digest, slot, length,
+                   created_by=rec.created_by)
 
     def damage(self, why: str) -> None:
         """Unusable from now on, saying why: the slot (if any) is zeroed and

@@ -29,6 +29,12 @@ Example (see ``docs/policy.example.toml``)::
 
 Key patterns are ``fnmatch`` patterns, matched case-sensitively against the
 whole name; ``*`` also matches ``/`` (``ci/*`` covers ``ci/a/b``).
+
+Every identity but the owner has a quota of secret memory (``secret_memory``,
+in bytes or with a unit: ``"64 KiB"``; ``"unlimited"``): what the key
+versions it creates, imports or rotates may hold at once.  It is set per
+identity, else by the top-level ``[quotas]`` table, else
+:data:`DEFAULT_SECRET_MEMORY` (see ``secretvault.vault.quotas``).
 """
 
 from __future__ import annotations
@@ -76,6 +82,14 @@ CRYPTO_OPERATIONS: frozenset[str] = frozenset({
 
 _IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
+#: the secret-memory quota of an identity the policy gives none: 1 MiB holds
+#: 16,384 Ed25519 keys (64 bytes each) or 32,768 of the 32-byte types
+DEFAULT_SECRET_MEMORY = 1 << 20
+#: an identity's ``secret_memory`` when it names none: the policy's default
+FROM_POLICY = -1
+_SIZE = re.compile(r"\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*")
+_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
 
 class PolicyError(InvalidArgument):
     """The policy file is invalid: the server refuses to start with it."""
@@ -110,6 +124,8 @@ class Identity:
     grants: tuple[Grant, ...] = ()
     sockets: tuple[SocketBinding, ...] = ()
     tls: tuple[str, ...] = ()  # certificate identities (SAN URI, else CN)
+    #: its secret-memory quota in bytes; None: unlimited; FROM_POLICY: the policy's
+    secret_memory: int | None = FROM_POLICY
 
 
 #: decisions remembered per policy (identity, operation, key): a bound on memory,
@@ -122,6 +138,8 @@ _MAX_CACHED_NAME = 128
 class Policy:
     identities: Mapping[str, Identity] = field(default_factory=dict)
     source: str = "the built-in policy (owner only)"
+    #: the quota of every identity that names none (``[quotas] secret_memory``)
+    default_secret_memory: int | None = DEFAULT_SECRET_MEMORY
     # a policy never changes once loaded, so its answers can be remembered
     _decisions: dict[tuple[str, str, str | None], bool] = field(
         default_factory=dict, init=False, repr=False, compare=False)
@@ -161,6 +179,15 @@ class Policy:
             raise PermissionDenied(
                 f"identity {identity!r} may not {operation}{target} ({self.source})"
             )
+
+    def secret_memory(self, identity: str) -> int | None:
+        """The bytes of secret memory ``identity``'s key versions may hold (None: no limit)."""
+        if identity == OWNER:
+            return None
+        ident = self.identities.get(identity)
+        if ident is None or ident.secret_memory == FROM_POLICY:
+            return self.default_secret_memory
+        return ident.secret_memory
 
     def may_stream(self, identity: str) -> bool:
         """Whether ``identity`` holds any crypto grant (else a Stream is refused
@@ -225,7 +252,13 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "policy") -> Policy:
-        _only(data, {"identities", ANONYMOUS}, "the policy")
+        _only(data, {"identities", ANONYMOUS, "quotas"}, "the policy")
+        quotas = data.get("quotas", {})
+        if not isinstance(quotas, dict):
+            raise PolicyError("[quotas] must be a table")
+        _only(quotas, {"secret_memory"}, "[quotas]")
+        default = _size(quotas.get("secret_memory", DEFAULT_SECRET_MEMORY),
+                        "[quotas] secret_memory")
         raw = data.get("identities", {})
         if not isinstance(raw, dict):
             raise PolicyError("[identities] must be a table of identities")
@@ -245,7 +278,7 @@ class Policy:
         paths = [s.path for i in identities.values() for s in i.sockets]
         if len(set(paths)) != len(paths):
             raise PolicyError("a socket path is bound to more than one identity")
-        return cls(identities, source)
+        return cls(identities, source, default)
 
 
 def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -281,13 +314,15 @@ def _identity(name: str, body: Any) -> Identity:
         raise PolicyError(f"{name!r} is a reserved identity name: choose another")
     if not isinstance(body, dict):
         raise PolicyError(f"{where} must be a table")
-    _only(body, {"tls", "sockets", "allow"}, where)
+    _only(body, {"tls", "sockets", "allow", "secret_memory"}, where)
     tls = _strings(body.get("tls", []), f"{where} tls")
     grants = tuple(_grant(g, f"{where} allow") for g in _tables(body.get("allow", []),
                                                                  f"{where} allow"))
     sockets = tuple(_socket(name, s, f"{where} sockets")
                     for s in _tables(body.get("sockets", []), f"{where} sockets"))
-    return Identity(name, grants, sockets, tls)
+    quota = (_size(body["secret_memory"], f"{where} secret_memory")
+             if "secret_memory" in body else FROM_POLICY)
+    return Identity(name, grants, sockets, tls, quota)
 
 
 def _anonymous(body: Any) -> Identity:
@@ -295,10 +330,26 @@ def _anonymous(body: Any) -> Identity:
     if not isinstance(body, dict):
         raise PolicyError(f"{where} must be a table")
     # grants only: nothing can be bound to a caller who proved nothing
-    _only(body, {"allow"}, where)
+    _only(body, {"allow", "secret_memory"}, where)
     grants = tuple(_grant(g, f"{where} allow") for g in _tables(body.get("allow", []),
                                                                  f"{where} allow"))
-    return Identity(ANONYMOUS, grants)
+    quota = (_size(body["secret_memory"], f"{where} secret_memory")
+             if "secret_memory" in body else FROM_POLICY)
+    return Identity(ANONYMOUS, grants, secret_memory=quota)
+
+
+def _size(value: Any, where: str) -> int | None:
+    """A quota in bytes: an integer, a string with a binary unit ("64 KiB"), or
+    "unlimited" (None)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if value == "unlimited":
+        return None
+    m = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        raise PolicyError(f"{where} must be a number of bytes, a string such as \"64 KiB\" "
+                          "(units B, KiB, MiB, GiB), or \"unlimited\"")
+    return int(m.group(1)) * _UNITS[m.group(2)]
 
 
 def _nothing(name: str) -> bool:

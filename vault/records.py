@@ -28,6 +28,9 @@ class VersionRecord:
     sealed: bytes
     #: why the stored row does not parse (set by :meth:`Store.load` only)
     damaged: str | None = None
+    #: the identity that made it, for its secret-memory quota (None: made
+    #: before quotas, or in-process); not sealed: it moves quota, nothing else
+    created_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

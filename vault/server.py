@@ -46,7 +46,7 @@ from secretvault.vault.edge import Authenticator, Edge, EdgeInterceptor
 from secretvault.vault.handlers import SERVICE_NAMES, generic_handlers
 from secretvault.vault.listeners import bind_unix, remove_socket, unix_bindings
 from secretvault.vault.metrics import Metrics, split_host_port
-from secretvault.vault.policy import Policy
+from secretvault.vault.policy import OWNER, Policy
 from secretvault.vault.servicers import CryptoServicer, KeyServicer, StatsServicer
 from secretvault.vault.stats import OperationCounters, StatsSource
 from secretvault.vault.unsealing import Progress
@@ -75,8 +75,12 @@ class VaultServer:
         self._owns_vault = owns_vault
         self.policy = Policy.load(config.policy_file) if config.policy_file else Policy()
         self.counters = OperationCounters()
+        quotas = vault.keyring.quotas
+        quotas.configure(max_versions=config.max_versions_per_key,
+                         budget=self.policy.secret_memory,
+                         identities=(OWNER, *self.policy.identities))
         self.stats = StatsSource(vault.allocator.statistics, vault.keyring.counts_by_type,
-                                 self.counters, stop_on_tracer=config.stop_on_tracer,
+                                 self.counters, quotas, stop_on_tracer=config.stop_on_tracer,
                                  tracer_check_seconds=config.tracer_check_seconds)
         self.metrics = Metrics(self.stats) if config.metrics else None
         self.metrics_address: tuple[str, int] | None = None

@@ -121,9 +121,13 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     def __init__(self, keyring: Keyring) -> None:
         self._ring = keyring
 
+    # CreateKey, ImportKey and RotateKey are told by the edge which identity
+    # makes the new version (``by``), for its secret-memory quota
+
     def CreateKey(self, request: keys_pb2.CreateKeyRequest,
-                  context: grpc.ServicerContext) -> keys_pb2.Key:
-        info = self._ring.create(request.name, _key_type(request.type), dict(request.labels))
+                  context: grpc.ServicerContext, by: str | None = None) -> keys_pb2.Key:
+        info = self._ring.create(request.name, _key_type(request.type), dict(request.labels),
+                                 by=by)
         return key_to_proto(info)
 
     def GetImportKey(self, request: keys_pb2.GetImportKeyRequest,
@@ -131,10 +135,10 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         return keys_pb2.GetImportKeyResponse(public_key=self._ring.import_public_key)
 
     def ImportKey(self, request: keys_pb2.ImportKeyRequest,
-                  context: grpc.ServicerContext) -> keys_pb2.Key:
+                  context: grpc.ServicerContext, by: str | None = None) -> keys_pb2.Key:
         info = self._ring.import_wrapped(
-            request.name, _key_type(request.type), request.wrapped_key, dict(request.labels)
-        )
+            request.name, _key_type(request.type), request.wrapped_key, dict(request.labels),
+            by=by)
         return key_to_proto(info)
 
     def GetKey(self, request: keys_pb2.GetKeyRequest,
@@ -176,8 +180,8 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
                                          next_page_token=token)
 
     def RotateKey(self, request: keys_pb2.RotateKeyRequest,
-                  context: grpc.ServicerContext) -> keys_pb2.Key:
-        return key_to_proto(self._ring.rotate(request.name))
+                  context: grpc.ServicerContext, by: str | None = None) -> keys_pb2.Key:
+        return key_to_proto(self._ring.rotate(request.name, by=by))
 
     def SetMinDecryptionVersion(self, request: keys_pb2.SetMinDecryptionVersionRequest,
                                 context: grpc.ServicerContext) -> keys_pb2.Key:

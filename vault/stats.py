@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from secretvault.api._proto.secretvault.v1 import stats_pb2
 from secretvault.backends import Exposure, SecretMemoryStats, exposure
+from secretvault.vault.quotas import IdentityUse, Quotas
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,10 @@ class VaultStats:
     keys_by_type: tuple[tuple[str, int], ...]
     operations: tuple[OperationCount, ...]
     process: ProcessStats | None = None
+    #: versions one key may have (None: no limit)
+    max_versions_per_key: int | None = None
+    #: each identity's secret memory and quota
+    identity_quotas: tuple[IdentityUse, ...] = ()
 
 
 class StatsSource:
@@ -103,6 +108,7 @@ class StatsSource:
         memory: Callable[[], SecretMemoryStats],
         key_counts: Callable[[], Mapping[str, int]],
         counters: OperationCounters,
+        quotas: Quotas | None = None,
         *,
         stop_on_tracer: bool = False,
         tracer_check_seconds: float = 0.0,
@@ -112,6 +118,7 @@ class StatsSource:
         self.counters = counters
         self._stop_on_tracer = stop_on_tracer
         self._tracer_check_seconds = tracer_check_seconds if stop_on_tracer else 0.0
+        self._quotas = quotas
 
     def snapshot(self) -> VaultStats:
         return VaultStats(
@@ -119,6 +126,8 @@ class StatsSource:
             keys_by_type=tuple(sorted(self._key_counts().items())),
             operations=self.counters.snapshot(),
             process=ProcessStats(exposure(), self._stop_on_tracer, self._tracer_check_seconds),
+            max_versions_per_key=None if self._quotas is None else self._quotas.max_versions,
+            identity_quotas=() if self._quotas is None else self._quotas.snapshot(),
         )
 
 
@@ -173,6 +182,12 @@ def to_proto(s: VaultStats) -> stats_pb2.Stats:
         operations=[
             stats_pb2.OperationCount(operation=o.operation, result=o.result, count=o.count)
             for o in s.operations
+        ],
+        max_versions_per_key=s.max_versions_per_key or 0,
+        identity_quotas=[
+            stats_pb2.IdentityQuota(identity=q.identity, secret_bytes=q.secret_bytes,
+                                    budget_bytes=q.budget_bytes)
+            for q in s.identity_quotas
         ],
     )
     if s.process is not None:

@@ -13,7 +13,6 @@ the transaction in flight, which was never acknowledged.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sqlite3
 import threading
@@ -38,10 +37,10 @@ from secretvault.vault.records import (
     is_version,
     parse_key_row,
 )
+from secretvault.vault.store_wal import scrub_wal
 
 __all__ = ["KeyRecord", "SQLiteStore", "Store", "VersionRecord"]
 
-_log = logging.getLogger("secretvault.store")
 
 
 class Store(Protocol):
@@ -118,6 +117,7 @@ CREATE TABLE IF NOT EXISTS key_versions (
     public_key BLOB,
     nonce      BLOB NOT NULL,
     sealed     BLOB NOT NULL,
+    created_by TEXT,
     PRIMARY KEY (name, version)
 );
 """
@@ -150,6 +150,10 @@ class SQLiteStore:
             # the file, or a wrong passphrase, changes nothing)
             self._has_row_mac = "row_mac" in {
                 row[1] for row in self._db.execute("PRAGMA table_info(keys)")}
+            # likewise created_by, added by the first version written after
+            # the unseal (in that version's own transaction)
+            self._has_created_by = "created_by" in {
+                row[1] for row in self._db.execute("PRAGMA table_info(key_versions)")}
         except sqlite3.DatabaseError as e:
             raise _store_error(e, f"cannot open the key store {path}") from None
         self._lock = threading.Lock()
@@ -185,33 +189,6 @@ class SQLiteStore:
             except sqlite3.DatabaseError as e:
                 raise _store_error(e) from None
 
-    def _scrub_wal(self) -> None:
-        """Checkpoint and truncate the WAL after a deletion.
-
-        secure_delete zeroes the record in the database pages, but the WAL
-        still holds earlier images of those pages until it is checkpointed
-        and truncated: only then is the sealed copy gone from disk files.
-
-        It runs after the deletion has committed, so it never fails the call
-        (the caller must update its memory to match the disk): a checkpoint
-        that fails or is blocked by another reader is logged, and the next
-        deletion's checkpoint, or closing the store, finishes the job.
-        """
-        with self._lock:
-            try:
-                busy, log_frames, done = self._db.execute(
-                    "PRAGMA wal_checkpoint(TRUNCATE)"
-                ).fetchone()
-            except sqlite3.DatabaseError as e:
-                _log.error("deletion committed, but the WAL of %s could not be checkpointed "
-                           "(%s): earlier copies of the record stay in %s-wal until the next "
-                           "checkpoint", self.path, e, self.path)
-                return
-        if busy or log_frames != done:
-            _log.warning("deletion committed, but another reader of %s blocked the WAL "
-                         "checkpoint: earlier copies of the record stay in %s-wal until the "
-                         "next checkpoint", self.path, self.path)
-
     def get_meta(self, key: str) -> bytes | None:
         with self._reading() as db:
             row = db.execute(
@@ -245,12 +222,15 @@ class SQLiteStore:
                 self._insert_version(db, key.name, version)
         except sqlite3.IntegrityError:
             raise KeyExists(f"a key named {key.name!r} already exists") from None
+        self._has_created_by = True  # committed: the column is there from now on
 
-    @staticmethod
-    def _insert_version(db: sqlite3.Connection, name: str, v: VersionRecord) -> None:
+    def _insert_version(self, db: sqlite3.Connection, name: str, v: VersionRecord) -> None:
+        if not self._has_created_by:
+            db.execute("ALTER TABLE key_versions ADD COLUMN created_by TEXT")
         db.execute(
-            "INSERT INTO key_versions VALUES (?, ?, ?, ?, ?, ?)",
-            (name, v.version, v.created, v.public_key, v.nonce, v.sealed),
+            "INSERT INTO key_versions (name, version, created, public_key, nonce, sealed, "
+            "created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (name, v.version, v.created, v.public_key, v.nonce, v.sealed, v.created_by),
         )
 
     def add_version(self, name: str, version: VersionRecord, *, row_mac: bytes) -> None:
@@ -262,6 +242,7 @@ class SQLiteStore:
             if cur.rowcount == 0:
                 raise KeyNotFound(f"no key named {name!r}")
             self._insert_version(db, name, version)
+        self._has_created_by = True
 
     def set_min_decryption_version(self, name: str, version: int, *, row_mac: bytes) -> None:
         with self._tx() as db:
@@ -280,7 +261,7 @@ class SQLiteStore:
             if cur.rowcount == 0:
                 raise VersionNotFound(f"key {name!r} has no version {version}")
             db.execute("UPDATE keys SET row_mac = ? WHERE name = ?", (row_mac, name))
-        self._scrub_wal()
+        scrub_wal(self._db, self._lock, self.path)
 
     def migrate_row_macs(self, macs: Mapping[str, bytes], meta: Mapping[str, bytes]) -> None:
         with self._tx() as db:
@@ -304,7 +285,7 @@ class SQLiteStore:
             if cur.rowcount == 0:
                 raise KeyNotFound(f"no key named {name!r}")
         self._by_row.pop(name, None)
-        self._scrub_wal()
+        scrub_wal(self._db, self._lock, self.path)
 
     def load(self) -> Iterator[KeyRecord]:
         with self._reading() as db:
@@ -322,10 +303,11 @@ class SQLiteStore:
             ).fetchall()
             versions: dict[bytes, list[VersionRecord]] = {}
             bad_numbers: dict[bytes, list[str]] = {}
-            for name, version, created, public, nonce, sealed in db.execute(
+            for name, version, created, public, nonce, sealed, by in db.execute(
                 "SELECT CAST(name AS BLOB), version, created, CAST(public_key AS BLOB), "
-                "CAST(nonce AS BLOB), CAST(sealed AS BLOB) "
-                "FROM key_versions ORDER BY name, version"
+                "CAST(nonce AS BLOB), CAST(sealed AS BLOB), "
+                + ("created_by " if self._has_created_by else "NULL ")
+                + "FROM key_versions ORDER BY name, version"
             ):
                 key = bytes(name)
                 if not is_version(version):
@@ -344,6 +326,7 @@ class SQLiteStore:
                         bytes(nonce),
                         bytes(sealed),
                         damaged,
+                        by if isinstance(by, str) else None,
                     )
                 )
         self._by_row = {}

@@ -63,6 +63,28 @@ class ImportKey:
     #: why wrapped import is off (the sealed record is missing or damaged)
     damaged: str | None = None
 
+    def opener(self, allocator: SlotAllocator, kt: KeyType, wrapped: bytes
+               ) -> tuple[int, Callable[[], tuple[Slot, bytes | None, int]]]:
+        """(the slot size, the fill) of a key of type ``kt`` opened from
+        ``wrapped``; the fill returns (its slot, its public key, the size)."""
+        length = crypto.wrapped_length(kt, wrapped)
+        # Ed25519 imports a 32-byte seed and keeps libsodium's 64-byte form
+        size = crypto.SLOT_BYTES[kt] if kt is KeyType.ED25519 else length
+
+        def fill() -> tuple[Slot, bytes | None, int]:
+            assert self.slot is not None
+            slot = allocator.allocate(size)
+            try:
+                with allocator.allocate(length) as opened:
+                    crypto.open_sealed_box_into(self.slot, self.public, wrapped, opened, length)
+                    public = crypto.expand_import(kt, opened, length, slot)
+            except BaseException:
+                slot.free()
+                raise
+            return slot, public, size
+
+        return size, fill
+
 
 class Unsealed:
     """An unsealed store's secrets, each in a slot, and what seals more.

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pty
+import re
 import signal
 import stat
 import struct
@@ -358,12 +359,16 @@ def test_stats_table_json_and_watch(work: tuple[Path, dict[str, str]]) -> None:
     assert p.returncode == 0
     for section in (f"backend {SERVER_BACKEND}, protection {SERVER_PROTECTION}", "Secret memory",
                     "Memlock (RLIMIT_MEMLOCK)", "headroom in keys", "Direct map",
-                    "level-2 splits", "DirectMap4k", "hibernation inhibited"):
+                    "level-2 splits", "DirectMap4k", "hibernation inhibited",
+                    "Quotas (versions per key: 100)"):
         assert section in out, section
     assert [line for line in out.splitlines() if line != line.rstrip()] == []  # piped
+    assert re.search(r"\nowner +[\d.]+ [KMG]?i?B +unlimited", out), out
     doc = json.loads(sv("stats", "--json", environ=e).stdout)
     assert doc["backend"] == SERVER_BACKEND and "memlock" in doc and "direct_map" in doc
     assert isinstance(doc["bytes_locked"], int) and isinstance(doc["key_bytes"], int)
+    assert doc["max_versions_per_key"] == 100
+    assert [q["identity"] for q in doc["identity_quotas"]] == ["owner"]
 
     watch = subprocess.Popen([*command(), "stats", "--watch", "--json", "--interval", "0.2"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e)

@@ -289,3 +289,4 @@ def test_the_example_policy_is_valid() -> None:
     assert p.allows("monitoring", "watch_stats", None)
     assert not p.allows("monitoring", "get_key", "app/data-key")
     assert len(p.sockets) == 3
+    assert p.secret_memory("app") == 4096 and p.secret_memory("ci-signer") == 1 << 20

@@ -26,6 +26,7 @@ from secretvault.api.errors import (
     OutcomeUnknown,
     PermissionDenied,
     PoolExhausted,
+    QuotaExceeded,
     RequestTooLarge,
     ResourceExhausted,
     SecretMemoryExhausted,
@@ -36,6 +37,7 @@ from secretvault.api.errors import (
     StoreInUse,
     StoreSealed,
     TooManyCalls,
+    TooManyVersions,
     Unavailable,
     VaultError,
     VersionBelowMinimum,
@@ -96,6 +98,12 @@ FIXES: dict[type[VaultError], str] = {
     IntegrityError: "the store is damaged or was tampered with: restore it from a backup",
     ImportKeyUnavailable: "the vault's sealed import key is damaged: restore the store from "
     "a backup, or create keys in the vault instead of importing them",
+    QuotaExceeded: "delete keys or old versions this identity created ('secretvault keys "
+    "delete NAME [--version N]'), or ask the operator to raise its secret_memory quota; "
+    "'secretvault stats' shows each identity's use",
+    TooManyVersions: "delete old versions first ('secretvault keys delete NAME --version N'; "
+    "'secretvault keys show NAME' lists them), or ask the operator to raise "
+    "--max-versions-per-key",
     StoreFull: "free space on the vault's data directory, then retry",
     StoreInUse: "stop the process the message names first, or, if it is a server, reach "
     "the keys through it (a client, or secretvault.clients)",

@@ -188,6 +188,9 @@ in production keep the unseal material on another machine or medium.
                    metavar="SECONDS",
                    help="cancel a Stream that sends no request for this long",
                    shown="{:g}".format)
+    _server_option(ops, "--max-versions-per-key", "max_versions_per_key", type=whole_number,
+                   metavar="N", help="versions a key may have before a rotation is refused",
+                   shown=str)
     kdf = Argon2Params()
     new_store = parser.add_argument_group("a new store's passphrase KDF (Argon2id)")
     new_store.add_argument("--argon2-ops", type=positive_int, metavar="N",

@@ -252,6 +252,17 @@ def _operations(s: Stats) -> Table | None:
     return t
 
 
+def _quotas(s: Stats) -> Table | None:
+    if not s.identity_quotas and not s.max_versions_per_key:
+        return None
+    most = f"{s.max_versions_per_key:,}" if s.max_versions_per_key else "no limit"
+    t = _columns(f"Quotas (versions per key: {most})", "identity", "secret memory", "quota")
+    for q in s.identity_quotas:
+        t.add_row(q.identity, format_bytes(q.secret_bytes),
+                  "unlimited" if q.budget_bytes is None else format_bytes(q.budget_bytes))
+    return t
+
+
 def _extra(s: Stats) -> Table | None:
     if not s.extra:
         return None
@@ -260,7 +271,8 @@ def _extra(s: Stats) -> Table | None:
 
 #: the sections of the stats view, in order; a section with nothing to show is left out
 SECTIONS: tuple[Callable[[Stats], Table | None], ...] = (
-    _secret_memory, _memlock, _process, _memcg, _direct_map, _size_classes, _operations, _extra,
+    _secret_memory, _memlock, _process, _memcg, _direct_map, _size_classes, _quotas,
+    _operations, _extra,
 )
 
 

@@ -99,6 +99,10 @@ class Site:
         self.edge.audit.write_one(identity, self.listener, operation, key, version, result)
 
 
+#: operations that make a key version: the servicer is told who makes it
+CHARGED_OPERATIONS = frozenset({"create_key", "import_key", "rotate_key"})
+
+
 def stage_for(site: Site, method: str, handler: grpc.RpcMethodHandler) -> Stage | None:
     """The stage of a method in the edge's table (None: a client-streaming form
     the edge has no code for)."""
@@ -136,6 +140,8 @@ def _unary(site: Site, spec: MethodSpec, inner: Callable[..., Response], *, list
     key_of = spec.key
     version_of = spec.version
     mutating = spec.mutating
+    # a new key version is charged to the identity that makes it (vault.quotas)
+    charged = operation in CHARGED_OPERATIONS
 
     def serve(call: Call, request: Request, context: grpc.ServicerContext) -> Response:
         identity = call.identity
@@ -152,6 +158,8 @@ def _unary(site: Site, spec: MethodSpec, inner: Callable[..., Response], *, list
             # the names this identity may list, handed to the servicer,
             # which filters them before it cuts the page
             response = inner(request, context, lister(identity))
+        elif charged:
+            response = inner(request, context, identity)
         else:
             response = inner(request, context)
         count(operation, "ok")

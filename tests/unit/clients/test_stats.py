@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from secretvault.api._proto.secretvault.v1 import stats_pb2
 from secretvault.clients import (
     DirectMap,
+    IdentityQuota,
     Memcg,
     Memlock,
     OperationCount,
@@ -31,6 +32,7 @@ from secretvault.clients._stats import stats_from_wire
 RECORDS: dict[str, type] = {
     "Stats": Stats, "SizeClass": SizeClass, "Memlock": Memlock, "Memcg": Memcg,
     "DirectMap": DirectMap, "OperationCount": OperationCount, "Process": Process,
+    "IdentityQuota": IdentityQuota,
 }
 
 
@@ -53,6 +55,10 @@ def full() -> stats_pb2.Stats:
         extra={"pool_waste": 0.25},
         keys_by_type={"ed25519": 3, "hmac-sha256": 0},
         operations=[stats_pb2.OperationCount(operation="sign", result="ok", count=7)],
+        max_versions_per_key=100,
+        identity_quotas=[stats_pb2.IdentityQuota(identity="ci", secret_bytes=640,
+                                                 budget_bytes=4096),
+                         stats_pb2.IdentityQuota(identity="owner", secret_bytes=64)],
     )
 
 
@@ -74,6 +80,8 @@ def test_every_field_of_the_message_is_read() -> None:
     assert s.extra == {"pool_waste": 0.25}
     assert s.keys_by_type == {"ed25519": 3, "hmac-sha256": 0}
     assert s.operations == (OperationCount(operation="sign", result="ok", count=7),)
+    assert s.max_versions_per_key == 100
+    assert s.identity_quotas == (IdentityQuota("ci", 640, 4096), IdentityQuota("owner", 64, None))
 
 
 def test_absent_optional_fields_are_none_and_zero_stays_zero() -> None:

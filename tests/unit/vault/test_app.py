@@ -37,7 +37,7 @@ def vault(tmp_path: Path) -> Iterator[Vault]:
         for i in range(20):
             v.keyring.create(f"{kind}/{i}", kind)
         v.keyring.rotate(f"{kind}/0")
-    v.keyring.mac("hmac-sha256/1", b"m")  # the pooled HMAC scratch slot, too
+    v.keyring.mac("hmac-sha256/1", b"m")  # the pooled HMAC state slots, too
     yield v
     if not v.allocator._closed:
         v.allocator.close()
@@ -49,7 +49,7 @@ def _slots(v: Vault) -> list[Slot]:
     slots = [ver.slot for key in ring._keys.values() for ver in key.versions.values()
              if ver.slot is not None]
     assert ring._import.slot is not None
-    slots += [ring._import.slot, ring._unsealed.kek._slot, *ring._scratch]
+    slots += [ring._import.slot, ring._unsealed.kek._slot, *ring._scratch._free]
     return slots
 
 
@@ -75,8 +75,8 @@ def test_close_zeroes_every_slot_before_its_region_is_unmapped(vault: Vault) -> 
     slots = [(s.address, s.size) for s in _slots(vault)]
     assert len(slots) > 80
     # the keys are there: random key material is not all zeros (the HMAC
-    # scratch slot is wiped after each use already)
-    keys = [(s.address, s.size) for s in _slots(vault) if s not in vault.keyring._scratch]
+    # state slots are wiped after each use, and unused ones are zero)
+    keys = [(s.address, s.size) for s in _slots(vault) if s not in vault.keyring._scratch._free]
     assert all(raw(a, n) != bytes(n) for a, n in keys)
     regions = [st.region for st in vault.allocator._regions]
     assert _overlaps(secretmem_mappings(), regions)

@@ -120,8 +120,18 @@ class Process(_message.Message):
     capabilities_bounding: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, yama_ptrace_scope: _Optional[int] = ..., dumpable: _Optional[bool] = ..., root_can_attach: _Optional[bool] = ..., user_can_attach: _Optional[str] = ..., tracer_pid: _Optional[int] = ..., stop_on_tracer: _Optional[bool] = ..., tracer_check_seconds: _Optional[float] = ..., capabilities_effective: _Optional[_Iterable[str]] = ..., capabilities_permitted: _Optional[_Iterable[str]] = ..., capabilities_bounding: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class IdentityQuota(_message.Message):
+    __slots__ = ("identity", "secret_bytes", "budget_bytes")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    secret_bytes: int
+    budget_bytes: int
+    def __init__(self, identity: _Optional[str] = ..., secret_bytes: _Optional[int] = ..., budget_bytes: _Optional[int] = ...) -> None: ...
+
 class Stats(_message.Message):
-    __slots__ = ("backend", "protection", "regions", "pages_mapped", "pages_resident", "bytes_locked", "key_bytes", "size_classes", "memlock", "memcg", "hibernation_inhibited", "direct_map", "extra", "keys_by_type", "operations", "process")
+    __slots__ = ("backend", "protection", "regions", "pages_mapped", "pages_resident", "bytes_locked", "key_bytes", "size_classes", "memlock", "memcg", "hibernation_inhibited", "direct_map", "extra", "keys_by_type", "operations", "process", "max_versions_per_key", "identity_quotas")
     class ExtraEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +162,8 @@ class Stats(_message.Message):
     KEYS_BY_TYPE_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
     PROCESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_VERSIONS_PER_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_QUOTAS_FIELD_NUMBER: _ClassVar[int]
     backend: str
     protection: str
     regions: int
@@ -168,7 +180,9 @@ class Stats(_message.Message):
     keys_by_type: _containers.ScalarMap[str, int]
     operations: _containers.RepeatedCompositeFieldContainer[OperationCount]
     process: Process
-    def __init__(self, backend: _Optional[str] = ..., protection: _Optional[str] = ..., regions: _Optional[int] = ..., pages_mapped: _Optional[int] = ..., pages_resident: _Optional[int] = ..., bytes_locked: _Optional[int] = ..., key_bytes: _Optional[int] = ..., size_classes: _Optional[_Iterable[_Union[SizeClass, _Mapping]]] = ..., memlock: _Optional[_Union[Memlock, _Mapping]] = ..., memcg: _Optional[_Union[Memcg, _Mapping]] = ..., hibernation_inhibited: _Optional[bool] = ..., direct_map: _Optional[_Union[DirectMap, _Mapping]] = ..., extra: _Optional[_Mapping[str, float]] = ..., keys_by_type: _Optional[_Mapping[str, int]] = ..., operations: _Optional[_Iterable[_Union[OperationCount, _Mapping]]] = ..., process: _Optional[_Union[Process, _Mapping]] = ...) -> None: ...
+    max_versions_per_key: int
+    identity_quotas: _containers.RepeatedCompositeFieldContainer[IdentityQuota]
+    def __init__(self, backend: _Optional[str] = ..., protection: _Optional[str] = ..., regions: _Optional[int] = ..., pages_mapped: _Optional[int] = ..., pages_resident: _Optional[int] = ..., bytes_locked: _Optional[int] = ..., key_bytes: _Optional[int] = ..., size_classes: _Optional[_Iterable[_Union[SizeClass, _Mapping]]] = ..., memlock: _Optional[_Union[Memlock, _Mapping]] = ..., memcg: _Optional[_Union[Memcg, _Mapping]] = ..., hibernation_inhibited: _Optional[bool] = ..., direct_map: _Optional[_Union[DirectMap, _Mapping]] = ..., extra: _Optional[_Mapping[str, float]] = ..., keys_by_type: _Optional[_Mapping[str, int]] = ..., operations: _Optional[_Iterable[_Union[OperationCount, _Mapping]]] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., max_versions_per_key: _Optional[int] = ..., identity_quotas: _Optional[_Iterable[_Union[IdentityQuota, _Mapping]]] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

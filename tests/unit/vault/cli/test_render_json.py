@@ -44,6 +44,9 @@ def _full() -> stats_pb2.Stats:
                                   user_can_attach="ancestors", tracer_pid=4242,
                                   stop_on_tracer=True, tracer_check_seconds=0.1,
                                   capabilities_bounding=["cap_chown"]),
+        max_versions_per_key=100,
+        identity_quotas=[stats_pb2.IdentityQuota(identity="ci", secret_bytes=640,
+                                                 budget_bytes=4096)],
     )
 
 

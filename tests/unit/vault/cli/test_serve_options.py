@@ -53,6 +53,7 @@ def test_every_serve_option_is_a_config_field_or_a_vault_option() -> None:
         "audit_fail_open", "metrics", "grace_seconds", "max_message_bytes",
         "max_concurrent_rpcs", "max_streams_per_identity", "stream_idle_seconds",
         "keep_capabilities", "stop_on_tracer", "tracer_check_seconds",
+        "max_versions_per_key",
     }
 
 
