@@ -24,6 +24,7 @@ import grpc
 import pytest
 
 from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2
+from secretvault.vault.metrics import MAX_CONNECTIONS
 from tests.integration._support import ED25519, Child, Stubs, cleanup, short_dir, start, stubs
 
 #: what an HTTP/2 client sends first: the preface and an empty SETTINGS frame
@@ -70,14 +71,16 @@ def _alive(conns: list[socket.socket]) -> int:
 
 
 class Attacker:
-    """A process running as nobody that holds idle connections to ``path``.
+    """A process running as nobody that holds idle connections to ``target``.
 
-    Several may run at once.  It reports (on a pipe) how many connections it opened and how many the
-    server still held a second later, then holds them until its stdin pipe
-    closes.
+    ``target`` is a Unix socket's path (each connection sends the HTTP/2
+    preface) or a TCP address (each sends nothing).  Several may run at
+    once.  It reports (on a pipe) how many connections it opened and how
+    many the server still held a second later, then holds them until its
+    pipe from the test closes.
     """
 
-    def __init__(self, path: str, count: int) -> None:
+    def __init__(self, target: str | tuple[str, int], count: int) -> None:
         report_r, self._report_w = os.pipe()
         self._hold_r, hold_w = os.pipe()
         self.pid = os.fork()
@@ -86,7 +89,7 @@ class Attacker:
             os.close(hold_w)
             code = 0
             try:
-                self._attack(path, count)
+                self._attack(target, count)
             except BaseException:
                 code = 1
             os._exit(code)
@@ -100,18 +103,21 @@ class Attacker:
             raise AssertionError("the attacker died before reporting")
         self.report = json.loads(line)
 
-    def _attack(self, path: str, count: int) -> None:  # pragma: no cover - the child
+    def _attack(self, target: str | tuple[str, int],
+                count: int) -> None:  # pragma: no cover - the child
         os.setgroups([])
         os.setgid(65534)
         os.setuid(65534)
         conns: list[socket.socket] = []
         deadline = time.monotonic() + 20
         while len(conns) < count and time.monotonic() < deadline:
-            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            unix = isinstance(target, str)
+            c = socket.socket(socket.AF_UNIX if unix else socket.AF_INET, socket.SOCK_STREAM)
             c.settimeout(0.5)
             try:
-                c.connect(path)
-                c.sendall(PREFACE)
+                c.connect(target)
+                if unix:
+                    c.sendall(PREFACE)
             except OSError:
                 c.close()
                 continue
@@ -180,6 +186,39 @@ def test_idle_connections_on_another_socket_do_not_lock_the_owner_out(base: str)
                 a.close()
         # the owner's first connection still works too
         assert owner.keys.GetKey(keys_pb2.GetKeyRequest(name="ci/k")).name == "ci/k"
+    finally:
+        child.close()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("prlimit") is None,
+                    reason="needs prlimit (util-linux) to give the server a small RLIMIT_NOFILE")
+def test_idle_connections_to_the_metrics_endpoint_do_not_lock_the_owner_out(base: str) -> None:
+    # the metrics endpoint has no identity: any local user may connect to it
+    child = Child(base, ["--metrics", "127.0.0.1:0"],
+                  prefix=["prlimit", f"--nofile={NOFILE}:{NOFILE}"])
+    try:
+        child.wait_ready()
+        where = re.search(r"metrics      http://127\.0\.0\.1:(\d+)/metrics", child.stderr())
+        assert where, child.stderr()
+        port = int(where.group(1))
+        attacker = Attacker(("127.0.0.1", port), 2 * NOFILE)
+        try:
+            fresh = Stubs(grpc.insecure_channel(f"unix:{child.socket}", options=[
+                ("grpc.use_local_subchannel_pool", 1)]))
+            try:
+                made = fresh.keys.CreateKey(keys_pb2.CreateKeyRequest(
+                    name="after-metrics-flood", type=ED25519), timeout=5)
+                assert made.name == "after-metrics-flood"
+            finally:
+                fresh.channel.close()
+            fds = _server_fds(child.proc.pid)
+            print(f"\nattacker opened {attacker.report['opened']} idle metrics connections, "
+                  f"the server held {attacker.report['held']}; server descriptors {fds} of "
+                  f"{NOFILE}; owner served")
+            assert attacker.report["held"] <= MAX_CONNECTIONS, attacker.report
+        finally:
+            attacker.close()
     finally:
         child.close()
 
