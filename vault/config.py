@@ -92,6 +92,18 @@ class ServerConfig:
     #: FAILED_PRECONDITION) until old ones are deleted.  Each holds a slot of
     #: secret memory: this bounds what rotating one key can take
     max_versions_per_key: int = 100
+    #: connections one listener holds at once; one beyond it is closed as it is
+    #: accepted.  Every listener shares one descriptor table, so this is what keeps
+    #: the callers of one socket from taking the descriptors the owner's needs: it
+    #: is lowered at start until every listener's cap plus ``reserved_descriptors``
+    #: fits under RLIMIT_NOFILE (whose soft limit is first raised to the hard one)
+    max_connections: int = 1024
+    #: a connection with no call in progress for this long is closed (a GOAWAY:
+    #: a client reconnects on its next call)
+    connection_idle_seconds: float = 300.0
+    #: descriptors kept out of every listener's share: the store, the audit log,
+    #: the metrics endpoint and grpc's own
+    reserved_descriptors: int = 64
 
     def validate(self) -> None:
         """Refuse a configuration that cannot serve, or a limit out of its range."""
@@ -132,3 +144,10 @@ class ServerConfig:
             raise InvalidArgument("max_versions_per_key must be between 1 and 1,000,000")
         if not 0 < self.stream_idle_seconds <= 86400:
             raise InvalidArgument("stream_idle_seconds must be more than 0 and at most a day")
+        if not 1 <= self.max_connections <= 1 << 20:
+            raise InvalidArgument("max_connections must be between 1 and 1,048,576")
+        if not 0 < self.connection_idle_seconds <= 86400:
+            raise InvalidArgument("connection_idle_seconds must be more than 0 and at most "
+                                  "a day")
+        if not 16 <= self.reserved_descriptors <= 1 << 20:
+            raise InvalidArgument("reserved_descriptors must be between 16 and 1,048,576")

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -30,6 +33,45 @@ PREFIX = "secretvault"
 #: RPC latencies run from tens of microseconds (a sign) to seconds (a batch)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+#: scrapes served at once; a connection beyond is closed as accepted.  The
+#: endpoint has no identity, so without a cap any local user could take the
+#: descriptors every listener shares (they come out of the reserve:
+#: ServerConfig.reserved_descriptors)
+MAX_CONNECTIONS = 8
+#: a scrape connection that sends nothing for this long is closed
+IDLE_SECONDS = 10.0
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = IDLE_SECONDS  # the socket's timeout: an idle connection ends
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _BoundedServer(ThreadingMixIn, WSGIServer):
+    """A thread per scrape, at most :data:`MAX_CONNECTIONS` at once."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return self._slots.acquire(blocking=False)  # False: closed at once
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _BoundedServer6(_BoundedServer):
+    address_family = socket.AF_INET6
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -202,8 +244,14 @@ class Metrics:
     def serve(self, address: str) -> tuple[str, int]:
         """Start the HTTP endpoint on ``host:port``; returns the bound address."""
         host, port = split_host_port(address)
-        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        bound = self._http.server_address
+        server = _BoundedServer6 if ":" in host else _BoundedServer
+        http = make_server(host, port, make_wsgi_app(self.registry), server,
+                           handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=http.serve_forever, daemon=True,
+                                        name="secretvault-metrics")
+        self._thread.start()
+        self._http = http
+        bound = http.server_address
         if not _is_loopback(host):
             log.warning("metrics listen on %s, not loopback: anyone who can reach it sees "
                         "key counts and load", address)

@@ -21,6 +21,9 @@ Listeners (see ``docs/access-control.md``):
   separate servers are how a call's identity is known;
 * optionally **TCP** with TLS, or mutual TLS when a client CA is given (the
   client certificate's SAN URI, else CN, is the identity).
+
+Each listener holds at most its share of the descriptor table, so the
+callers of one cannot lock another out (:mod:`secretvault.vault.connections`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from secretvault.backends import tracer_pid
 from secretvault.vault.app import Vault, open_vault
 from secretvault.vault.audit import AuditLog
 from secretvault.vault.config import ServerConfig
+from secretvault.vault.connections import ConnectionBudget, grpc_options, plan
 from secretvault.vault.edge import Authenticator, Edge, EdgeInterceptor
 from secretvault.vault.handlers import SERVICE_NAMES, generic_handlers
 from secretvault.vault.listeners import bind_unix, remove_socket, unix_bindings
@@ -93,6 +97,8 @@ class VaultServer:
         self.health = health.HealthServicer()
         self.listeners: list[_Listener] = []
         self.tcp_port: int | None = None
+        #: each listener's connection cap and the descriptors behind it (set by start)
+        self.connections: ConnectionBudget | None = None
         # one thread pool per listener (see ServerConfig.workers); threads start
         # on demand, so a quiet listener costs none
         self._executors: list[concurrent.futures.ThreadPoolExecutor] = []
@@ -119,6 +125,8 @@ class VaultServer:
             ("grpc.max_send_message_length", 4 * limit),
             ("grpc.so_reuseport", 0),
         ]
+        assert self.connections is not None
+        options += grpc_options(self.config, self.connections)
         interceptor = EdgeInterceptor(self.edge, Authenticator(listener, identity, self.policy))
         executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.config.workers, thread_name_prefix="secretvault-rpc")
@@ -144,7 +152,10 @@ class VaultServer:
         """Bind every listener, call ``after_bind`` (``serve`` drops the capabilities
         binding needed there), then start serving."""
         try:
-            for u in unix_bindings(self.config, self.policy):
+            bindings = unix_bindings(self.config, self.policy)
+            # every listener's cap fits, with a reserve, under RLIMIT_NOFILE
+            self.connections = plan(self.config, len(bindings) + bool(self.config.tcp))
+            for u in bindings:
                 name = f"unix:{u.path}"
                 server = self._new_server(name, u.identity)
                 bind_unix(server, u)

@@ -3,8 +3,9 @@
 ``secretvault serve`` prints it once, on stderr, when the server is ready:
 the backend and whether keys are in secret memory, the memlock limit and the
 headroom in keys, damaged keys, the store, each listener and its identity,
-the policy, the audit log, the metrics endpoint, and a warning when the
-unseal key was created next to the store.
+each listener's connection cap under RLIMIT_NOFILE, the policy, the audit
+log, the metrics endpoint, and a warning when the unseal key was created
+next to the store.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def summary(server: VaultServer) -> str:
     lines.append(f"  store        {v.config.store_path}")
     for item in server.listeners:
         lines.append(f"  listening    {item.name} (identity: {item.identity})")
+    if server.connections is not None:
+        idle = server.config.connection_idle_seconds
+        lines.append(f"  connections  {server.connections.describe()}; idle ones closed after "
+                     f"{idle:g} s")
     lines.append(f"  policy       {server.policy.source}")
     fail = "fail open" if server.audit.fail_open else "fail closed"
     lines.append(f"  audit        {server.audit.where} ({fail})")

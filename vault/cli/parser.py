@@ -191,6 +191,15 @@ in production keep the unseal material on another machine or medium.
     _server_option(ops, "--max-versions-per-key", "max_versions_per_key", type=whole_number,
                    metavar="N", help="versions a key may have before a rotation is refused",
                    shown=str)
+    _server_option(ops, "--max-connections", "max_connections", type=whole_number,
+                   metavar="N", help="connections each listener holds at once (lowered at "
+                   "start to fit RLIMIT_NOFILE)", shown=str)
+    _server_option(ops, "--connection-idle-seconds", "connection_idle_seconds", type=number,
+                   metavar="SECONDS", help="close a connection with no call for this long",
+                   shown="{:g}".format)
+    _server_option(ops, "--reserved-descriptors", "reserved_descriptors", type=whole_number,
+                   metavar="N", help="descriptors kept out of the listeners' share",
+                   shown=str)
     kdf = Argon2Params()
     new_store = parser.add_argument_group("a new store's passphrase KDF (Argon2id)")
     new_store.add_argument("--argon2-ops", type=positive_int, metavar="N",

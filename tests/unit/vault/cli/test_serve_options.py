@@ -54,6 +54,7 @@ def test_every_serve_option_is_a_config_field_or_a_vault_option() -> None:
         "max_concurrent_rpcs", "max_streams_per_identity", "stream_idle_seconds",
         "keep_capabilities", "stop_on_tracer", "tracer_check_seconds",
         "max_versions_per_key",
+        "max_connections", "connection_idle_seconds", "reserved_descriptors",
     }
 
 
@@ -70,6 +71,9 @@ def test_a_serve_option_defaults_to_its_config_field(name: str) -> None:
     ("--max-concurrent-rpcs", f"(default: {ServerConfig.max_concurrent_rpcs})"),
     ("--max-streams-per-identity", f"(default: {ServerConfig.max_streams_per_identity})"),
     ("--stream-idle-seconds", f"(default: {ServerConfig.stream_idle_seconds:g})"),
+    ("--max-connections", f"(default: {ServerConfig.max_connections})"),
+    ("--connection-idle-seconds", f"(default: {ServerConfig.connection_idle_seconds:g})"),
+    ("--reserved-descriptors", f"(default: {ServerConfig.reserved_descriptors})"),
     ("--backend", f"{VaultConfig.backend} (real secret memory, the default)"),
     ("--argon2-ops", f"(default: {Argon2Params().ops})"),
     ("--argon2-mem", f"(default: {format_exact_bytes(Argon2Params().mem)})"),
@@ -99,6 +103,9 @@ def test_options_pass_through_by_field_name() -> None:
     (["--grace", "-1"], "grace_seconds"),
     (["--max-message-bytes", "1000"], "max_message_bytes"),
     (["--stream-idle-seconds", "0"], "stream_idle_seconds"),
+    (["--max-connections", "0"], "max_connections"),
+    (["--connection-idle-seconds", "0"], "connection_idle_seconds"),
+    (["--reserved-descriptors", "8"], "reserved_descriptors"),
 ])
 def test_limits_are_checked_by_the_config_not_the_parser(args: list[str],
                                                          message: str) -> None:
