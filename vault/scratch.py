@@ -8,9 +8,10 @@ last page; so the pool allocates all of its slots when the keyring opens
 slot in use waits for one: an operation in flight holds a slot only for the
 length of one HMAC, so the wait is short, and it never fails.
 
-The default, 16 slots of :data:`crypto.HMAC_STATE_BYTES` (208 bytes, the
-256-byte size class), is one page of secret memory: 16 HMACs compute at once,
-which is more cores than the handler threads can keep busy on most machines.
+The default, 15 slots of :data:`crypto.HMAC_STATE_BYTES` (208 bytes, the
+256-byte size class), fills the page that the row MACs' own HMAC state opens
+(16 to a page): the reserve costs no memlock beyond the page the vault always
+held, and 15 HMACs compute at once, more than the cores most machines have.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from secretvault.api.errors import StoreSealed
 from secretvault.backends import Slot, SlotAllocator
 from secretvault.vault import crypto
 
-#: slots reserved for HMAC state: one page of 256-byte slots
-HMAC_SCRATCH_SLOTS = 16
+#: slots reserved for HMAC state: with the row MACs' state, one page of 256-byte slots
+HMAC_SCRATCH_SLOTS = 15
 
 
 class HmacStates:
