@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from secretvault.api.paths import SOCKET_ENV, default_socket_path
-from secretvault.clients._types import DEFAULT_TIMEOUT  # loads no grpc (GRPC_VERBOSITY)
+from secretvault.clients._options import DEFAULT_TIMEOUT  # loads no grpc (GRPC_VERBOSITY)
 from secretvault.vault.cli.errors import EXIT_ERROR
 
 
