@@ -36,14 +36,19 @@ HEAVY = (
 
 #: what each command defers because its own call does not need it: the
 #: records it never returns (creating frozen dataclasses is most of their
-#: import), the other commands' modules
+#: import), the other commands' modules (the parser builds only the chosen
+#: subcommand's options)
 DEFERRED = {
     "sign": (
         "secretvault.clients._types",  # Key, KeyVersion, PublicKey
         "secretvault.clients._ops",  # the batch operations
+        "secretvault.vault.cli.keys", "secretvault.vault.cli.render",
+        "secretvault.vault.cli.stats", "secretvault.vault.cli.parser_serve",
     ),
     "keys list": (
         "secretvault.clients._ops",
+        "secretvault.vault.cli.crypto", "secretvault.vault.cli.stats",
+        "secretvault.vault.cli.parser_serve",
     ),
 }
 

@@ -11,8 +11,9 @@ Exit status: 0 success; 1 the check ran and failed (``verify``,
 do its job (usage error, error from the vault, unreadable file).
 
 The package, by concern: :mod:`~secretvault.vault.cli.parser` (every
-subcommand and its options, from the building blocks in
-:mod:`~secretvault.vault.cli.options`); one module per command group
+subcommand and its options, built only for the command given, from the
+building blocks in :mod:`~secretvault.vault.cli.options`; ``serve``'s in
+:mod:`~secretvault.vault.cli.parser_serve`); one module per command group
 (:mod:`~secretvault.vault.cli.serve`, :mod:`~secretvault.vault.cli.keys`,
 :mod:`~secretvault.vault.cli.crypto`, :mod:`~secretvault.vault.cli.stats`;
 ``model`` is :mod:`secretvault.backends.model.report`'s own);
