@@ -7,7 +7,6 @@ answer GetPublicKey and the client uses them to export locally.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Literal
 
 from secretvault.api.errors import InvalidArgument, WrongKeyType
@@ -42,6 +41,8 @@ def encode_public_key(
         }
         if kid:
             jwk["kid"] = kid
+        import json  # only this encoding needs it (a CLI call starts without it)
+
         return json.dumps(jwk, sort_keys=True).encode("ascii")
     # cryptography loads only for the encodings that need it
     from cryptography.hazmat.primitives import serialization

@@ -47,6 +47,17 @@ from secretvault.api.errors import (
 )
 
 if TYPE_CHECKING:
+    from secretvault.clients._ops import (
+        Decrypt,
+        Encrypt,
+        Mac,
+        Operation,
+        Result,
+        Sign,
+        Verify,
+        VerifyMac,
+    )
+    from secretvault.clients._options import NO_RETRY, RetryPolicy, TlsConfig
     from secretvault.clients._stats import (
         DirectMap,
         IdentityQuota,
@@ -57,22 +68,7 @@ if TYPE_CHECKING:
         SizeClass,
         Stats,
     )
-    from secretvault.clients._types import (
-        NO_RETRY,
-        Decrypt,
-        Encrypt,
-        Key,
-        KeyVersion,
-        Mac,
-        Operation,
-        PublicKey,
-        Result,
-        RetryPolicy,
-        Sign,
-        TlsConfig,
-        Verify,
-        VerifyMac,
-    )
+    from secretvault.clients._types import Key, KeyVersion, PublicKey
     from secretvault.clients.aio import AsyncVaultClient
     from secretvault.clients.client import VaultClient
 
@@ -86,12 +82,12 @@ _LAZY = {
         for name in ("DirectMap", "IdentityQuota", "Memcg", "Memlock", "OperationCount",
                      "Process", "SizeClass", "Stats")
     },
+    **{name: "secretvault.clients._types" for name in ("Key", "KeyVersion", "PublicKey")},
+    **{name: "secretvault.clients._options" for name in ("NO_RETRY", "RetryPolicy", "TlsConfig")},
     **{
-        name: "secretvault.clients._types"
-        for name in (
-            "NO_RETRY", "Decrypt", "Encrypt", "Key", "KeyVersion", "Mac", "Operation",
-            "PublicKey", "Result", "RetryPolicy", "Sign", "TlsConfig", "Verify", "VerifyMac",
-        )
+        name: "secretvault.clients._ops"
+        for name in ("Decrypt", "Encrypt", "Mac", "Operation", "Result", "Sign", "Verify",
+                     "VerifyMac")
     },
 }
 

@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2
 
 from secretvault.clients import _errors, _stubs, _wire
-from secretvault.clients._types import TlsConfig
 from secretvault.clients._wire import Target
+
+if TYPE_CHECKING:
+    from secretvault.clients._options import TlsConfig
 
 
 class AsyncTransport:

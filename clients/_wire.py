@@ -8,35 +8,25 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2
+from secretvault.api._proto.secretvault.v1 import keys_pb2
 from secretvault.api.errors import InvalidArgument
-from secretvault.api.limits import MAX_BATCH_OPERATIONS
-from secretvault.api.limits import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES_SERVER
 from secretvault.api.paths import default_socket_path
 from secretvault.api.pubkeys import FORMATS
 from secretvault.api.socketpath import check_socket_path
 from secretvault.clients import _errors, local
-from secretvault.clients._types import (
-    Decrypt,
-    Encrypt,
-    Key,
-    KeyVersion,
-    Mac,
-    Operation,
-    PublicKey,
-    Result,
-    Sign,
-    TlsConfig,
-    Verify,
-    VerifyMac,
-)
+
+if TYPE_CHECKING:  # the records load when a call returns one (they cost to create)
+    from secretvault.api._proto.secretvault.v1 import crypto_pb2
+    from secretvault.clients._ops import Result
+    from secretvault.clients._options import TlsConfig
+    from secretvault.clients._types import Key, PublicKey
 
 KEY_TYPE_TO_WIRE: dict[str, keys_pb2.KeyType] = {
     "ed25519": keys_pb2.KEY_TYPE_ED25519,
@@ -52,8 +42,6 @@ FORMAT_TO_WIRE: dict[str, keys_pb2.PublicKeyFormat] = {
     "jwk": keys_pb2.PUBLIC_KEY_FORMAT_JWK,
 }
 
-#: keep each batch message well under the server's message size limit
-MAX_BATCH_BYTES = MAX_MESSAGE_BYTES_SERVER * 3 // 4
 MAX_MESSAGE_BYTES = 64 << 20
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -155,6 +143,8 @@ def _time(ts: Any) -> datetime:
 
 
 def key_from_wire(msg: keys_pb2.Key) -> Key:
+    from secretvault.clients._types import Key, KeyVersion
+
     return Key(
         name=msg.name,
         type=key_type_from_wire(msg.type),
@@ -187,6 +177,8 @@ def public_key_request(name: str, version: int, fmt: str) -> keys_pb2.GetPublicK
 def public_key_from_wire(
     name: str, fmt: str, msg: keys_pb2.GetPublicKeyResponse, *, comment: str = ""
 ) -> PublicKey:
+    from secretvault.clients._types import PublicKey
+
     key_type = key_type_from_wire(msg.type)
     raw = bytes(msg.public_key)
     data = local.export_public_key(
@@ -195,70 +187,7 @@ def public_key_from_wire(
     return PublicKey(name, key_type, msg.version, fmt, data, raw)
 
 
-# --- batches -------------------------------------------------------------------------
-
-
-def operation_to_wire(op_id: int, op: Operation) -> crypto_pb2.Operation:
-    if isinstance(op, Sign):
-        return crypto_pb2.Operation(
-            id=op_id, sign=crypto_pb2.SignRequest(key=op.key, message=op.message)
-        )
-    if isinstance(op, Verify):
-        return crypto_pb2.Operation(
-            id=op_id,
-            verify=crypto_pb2.VerifyRequest(key=op.key, message=op.message, signature=op.signature),
-        )
-    if isinstance(op, Encrypt):
-        return crypto_pb2.Operation(
-            id=op_id,
-            encrypt=crypto_pb2.EncryptRequest(
-                key=op.key, plaintext=op.plaintext, associated_data=op.associated_data
-            ),
-        )
-    if isinstance(op, Decrypt):
-        return crypto_pb2.Operation(
-            id=op_id,
-            decrypt=crypto_pb2.DecryptRequest(
-                key=op.key, ciphertext=op.ciphertext, associated_data=op.associated_data
-            ),
-        )
-    if isinstance(op, Mac):
-        return crypto_pb2.Operation(
-            id=op_id, mac=crypto_pb2.MacRequest(key=op.key, message=op.message)
-        )
-    if isinstance(op, VerifyMac):
-        return crypto_pb2.Operation(
-            id=op_id,
-            verify_mac=crypto_pb2.VerifyMacRequest(key=op.key, message=op.message, mac=op.mac),
-        )
-    raise InvalidArgument(f"not a batch operation: {type(op).__name__}")
-
-
-def _size(op: Operation) -> int:
-    if isinstance(op, Sign | Mac):
-        return len(op.key) + len(op.message) + 16
-    if isinstance(op, Verify):
-        return len(op.key) + len(op.message) + len(op.signature) + 16
-    if isinstance(op, VerifyMac):
-        return len(op.key) + len(op.message) + len(op.mac) + 16
-    if isinstance(op, Encrypt):
-        return len(op.key) + len(op.plaintext) + len(op.associated_data) + 16
-    return len(op.key) + len(op.ciphertext) + len(op.associated_data) + 16
-
-
-def batch_requests(operations: Iterable[Operation]) -> Iterator[crypto_pb2.BatchRequest]:
-    """BatchRequests of at most 10,000 operations and about 3 MiB each."""
-    chunk: list[crypto_pb2.Operation] = []
-    size = 0
-    for i, op in enumerate(operations):
-        n = _size(op)
-        if chunk and (len(chunk) >= MAX_BATCH_OPERATIONS or size + n > MAX_BATCH_BYTES):
-            yield crypto_pb2.BatchRequest(operations=chunk)
-            chunk, size = [], 0
-        chunk.append(operation_to_wire(i, op))
-        size += n
-    if chunk:
-        yield crypto_pb2.BatchRequest(operations=chunk)
+# --- batch results -------------------------------------------------------------------
 
 
 def result_from_wire(msg: crypto_pb2.OperationResult) -> Result:

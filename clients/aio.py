@@ -32,25 +32,13 @@ import grpc
 from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
 from secretvault.api.errors import ShuttingDown
 from secretvault.clients import _errors, _stubs, _wire, local
+from secretvault.clients._options import DEFAULT_TIMEOUT, RetryPolicy, TlsConfig
 from secretvault.clients._transport import AsyncTransport
-from secretvault.clients._types import (
-    DEFAULT_TIMEOUT,
-    Decrypt,
-    Encrypt,
-    Key,
-    Mac,
-    Operation,
-    PublicKey,
-    Result,
-    RetryPolicy,
-    Sign,
-    TlsConfig,
-    Verify,
-    VerifyMac,
-)
 
-if TYPE_CHECKING:  # the Stats records load with the first stats call
+if TYPE_CHECKING:  # the records load with the first call that returns or takes one
+    from secretvault.clients._ops import Operation, Result
     from secretvault.clients._stats import Stats
+    from secretvault.clients._types import Key, PublicKey
 
 T = TypeVar("T")
 Req = TypeVar("Req")
@@ -309,8 +297,10 @@ class AsyncVaultClient:
         of at most 10,000 operations; each request is retried on
         UNAVAILABLE (every batch operation is safe to repeat).
         """
+        from secretvault.clients._ops import batch_requests
+
         results: list[Result] = []
-        for req in _wire.batch_requests(operations):
+        for req in batch_requests(operations):
             resp = await self._call(self._crypto.Batch, req, idempotent=True)
             results.extend(_wire.result_from_wire(r) for r in resp.results)
         return results
@@ -320,7 +310,9 @@ class AsyncVaultClient:
 
         Not retried: a stream that fails part-way raises the mapped error.
         """
-        requests = (_wire.operation_to_wire(i, op) for i, op in enumerate(operations))
+        from secretvault.clients._ops import operation_to_wire
+
+        requests = (operation_to_wire(i, op) for i, op in enumerate(operations))
         call = self._crypto.Stream(requests, metadata=self._metadata)
         with self._streaming(call):
             async for msg in call:
@@ -328,28 +320,40 @@ class AsyncVaultClient:
 
     async def sign_many(self, key: str, messages: Iterable[bytes]) -> list[bytes]:
         """Signature tokens for each message; raises the first failure."""
+        from secretvault.clients._ops import Sign
+
         return _wire.unwrap(await self.batch(Sign(key, m) for m in messages))
 
     async def verify_many(self, key: str, pairs: Iterable[tuple[bytes, bytes]]) -> list[bool]:
         """Verdicts for (message, signature) pairs; raises the first failure."""
+        from secretvault.clients._ops import Verify
+
         return _wire.unwrap(await self.batch(Verify(key, m, s) for m, s in pairs))
 
     async def encrypt_many(
         self, key: str, plaintexts: Iterable[bytes], associated_data: bytes = b""
     ) -> list[bytes]:
+        from secretvault.clients._ops import Encrypt
+
         return _wire.unwrap(await self.batch(Encrypt(key, p, associated_data) for p in plaintexts))
 
     async def decrypt_many(
         self, key: str, ciphertexts: Iterable[bytes], associated_data: bytes = b""
     ) -> list[bytes]:
+        from secretvault.clients._ops import Decrypt
+
         return _wire.unwrap(
             await self.batch(Decrypt(key, c, associated_data) for c in ciphertexts)
         )
 
     async def mac_many(self, key: str, messages: Iterable[bytes]) -> list[bytes]:
+        from secretvault.clients._ops import Mac
+
         return _wire.unwrap(await self.batch(Mac(key, m) for m in messages))
 
     async def verify_mac_many(self, key: str, pairs: Iterable[tuple[bytes, bytes]]) -> list[bool]:
+        from secretvault.clients._ops import VerifyMac
+
         return _wire.unwrap(await self.batch(VerifyMac(key, m, t) for m, t in pairs))
 
     # --- stats -----------------------------------------------------------------------

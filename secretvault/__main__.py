@@ -1,8 +1,6 @@
 """``python -m secretvault ARGS`` is the ``secretvault`` command: ``secretvault ARGS``."""
 
-import sys
-
-from secretvault.vault.cli import main
+from secretvault.vault.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -34,6 +34,25 @@ HEAVY = (
     "secretvault.clients._stats",  # the stats records: only stats needs them
 )
 
+#: what each command defers because its own call does not need it: the
+#: records it never returns (creating frozen dataclasses is most of their
+#: import), the other commands' modules (the parser builds only the chosen
+#: subcommand's options)
+DEFERRED = {
+    "sign": (
+        "secretvault.clients._types",  # Key, KeyVersion, PublicKey
+        "secretvault.clients._ops",  # the batch operations
+        "secretvault.vault.cli.keys", "secretvault.vault.cli.render",
+        "secretvault.vault.cli.stats", "secretvault.vault.cli.parser_serve",
+        "json",  # only --json and JWK public keys need it
+    ),
+    "keys list": (
+        "secretvault.clients._ops",
+        "secretvault.vault.cli.crypto", "secretvault.vault.cli.stats",
+        "secretvault.vault.cli.parser_serve", "json",
+    ),
+}
+
 
 @pytest.fixture(scope="module")
 def vault() -> Iterator[tuple[VaultServer, Path]]:
@@ -84,5 +103,43 @@ def test_client_commands_import_no_server_rich_or_crypto_libraries(
     modules = _imported(argv, args, server.config.vault.socket)
     assert "grpc" in modules  # the call itself went over gRPC
     assert _heavy(modules) == []
+    assert sorted(m for m in modules if m in DEFERRED[command]) == []
     if command == "sign":
         assert (tmp_path / "sig").stat().st_size == 7 + 64
+
+
+#: the command run as ``python -m secretvault`` runs it, with an atexit handler
+#: that says whether the interpreter was torn down
+_TEARDOWN = (
+    "import atexit, runpy, sys\n"
+    "atexit.register(lambda: print('TEARDOWN', file=sys.stderr))\n"
+    "sys.argv = ['secretvault', *sys.argv[1:]]\n"
+    "runpy.run_module('secretvault', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def test_a_client_command_exits_at_once_with_its_output_whole(
+        vault: tuple[VaultServer, Path], tmp_path: Path) -> None:
+    """After a client call ``run()`` flushes stdout and stderr and ends with ``os._exit``:
+    no interpreter teardown (about 15 ms of grpc's), the same output and status."""
+    server, msg = vault
+    env = {k: v for k, v in os.environ.items() if k != "SECRETVAULT_SOCKET"}
+    env.update(PYTHONPATH=str(REPO), SECRETVAULT_SOCKET=server.config.vault.socket)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", _TEARDOWN, *args], capture_output=True,
+                              text=True, env=env, timeout=120, check=False)
+
+    p = run("sign", "imports/sign", "--in", str(msg), "--json")
+    assert p.returncode == 0, p.stderr
+    assert '"key": "imports/sign"' in p.stdout and p.stdout.endswith("}\n")
+    assert "TEARDOWN" not in p.stderr
+    p = run("keys", "list")
+    assert p.returncode == 0 and "imports/sign" in p.stdout
+    assert "TEARDOWN" not in p.stderr
+    p = run("sign", "imports/none", "--in", str(msg), "--out", str(tmp_path / "sig"))
+    assert p.returncode == 2
+    assert p.stderr.startswith("secretvault: error: KeyNotFound") and p.stderr.count("\n") == 1
+    # a usage error exits as before, through the interpreter's own exit
+    p = run("sign")
+    assert p.returncode == 2 and "TEARDOWN" in p.stderr

@@ -11,8 +11,9 @@ Exit status: 0 success; 1 the check ran and failed (``verify``,
 do its job (usage error, error from the vault, unreadable file).
 
 The package, by concern: :mod:`~secretvault.vault.cli.parser` (every
-subcommand and its options, from the building blocks in
-:mod:`~secretvault.vault.cli.options`); one module per command group
+subcommand and its options, built only for the command given, from the
+building blocks in :mod:`~secretvault.vault.cli.options`; ``serve``'s in
+:mod:`~secretvault.vault.cli.parser_serve`); one module per command group
 (:mod:`~secretvault.vault.cli.serve`, :mod:`~secretvault.vault.cli.keys`,
 :mod:`~secretvault.vault.cli.crypto`, :mod:`~secretvault.vault.cli.stats`;
 ``model`` is :mod:`secretvault.backends.model.report`'s own);
@@ -24,24 +25,58 @@ subcommand and its options, from the building blocks in
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from secretvault.api.errors import ConnectionFailed, VaultError
 from secretvault.vault.cli.connect import connection_fix, target
 from secretvault.vault.cli.errors import EXIT_OK, CliError, fail, fix_for
 from secretvault.vault.cli.parser import build_parser
 
+#: the commands that end as the interpreter normally does (they run, or load, the
+#: server's own code); every other one is a client call, ended by :func:`run` at once
+_FULL_EXIT = frozenset({"serve", "model"})
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` (default: ``sys.argv[1:]``); its exit status."""
+    return _dispatch(_parse(argv))
+
+
+def run() -> NoReturn:
+    """The ``secretvault`` script and ``python -m secretvault``: :func:`main`, then exit.
+
+    After a client command, once stdout and stderr are flushed, the process
+    ends with ``os._exit``: tearing the interpreter down (grpc's modules and
+    threads among it) would add about 15 ms to a call that has nothing left to
+    do (every file it wrote is closed, the channel too).  ``serve`` and
+    ``model`` exit as usual, as does anything that raised.
+    """
+    args = _parse(None)
+    code = _dispatch(args)
+    if args.command in _FULL_EXIT:
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        sys.exit(code)  # let the usual exit report what could not be written
+    os._exit(code)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     # grpc's C core logs some failures (a TLS handshake refused...) to fd 2 at
     # INFO level; the command reports them itself, in one line.  Read when
     # grpc initialises, so before the first channel; GRPC_VERBOSITY=DEBUG
     # in the environment still wins.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    parser = build_parser(lazy=True)
-    args = parser.parse_args(argv)
+    return build_parser(lazy=True).parse_args(argv)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         result: int = args.func(args)
         return result
@@ -70,4 +105,4 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
-__all__ = ["main"]
+__all__ = ["main", "run"]

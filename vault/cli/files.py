@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import sys
 from typing import Any
 
@@ -49,6 +48,8 @@ def write_output(data: bytes, path: str | None, *, binary: bool, what: str) -> N
 
 
 def print_json(value: Any, path: str | None = None) -> None:
+    import json  # only --json needs it
+
     text = json.dumps(value, indent=2, sort_keys=True) + "\n"
     write_output(text.encode(), path, binary=False, what="JSON")
 

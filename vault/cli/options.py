@@ -1,7 +1,7 @@
 """The parser's building blocks: help layout, usage errors, value types, shared options.
 
 Also ``--version`` and the subcommands whose options are built only once
-chosen (:class:`Subcommands`), so that a client command loads no server code.
+chosen (:class:`Subcommands`), so that a command loads only its own code.
 
 :mod:`secretvault.vault.cli.parser` builds every subcommand from these.  A
 value type checks only what the option itself means (a number, a positive
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from secretvault.api.paths import SOCKET_ENV, default_socket_path
-from secretvault.clients._types import DEFAULT_TIMEOUT  # loads no grpc (GRPC_VERBOSITY)
+from secretvault.clients._options import DEFAULT_TIMEOUT  # loads no grpc (GRPC_VERBOSITY)
 from secretvault.vault.cli.errors import EXIT_ERROR
 
 
@@ -67,10 +67,11 @@ class Version(argparse.Action):
 class Subcommands(argparse._SubParsersAction):  # type: ignore[type-arg]
     """Subcommands whose options are filled in only once they are chosen.
 
-    ``serve``'s options take their defaults from the server's own config
-    (which loads the server), and ``model``'s from the model report: a
-    client command such as ``sign`` builds neither.  ``--help`` at the top
-    lists them all from their one-line help.
+    The parser lists every subcommand by its one-line help (what ``--help``
+    at the top shows) and builds only the chosen one's options, importing
+    only its module: ``sign`` builds neither ``serve``'s options (whose
+    defaults are the server's own config, which loads the server) nor
+    ``keys``'s, and loads no ``keys`` or ``stats`` code.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -137,17 +138,16 @@ def subcommands(parser: argparse.ArgumentParser, dest: str, name: str, **kwargs:
                                  help=f"'{name} COMMAND --help' tells more", **kwargs)
 
 
-def leaf(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str,
-         description: str, *, json_help: str | None = "machine-readable output (JSON)",
-         epilog: str | None = None) -> argparse.ArgumentParser:
-    """A subcommand that runs ``func``, with ``--json`` unless ``json_help`` is None."""
-    p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, description=description, epilog=epilog, formatter_class=Formatter
-    )
+def describe(p: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int],
+             description: str, *, json_help: str | None = "machine-readable output (JSON)",
+             epilog: str | None = None) -> None:
+    """Fill a subcommand that runs ``func``: its description, its epilog and ``--json``
+    (unless ``json_help`` is None)."""
+    p.description = description
+    p.epilog = epilog
     p.set_defaults(func=func)
     if json_help:
         p.add_argument("--json", action="store_true", help=json_help)
-    return p
 
 
 def in_out(p: argparse.ArgumentParser, what: str, out: str | None) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from secretvault.api.errors import ConnectionFailed, KeyNotFound, OutcomeUnknown, ShuttingDown
 from secretvault.clients import VaultClient
-from secretvault.clients._types import RetryPolicy
+from secretvault.clients._options import RetryPolicy
 from tests.unit.clients.test_errors import FailedCall
 
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.002)

@@ -8,8 +8,9 @@ import pytest
 
 from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2
 from secretvault.api.errors import InvalidArgument, KeyNotFound, VaultError
-from secretvault.clients import _wire
-from secretvault.clients._types import Decrypt, Encrypt, Mac, RetryPolicy, Sign, TlsConfig, Verify
+from secretvault.clients import _ops, _wire
+from secretvault.clients._ops import Decrypt, Encrypt, Mac, Sign, Verify
+from secretvault.clients._options import RetryPolicy, TlsConfig
 
 
 @pytest.mark.parametrize(
@@ -48,8 +49,8 @@ def test_tcp_needs_tls_and_sockets_refuse_it() -> None:
 
 
 def test_batches_are_split_at_the_operation_limit() -> None:
-    ops = [Sign("k", b"m")] * (2 * _wire.MAX_BATCH_OPERATIONS + 5)
-    reqs = list(_wire.batch_requests(ops))
+    ops = [Sign("k", b"m")] * (2 * _ops.MAX_BATCH_OPERATIONS + 5)
+    reqs = list(_ops.batch_requests(ops))
     assert [len(r.operations) for r in reqs] == [10_000, 10_000, 5]
     ids = [op.id for r in reqs for op in r.operations]
     assert ids == list(range(len(ops)))
@@ -57,21 +58,21 @@ def test_batches_are_split_at_the_operation_limit() -> None:
 
 def test_batches_are_split_by_size() -> None:
     big = b"x" * (1 << 20)
-    reqs = list(_wire.batch_requests([Encrypt("k", big)] * 7))
-    assert all(sum(len(o.encrypt.plaintext) for o in r.operations) <= _wire.MAX_BATCH_BYTES
+    reqs = list(_ops.batch_requests([Encrypt("k", big)] * 7))
+    assert all(sum(len(o.encrypt.plaintext) for o in r.operations) <= _ops.MAX_BATCH_BYTES
                for r in reqs)
     assert sum(len(r.operations) for r in reqs) == 7
     assert len(reqs) >= 3
 
 
 def test_operations_to_wire() -> None:
-    op = _wire.operation_to_wire(4, Verify("k", b"m", b"s"))
+    op = _ops.operation_to_wire(4, Verify("k", b"m", b"s"))
     assert op.id == 4 and op.WhichOneof("op") == "verify" and op.verify.signature == b"s"
-    op = _wire.operation_to_wire(5, Decrypt("k", b"c", b"ad"))
+    op = _ops.operation_to_wire(5, Decrypt("k", b"c", b"ad"))
     assert op.decrypt.associated_data == b"ad"
-    assert _wire.operation_to_wire(6, Mac("k", b"m")).WhichOneof("op") == "mac"
+    assert _ops.operation_to_wire(6, Mac("k", b"m")).WhichOneof("op") == "mac"
     with pytest.raises(InvalidArgument):
-        _wire.operation_to_wire(7, "sign")  # type: ignore[arg-type]
+        _ops.operation_to_wire(7, "sign")  # type: ignore[arg-type]
 
 
 def test_results_from_wire() -> None:
