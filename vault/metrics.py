@@ -241,21 +241,30 @@ class Metrics:
     def observe(self, operation: str, seconds: float) -> None:
         self.observer(operation)(seconds)
 
-    def serve(self, address: str) -> tuple[str, int]:
-        """Start the HTTP endpoint on ``host:port``; returns the bound address."""
+    def bind(self, address: str) -> tuple[str, int]:
+        """Bind the HTTP endpoint on ``host:port``; returns the bound address.
+
+        Serving starts with :meth:`start`: the server binds before it drops
+        the capabilities binding needed, and starts the endpoint's thread
+        after, so that thread (and every request thread it makes, which
+        inherit its capabilities) holds none.
+        """
         host, port = split_host_port(address)
         server = _BoundedServer6 if ":" in host else _BoundedServer
-        http = make_server(host, port, make_wsgi_app(self.registry), server,
-                           handler_class=_QuietHandler)
-        self._thread = threading.Thread(target=http.serve_forever, daemon=True,
-                                        name="secretvault-metrics")
-        self._thread.start()
-        self._http = http
-        bound = http.server_address
+        self._http = make_server(host, port, make_wsgi_app(self.registry), server,
+                                 handler_class=_QuietHandler)
+        bound = self._http.server_address
         if not _is_loopback(host):
             log.warning("metrics listen on %s, not loopback: anyone who can reach it sees "
                         "key counts and load", address)
         return str(bound[0]), int(bound[1])
+
+    def start(self) -> None:
+        """Serve the endpoint :meth:`bind` bound, on a thread of its own."""
+        assert self._http is not None, "bind first"
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True,
+                                        name="secretvault-metrics")
+        self._thread.start()
 
     def close(self) -> None:
         if self._http is not None:

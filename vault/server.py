@@ -163,9 +163,13 @@ class VaultServer:
             if self.config.tcp:
                 self._start_tcp()
             if self.metrics is not None and self.config.metrics:
-                self.metrics_address = self.metrics.serve(self.config.metrics)
+                self.metrics_address = self.metrics.bind(self.config.metrics)
             if after_bind is not None:
                 after_bind()
+            # every thread started from here on starts with no capability
+            if self.metrics_address is not None:
+                assert self.metrics is not None
+                self.metrics.start()
             for item in self.listeners:
                 item.server.start()
             for name in ("", *SERVICE_NAMES):

@@ -126,3 +126,43 @@ def _task_caps(pid: int, tid: str) -> dict[str, int]:
     with open(f"/proc/{pid}/task/{tid}/status") as f:
         return {k: int(v, 16) for k, _, v in (line.partition(":\t") for line in f)
                 if k.startswith("Cap")}
+
+
+def _threads_holding_capabilities(base: str, *, metrics: bool) -> int:
+    """How many of a server's threads hold any capability, its policy giving a
+    socket a group (so CAP_CHOWN is kept until the listeners are bound)."""
+    import socket
+    import time
+
+    sock = os.path.join(base, "ci", "vault.sock")
+    policy = os.path.join(base, "policy.toml")
+    with open(policy, "w") as f:
+        f.write(f'[identities.ci]\n[[identities.ci.sockets]]\npath = "{sock}"\n'
+                'group = 65534\nmode = "0660"\n')
+    args = ["--policy", policy]
+    if metrics:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        args += ["--metrics", f"127.0.0.1:{port}"]
+    child = Child(base, args)
+    try:
+        child.wait_ready()
+        time.sleep(0.3)  # let every thread the start made settle
+        pid = child.proc.pid
+        return sum(1 for t in os.listdir(f"/proc/{pid}/task") if _task_caps(pid, t)["CapEff"])
+    finally:
+        child.close()
+
+
+def test_the_metrics_endpoint_serves_on_a_thread_with_no_capability() -> None:
+    """Threads inherit their creator's capabilities: the endpoint binds before
+    the drop and starts its thread (whose request threads copy it) after."""
+    counts = {}
+    for metrics in (False, True):
+        base = short_dir()
+        try:
+            counts[metrics] = _threads_holding_capabilities(base, metrics=metrics)
+        finally:
+            cleanup(base)
+    assert counts[True] == counts[False], counts
