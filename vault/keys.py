@@ -26,13 +26,13 @@ from secretvault.api.errors import (
 )
 from secretvault.backends import Slot
 from secretvault.vault.crypto import KeyType
+from secretvault.vault.records import MAX_NAME_LEN
 from secretvault.vault.sealing import version_digest
 from secretvault.vault.store import VersionRecord
 
-#: Key names: 1 to 128 characters from ``A-Z a-z 0-9 . _ - /``, starting with
-#: a letter or digit, with no empty, ``.`` or ``..`` path segment.  Slashes
-#: let policies grant ``team/*`` patterns.
-MAX_NAME_LEN = 128
+#: Key names: 1 to MAX_NAME_LEN (128) characters from ``A-Z a-z 0-9 . _ - /``,
+#: starting with a letter or digit, with no empty, ``.`` or ``..`` path
+#: segment.  Slashes let policies grant ``team/*`` patterns.
 NAME_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._/-]{{0,{MAX_NAME_LEN - 1}}}")
 MAX_LABELS = 32
 MAX_LABEL_LEN = 256

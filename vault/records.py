@@ -13,9 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeGuard
 
-#: a key row whose name is NULL is served as this prefix and its rowid (stable
-#: while the file is not VACUUMed); ':' is outside the key-name characters, so
-#: no key can be named so, and the key can be deleted under this name
+#: the longest key name (``keys.NAME_RE``); the edge refuses a longer one
+#: before anything else, so no key may be served under a longer name
+MAX_NAME_LEN = 128
+#: a key row whose name is NULL, or whose name cannot be served as it is (not
+#: UTF-8 and over MAX_NAME_LEN once its bad bytes are escaped, or simply over
+#: it), is served as this prefix and its rowid (stable while the file is not
+#: VACUUMed); ':' is outside the key-name characters, so no key can be named
+#: so, and the key can be deleted under this name
 NULL_NAME = "damaged-row:"
 
 
@@ -79,6 +84,10 @@ def parse_key_row(row: list[object], versions: tuple[VersionRecord, ...],
             return raw.decode(errors="backslashreplace")
 
     name = text(raw_name, "name") if raw_name is not None else f"{NULL_NAME}{rowid}"
+    if len(name) > MAX_NAME_LEN:  # unreachable through the edge under that name
+        problems.append(f"its name is {len(name)} characters, over {MAX_NAME_LEN} "
+                        f"(served as '{NULL_NAME}{rowid}')")
+        name = f"{NULL_NAME}{rowid}"
     type_ = text(raw_type, "type")
     if is_number(created):
         created_at = float(created)

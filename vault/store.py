@@ -282,6 +282,11 @@ class SQLiteStore:
             else:  # a damaged name: by its row, and its versions by the stored bytes
                 db.execute("DELETE FROM key_versions WHERE CAST(name AS BLOB) = ?", (row[1],))
                 cur = db.execute("DELETE FROM keys WHERE rowid = ?", (row[0],))
+                # a damaged name no longer matches its versions' (they keep the
+                # name it had): those no key row names are that key's, and no
+                # load could place them, so they go with it, sealed copies and all
+                db.execute("DELETE FROM key_versions WHERE CAST(name AS BLOB) NOT IN "
+                           "(SELECT CAST(name AS BLOB) FROM keys WHERE name IS NOT NULL)")
             if cur.rowcount == 0:
                 raise KeyNotFound(f"no key named {name!r}")
         self._by_row.pop(name, None)

@@ -20,6 +20,7 @@ from secretvault.api.errors import ImportKeyUnavailable, IntegrityError, WrongPa
 from secretvault.api.framing import Kind
 from secretvault.backends import SlotAllocator
 from secretvault.vault.keyring import Keyring
+from secretvault.vault.keys import MAX_NAME_LEN
 from secretvault.vault.sealing import UnsealSource, create_key_file
 from secretvault.vault.store import SQLiteStore
 from tests.unit.vault._support import PASSPHRASE, open_ring, wrap
@@ -487,6 +488,12 @@ DAMAGED_NAMES: dict[str, tuple[str, Callable[[int], str]]] = {
     # a blob equal to the name's bytes: 'WHERE name = ?' with text never matches it
     "blob": ("UPDATE keys SET name = CAST('sig2' AS BLOB) WHERE name = 'sig2'",
              lambda r: "sig2"),
+    # not UTF-8 and, escaped, over the 128 characters the edge lets through
+    "long-not-utf8": ("UPDATE keys SET name = CAST(x'6b" + "ff" * 40 + "' AS TEXT) "
+                      "WHERE name = 'sig2'", lambda r: f"damaged-row:{r}"),
+    # over 128 characters (an edit by hand): unreachable through the edge as it is
+    "too-long": ("UPDATE keys SET name = '" + "k" * 200 + "' WHERE name = 'sig2'",
+                 lambda r: f"damaged-row:{r}"),
 }
 
 
@@ -504,6 +511,7 @@ def test_a_key_with_a_damaged_name_is_listed_under_a_usable_name_and_deletable(
 
     ring = open_ring(allocator, store)
     assert name in [k.name for k in ring.list()]
+    assert all(len(k.name) <= MAX_NAME_LEN for k in ring.list())  # the edge lets it through
     if case != "blob":  # a blob of the right bytes is the right name: it still works
         assert name in ring.damaged_keys()
     ring.delete(name)
@@ -516,6 +524,9 @@ def test_a_key_with_a_damaged_name_is_listed_under_a_usable_name_and_deletable(
     assert ring.damaged_keys() == {}
     db = sqlite3.connect(store_path)
     assert db.execute("SELECT count(*) FROM keys WHERE rowid = ?", (rowid,)).fetchone() == (0,)
+    # and its sealed versions with it, whatever name they were left under
+    assert db.execute("SELECT count(*) FROM key_versions WHERE name = 'sig2'"
+                      ).fetchone() == (0,)
     db.close()
     _rest_works(ring, tokens, {"sig2"})
     ring.close()
