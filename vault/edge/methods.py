@@ -22,7 +22,7 @@ from secretvault.api._proto.secretvault.v1 import crypto_pb2
 from secretvault.api.errors import InvalidKeyName
 from secretvault.vault import errors
 from secretvault.vault.handlers import Malformed, method_paths
-from secretvault.vault.keys import MAX_NAME_LEN
+from secretvault.vault.records import MAX_NAME_LEN
 
 #: a request or response message of any of the vault's methods: the table's
 #: accessors read the field each method keeps its key or version in
