@@ -181,11 +181,14 @@ def crypto_scalarmult_base(sk: Ptr) -> bytes:
     return bytes(pk)
 
 
-def crypto_box_seal(message: bytes, pk: bytes) -> bytes:
+def crypto_box_seal(message: bytes | bytearray, pk: bytes) -> bytes:
+    """Seal ``message`` to ``pk``; a ``bytearray`` is read in place (no copy of
+    it is made, so a caller can wipe its only copy afterwards)."""
     if len(pk) != BOX_PUBLICKEYBYTES:
         raise ValueError("an X25519 public key is 32 bytes")
     out = ffi.new("unsigned char[]", len(message) + BOX_SEALBYTES)
-    if lib.crypto_box_seal(out, message, len(message), pk) != 0:
+    src = message if isinstance(message, bytes) else ffi.from_buffer(message)
+    if lib.crypto_box_seal(out, src, len(message), pk) != 0:
         raise BackendError("crypto_box_seal failed")
     return bytes(ffi.buffer(out, len(message) + BOX_SEALBYTES))
 

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn, TypeVar, cast
 
 from secretvault.api.errors import KeyringClosed, VaultError
+from secretvault.backends import _sodium
 from secretvault.clients import Key, KeyVersion, PublicKey, Stats, local
 from secretvault.clients._stats import stats_from_wire
 from secretvault.vault.app import Vault, VaultConfig, open_vault
@@ -146,10 +147,11 @@ class Keyring:
 
         ``material`` is the caller's own copy (see
         :func:`secretvault.clients.local.read_key_material`, which returns a
-        ``bytearray`` to wipe after this call); the keyring never keeps it.
+        ``bytearray`` to wipe after this call); the keyring never keeps it,
+        and a ``bytearray`` is sealed in place, with no copy in Python.
         """
         local.check_material(type, len(material))
-        wrapped = local.seal_for_import(self.import_key_public(), type, material)
+        wrapped = _sodium.crypto_box_seal(material, self.import_key_public())
         return self.import_wrapped(name, type, wrapped, labels)
 
     def import_wrapped(self, name: str, type: str, wrapped: bytes,

@@ -286,3 +286,28 @@ def test_positive_control_finds_keys_kept_in_python_bytes(tmp_path: Path, embedd
         assert label in run.scan.found, f"the scan missed the leaked {label}"
     # the leak is in the process only: the store is as clean as ever
     assert run.files == {}
+
+
+def test_an_embedded_import_leaves_no_copy_of_the_callers_material(tmp_path: Path) -> None:
+    """``Keyring.import_key`` with the caller's only copy in a ``bytearray``:
+    once the caller wipes it, the seed is nowhere in the process (the
+    material is sealed in place, never copied into ``bytes``)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.security.embedded_import", str(tmp_path / "data")],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        seed = proc.stdout.read(32)
+        assert len(seed) == 32 and proc.stdout.readline() == b"ready\n"
+        patterns = _patterns({"imported ed25519 seed": seed})
+        scan = scan_process(proc.pid, patterns)
+        proc.stdin.write(b"\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _check_scan_was_complete(scan)
+    assert scan.found == {}, f"the imported material was found: {scan.found}"
