@@ -282,3 +282,25 @@ def test_a_token_of_the_wrong_length_is_malformed(ring: Keyring) -> None:
     counts = {(o.operation, o.result): o.count for o in ring.stats().operations}
     assert counts[("verify", "INVALID_ARGUMENT")] == 4
     assert counts[("verify_mac", "INVALID_ARGUMENT")] == 4
+
+
+@pytest.mark.parametrize("backend", ["page-model"])
+def test_a_living_forked_child_does_not_keep_the_store(
+        tmp_path: Path, backend: embedded.Backend, hardened: list[int]) -> None:
+    """flock belongs to the open file, which a fork shares: a child that lives
+    on must not keep the store once the parent closes (the at-fork hook closes
+    the child's copy of the descriptor)."""
+    r = open_keyring(tmp_path / "data", backend=backend)
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child: alive until the parent says so)
+        os.close(hold_w)
+        os.read(hold_r, 1)
+        os._exit(0)
+    os.close(hold_r)
+    try:
+        r.close()
+        open_keyring(tmp_path / "data", backend=backend).close()  # not StoreInUse
+    finally:
+        os.close(hold_w)
+        os.waitpid(pid, 0)
