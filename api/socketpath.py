@@ -103,7 +103,9 @@ def check_socket_path(path: str, *, uids: Collection[int], foreign_socket_dir: b
             links += 1
             if links > _MAX_LINKS:
                 raise UnsafeSocketPath(f"too many symlinks on {what} path {path}")
-            target = os.path.normpath(os.path.join(os.path.dirname(directory),
+            # a relative target is read from the link's real parent, as the
+            # kernel does ('..' of a linked parent is not the spelled one)
+            target = os.path.normpath(os.path.join(os.path.realpath(os.path.dirname(directory)),
                                                    os.readlink(directory)))
             pending[:0] = [(d, own and i == 0) for i, d in enumerate(_ancestors(target))]
             continue

@@ -97,3 +97,17 @@ def test_a_client_below_a_trusted_shared_directory(base: str,
     monkeypatch.setenv(TRUST_ENV, shared)
     assert check_socket_path(f"{app}/vault.sock", uids={0},
                              foreign_socket_dir=True) == [shared]
+
+
+def test_a_relative_link_is_followed_from_where_the_kernel_finds_it(base: str) -> None:
+    """``a`` links to ``x/y``, and ``a/sv`` is the relative link ``../z``: the
+    kernel reaches ``x/z`` (``..`` of ``x/y``), not ``base/z`` (``..`` of the
+    link's spelled parent ``a``).  ``x/z`` is writable by anyone: refused."""
+    x = _dir(f"{base}/x", 0o755)
+    y = _dir(f"{x}/y", 0o755)
+    z = _dir(f"{x}/z", 0o777)
+    os.symlink(y, f"{base}/a")
+    os.symlink("../z", f"{y}/sv")
+    assert os.path.realpath(f"{base}/a/sv") == z
+    with pytest.raises(UnsafeSocketPath, match=f"the directory {z} "):
+        check_socket_path(f"{base}/a/sv/vault.sock", uids={0})
