@@ -8,6 +8,7 @@ reason.  CPU time per operation is read from the process doing the work.
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections.abc import Callable
@@ -99,3 +100,29 @@ def loop_form(run: Run, ops_per_unit: int = 1) -> Callable[[list[int]], Rate]:
         return loop_rate(run, ops_per_unit)
 
     return make
+
+
+# --- the rounds' options, the same in every benchmark table ---------------------------
+
+QUICK_ROUNDS = 3
+QUICK_SECONDS = 0.25
+SECONDS = 1.0
+
+
+def add_round_options(p: argparse.ArgumentParser, *, rounds: int, quick_takes: str) -> None:
+    """``--quick``, ``--rounds`` and ``--seconds``, with ``rounds`` the default."""
+    p.add_argument("--quick", action="store_true",
+                   help=f"{QUICK_ROUNDS} rounds of {QUICK_SECONDS:g} s ({quick_takes})")
+    p.add_argument("--rounds", type=int, help=f"rounds (default {rounds}, --quick {QUICK_ROUNDS})")
+    p.add_argument("--seconds", type=float,
+                   help=f"seconds per form per round ({SECONDS:g}; --quick {QUICK_SECONDS:g})")
+    p.set_defaults(default_rounds=rounds)
+
+
+def rounds_and_seconds(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[int, float]:
+    """What :func:`add_round_options` asked for; a usage error unless both are positive."""
+    rounds = args.rounds or (QUICK_ROUNDS if args.quick else args.default_rounds)
+    seconds = args.seconds or (QUICK_SECONDS if args.quick else SECONDS)
+    if rounds < 1 or seconds <= 0:
+        p.error("--rounds and --seconds must be positive")
+    return rounds, seconds

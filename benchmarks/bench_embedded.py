@@ -40,7 +40,7 @@ from collections.abc import Iterator
 
 from benchmarks._measure import PeerMissing, Run
 from benchmarks._report import Report, Row, Target, loadavg, machine
-from benchmarks._rounds import Bench, loop_form
+from benchmarks._rounds import Bench, add_round_options, loop_form, rounds_and_seconds
 from benchmarks.crypto_limit import SIGN_MESSAGE, crypto_forms
 
 KEY = "bench/embedded"
@@ -156,19 +156,14 @@ def log(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_embedded",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="3 rounds of 0.25 s (about 5 s)")
-    p.add_argument("--rounds", type=int, help="rounds (default 9, --quick 3)")
-    p.add_argument("--seconds", type=float, help="seconds per form per round (1.0; --quick 0.25)")
+    add_round_options(p, rounds=9, quick_takes="about 5 s")
     p.add_argument("--backend", default="memfd_secret",
                    choices=("memfd_secret", "page-model", "pooled-pmd-model"),
                    help="the embedded keyring's backend (a model only where memfd_secret "
                         "is missing: its figures are then not the product's)")
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table to stderr)")
     args = p.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 9)
-    seconds = args.seconds or (0.25 if args.quick else 1.0)
-    if rounds < 1 or seconds <= 0:
-        p.error("--rounds and --seconds must be positive")
+    rounds, seconds = rounds_and_seconds(p, args)
 
     started = time.monotonic()
     mach = machine()

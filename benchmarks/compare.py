@@ -40,7 +40,7 @@ from typing import Any
 
 from benchmarks._measure import Measure, PeerMissing, per_round_ratio
 from benchmarks._report import Report, Row, Target, loadavg, machine
-from benchmarks._rounds import Bench, loop_form, process_cpu
+from benchmarks._rounds import Bench, add_round_options, loop_form, process_cpu, rounds_and_seconds
 from benchmarks._rpc import (
     BATCH,
     RPC_FORMS,
@@ -290,18 +290,13 @@ def log(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split(
         "\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="3 rounds of 0.25 s (under 2 minutes)")
-    p.add_argument("--rounds", type=int, help="rounds (default 7, --quick 3)")
-    p.add_argument("--seconds", type=float, help="seconds per form per round (1.0; --quick 0.25)")
+    add_round_options(p, rounds=7, quick_takes="under 2 minutes")
     p.add_argument("--keys", type=int, default=100_000, help="keys for the memory figures")
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table to stderr)")
     p.add_argument("--plot", metavar="FILE", help="bar chart of every figure (matplotlib)")
     p.add_argument("--skip-memory", action="store_true", help="leave out the memory figures")
     args = p.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 7)
-    seconds = args.seconds or (0.25 if args.quick else 1.0)
-    if rounds < 1 or seconds <= 0:
-        p.error("--rounds and --seconds must be positive")
+    rounds, seconds = rounds_and_seconds(p, args)
 
     started = time.monotonic()
     mach = machine()
