@@ -138,7 +138,7 @@ def test_the_server_refuses_a_store_an_application_holds(base: str) -> None:
         assert len(lines) == 1, lines
         line = lines[0]
         assert line.startswith("secretvault: error: ") and "(fix: " in line, line
-        assert "StoreInUse" in line or "open in another process" in line, line
+        assert "StoreInUse" in line and "open in another process" in line, line
         assert f"pid {application.proc.pid}: an embedded keyring in " in line, line
     finally:
         application.kill()
