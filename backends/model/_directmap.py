@@ -104,6 +104,30 @@ class DirectMap:
             dm._map_range(s, e, gbpages)
         return dm
 
+    @classmethod
+    def from_layout(cls, pages: int, bytes_4k: int, bytes_2m: int) -> DirectMap:
+        """A machine's boot layout by its byte counts (``DirectMap4k``/``2M``).
+
+        4 KiB entries at the bottom, 2 MiB entries above them up to the 1 GiB
+        boundary nearest their count, 1 GiB entries over every whole GiB
+        above, 2 MiB for the tail: the counts are the machine's to within
+        that rounding, the addresses are the model's own.
+        """
+        dm = cls(pages)
+        top = _round_down(pages, PAGES_PER_2M)
+        e4 = min(top, _round_up(bytes_4k // PAGE_BYTES, PAGES_PER_2M))
+        e2 = e4 + bytes_2m // PAGE_BYTES
+        e2 = min(top, max(e4, (e2 + PAGES_PER_1G // 2) // PAGES_PER_1G * PAGES_PER_1G))
+        g = _round_down(top, PAGES_PER_1G)
+        dm._map_4k(0, e4)
+        if e2 < g:
+            dm._map_2m(e4, e2)
+            dm._map_1g(e2, g)
+            dm._map_2m(g, top)
+        else:
+            dm._map_2m(e4, top)
+        return dm
+
     def _map_range(self, s: int, e: int, gbpages: bool) -> None:
         """``split_mem_range``: 4k head, 2M, 1G middle, 2M, 4k tail."""
         a2, b2 = _round_up(s, PAGES_PER_2M), _round_down(e, PAGES_PER_2M)

@@ -386,6 +386,22 @@ class PhysicalMemory:
         self._cma_used[chunk] = 0
         self._free_one(pfn, MAX_ORDER)
 
+    # --- a machine's state, imported (``_host``) ----------------------------------
+
+    def hold_pageblock(self, pb: int, mt: int) -> None:
+        """Take free pageblock ``pb`` out of the lists whole, held as type ``mt``."""
+        self._del_free(pb * PAGEBLOCK_PAGES, MAX_ORDER, self._pb_type[pb])
+        self._pb_type[pb] = mt
+        if mt == MOVABLE:
+            self._pb_movable[pb] = PAGEBLOCK_PAGES
+
+    def put_free(self, pfn: int, order: int) -> None:
+        """Give a block inside a held pageblock back, unmerged, at the list head."""
+        pb = pfn >> PAGEBLOCK_ORDER
+        if self._pb_type[pb] == MOVABLE:
+            self._pb_movable[pb] -= 1 << order
+        self._add_free(pfn, order, self._pb_type[pb])
+
     # --- inspection --------------------------------------------------------------
 
     @property

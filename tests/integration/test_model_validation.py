@@ -12,12 +12,8 @@ and ``docs/models.md``):
   lies within the replay's bounds;
 * the first-touch rule was exercised: the run reached regions the kernel
   had never split and it split them (the run goes on until it has);
-* the buddy model places one large allocation like the kernel: its pages
-  per 2 MiB region within a factor of 2 of the kernel's in the regions the
-  kernel split during the run (whole before it, like the model's fresh
-  machine; the kernel fills them nearly whole, so must the model).  Over
-  the whole run the kernel's figure also counts old regions' holes, which
-  depend on the machine's history: those are reported, not asserted.
+* the buddy model's placement is reported here (pages per region); it is
+  asserted in ``test_model_churn.py``, the same statistic on both sides.
 """
 
 from __future__ import annotations
@@ -41,7 +37,7 @@ def test_direct_map_model_agrees_with_the_kernel(capsys: pytest.CaptureFixture[s
         "every region touched was split before the run: the first-touch rule went "
         "untested (1 GiB of secret pages reached no whole region)\n" + str(result)
     )
-    big = result.phases[0]
-    assert big.kernel_pages_per_fresh_region is not None, str(result)
-    ratio = big.model_pages_per_region / big.kernel_pages_per_fresh_region
-    assert 0.5 <= ratio <= 2.0, f"buddy model {ratio:.2f}x the kernel's pages per fresh region"
+    # Placement (pages per region) is asserted by test_model_churn.py, the same
+    # statistic on both sides over whole allocations: the ratio this test had
+    # compared the kernel's median over a few fresh regions with the model's
+    # mean, and failed CI under load (2.25x) -- issue 15.

@@ -346,3 +346,17 @@ def _add_model(model: argparse.ArgumentParser) -> None:
     )
     report.configure_parser(compare)
     compare.set_defaults(func=report.run)
+    from secretvault.backends.model import churn
+
+    sequence = msub.add_parser(
+        "churn",
+        help="grow 1 page to 2 GiB, free, small regions, 2 GiB again: the kernel (measured) "
+        "and the page model (simulated from this machine's state) side by side",
+        description="Run the churn sequence on real secret memory (root, memfd_secret, x86-64) "
+        "and simulate it on the page-by-page model started from this machine's state; print "
+        "the splits and 2 MiB regions of every step on both sides with their ratio. Exit 0 "
+        "when the model agrees within the tolerances of docs/models.md, 1 when not.",
+        formatter_class=Formatter,
+    )
+    churn.configure_parser(sequence)
+    sequence.set_defaults(func=churn.run)

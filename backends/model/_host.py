@@ -1,0 +1,218 @@
+"""This machine's memory as the kernel reports it, imported into a model.
+
+A simulation that is to predict the kernel's splits on *this* machine has to
+start where the machine is: its size, its direct map as booted, the 2 MiB
+regions already split, and how its free memory lies by migrate type and
+order.  :class:`HostMemory` reads those from ``/proc`` (no root needed);
+:func:`host_machine` builds a :class:`Machine` in that state.
+
+What ``/proc`` tells, and what the import assumes where it does not:
+
+* ``MemTotal`` and ``DirectMap4k/2M/1G`` with the split counters give the
+  boot layout: every level-2 split moved 2 MiB from ``DirectMap2M`` to
+  ``DirectMap4k``, every level-3 split 1 GiB from ``DirectMap1G`` to
+  ``DirectMap2M``.  Which regions are split is not readable (no ptdump).
+* ``/proc/pagetypeinfo`` gives the free blocks per migrate type and order,
+  and the pageblocks per type; ``/proc/zoneinfo`` the memory the buddy
+  allocator manages and the pages on the per-CPU lists, which pagetypeinfo
+  does not count: with 6.x's auto-tuned ``high`` a 2 GiB free leaves over
+  1 GiB there, and the next allocation takes those first.  Memory not
+  managed yet (``deferred_init=lazy``: the zone grows on demand, counted
+  in ``MemFree`` already) is fresh, whole and movable, and is imported so.
+* **Assumption**: the free unmovable pages lie in the regions already split.
+  Secret memory is the main source of splits, its pages are unmovable, and
+  freed ones go back to the unmovable lists of their own pageblocks.  On a
+  machine whose splits were made by secret memory this is exact; the churn
+  measurement (``docs/models.md``) is its check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from secretvault.backends import _procfs
+from secretvault.backends.model._directmap import BYTES_1G, BYTES_2M, PAGE_BYTES, DirectMap
+from secretvault.backends.model._machine import Machine
+from secretvault.backends.model._physmem import (
+    MAX_ORDER,
+    MOVABLE,
+    PAGEBLOCK_PAGES,
+    RECLAIMABLE,
+    UNMOVABLE,
+    PhysicalMemory,
+)
+from secretvault.backends.model._workload import QUIET
+
+_TYPES = {"Unmovable": UNMOVABLE, "Movable": MOVABLE, "Reclaimable": RECLAIMABLE}
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    """One reading of the machine's memory state."""
+
+    mem_total: int  # bytes
+    mem_free: int  # bytes, managed or not
+    directmap_4k: int  # bytes now
+    directmap_2m: int
+    directmap_1g: int
+    level2_splits: int
+    level3_splits: int
+    managed_pages: int
+    #: pages on the per-CPU lists: free, but not in pagetypeinfo's counts
+    #: (auto-tuned ``high``: hundreds of MiB of just-freed pages here)
+    pcp_pages: int
+    #: free blocks per migrate type: counts per order 0..MAX_ORDER (order 10 as two 9s)
+    free_blocks: tuple[tuple[int, ...], ...]
+    pageblocks: tuple[int, ...]  # per migrate type (unmovable, movable, reclaimable)
+
+    @classmethod
+    def read(cls) -> HostMemory:
+        info = _procfs.meminfo()
+        vm = _procfs.vmstat("direct_map_level2_splits", "direct_map_level3_splits")
+        free, blocks = _pagetypes(_procfs.read_text("/proc/pagetypeinfo") or "")
+        zoneinfo = _procfs.read_text("/proc/zoneinfo") or ""
+        return cls(
+            mem_total=info.get("MemTotal", 0),
+            mem_free=info.get("MemFree", 0),
+            directmap_4k=info.get("DirectMap4k", 0),
+            directmap_2m=info.get("DirectMap2M", 0),
+            directmap_1g=info.get("DirectMap1G", 0),
+            level2_splits=vm.get("direct_map_level2_splits", 0),
+            level3_splits=vm.get("direct_map_level3_splits", 0),
+            managed_pages=_zoneinfo(zoneinfo)[0],
+            pcp_pages=_zoneinfo(zoneinfo)[1],
+            free_blocks=free,
+            pageblocks=blocks,
+        )
+
+    @property
+    def boot_layout(self) -> tuple[int, int, int]:
+        """``DirectMap4k/2M/1G`` as booted: the splits since, undone."""
+        l2, l3 = self.level2_splits * BYTES_2M, self.level3_splits * BYTES_1G
+        b4k = max(0, self.directmap_4k - l2)
+        b1g = self.directmap_1g + l3
+        b2m = max(0, self.directmap_2m + l2 - l3)
+        return b4k, b2m, b1g
+
+    def free_blocks_pages(self, mt: int) -> int:
+        return sum(n << o for o, n in enumerate(self.free_blocks[mt]))
+
+    @property
+    def free_pages(self) -> int:
+        return sum(n << o for counts in self.free_blocks for o, n in enumerate(counts))
+
+
+def _pagetypes(text: str) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    """Free blocks per (type, order) and pageblocks per type, zones above DMA summed."""
+    free = [[0] * (MAX_ORDER + 1) for _ in range(3)]
+    blocks = [0, 0, 0]
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 7 or parts[0] != "Node" or parts[3].rstrip(",") == "DMA":
+            continue  # ZONE_DMA: kept from ordinary allocations, as in the model
+        if parts[4] == "type" and parts[5] in _TYPES:
+            mt = _TYPES[parts[5]]
+            for order, n in enumerate(int(x) for x in parts[6:]):
+                o = min(order, MAX_ORDER)  # the model's largest block is a pageblock
+                free[mt][o] += n << (order - o)
+        elif parts[4].isdigit():  # pageblocks: unmovable movable reclaimable ...
+            for mt, count in zip((UNMOVABLE, MOVABLE, RECLAIMABLE), parts[4:7], strict=True):
+                blocks[mt] += int(count)
+    return tuple(tuple(f) for f in free), tuple(blocks)
+
+
+def _zoneinfo(text: str) -> tuple[int, int]:
+    """Managed pages and per-CPU list pages of the zones above DMA."""
+    managed = pcp = 0
+    zone = ""
+    for line in text.splitlines():
+        parts = line.split()
+        if line.startswith("Node"):
+            zone = parts[-1]
+        elif zone == "DMA" or len(parts) < 2:
+            continue
+        elif parts[0] == "managed":
+            managed += int(parts[1])
+        elif parts[0] == "count:":
+            pcp += int(parts[1])
+    return managed, pcp
+
+
+def host_machine(host: HostMemory | None = None, *, seed: int = 0) -> Machine:
+    """A quiet :class:`Machine` in ``host``'s state (read now when not given).
+
+    Regions already split (``level2_splits`` of them) are the lowest
+    pageblocks above ZONE_DMA, unmovable, holding the free unmovable blocks;
+    the other unmovable and reclaimable pageblocks are full but for their
+    own free blocks; movable free blocks come next, whole free pageblocks
+    (and memory not managed yet) at the top; everything else is in use.
+    """
+    host = host if host is not None else HostMemory.read()
+    b4k, b2m, _ = host.boot_layout
+    m = Machine(memory_bytes=host.mem_total, workload=QUIET, seed=seed)
+    m.direct_map = dm = DirectMap.from_layout(m.phys.pages, b4k, b2m)
+    m.boot_directmap = (dm.bytes_4k, dm.bytes_2m, dm.bytes_1g)
+    phys = m.phys
+    first = phys.reserved_pages // PAGEBLOCK_PAGES
+    free_pb = list(range(first, phys.pageblocks))
+    cursor = 0
+
+    def take(n: int, mt: int) -> list[int]:
+        nonlocal cursor
+        got = free_pb[cursor : cursor + n]
+        cursor += len(got)
+        for pb in got:
+            phys.hold_pageblock(pb, mt)
+        return got
+
+    split = take(min(host.level2_splits, len(free_pb)), UNMOVABLE)
+    dm.mark_split(pb * PAGEBLOCK_PAGES for pb in split)
+    unmov = split + take(max(0, host.pageblocks[UNMOVABLE] - len(split)), UNMOVABLE)
+    # per-CPU pages are mostly the last ones freed -- secret pages among
+    # them -- and lie in runs: imported as 1 MiB blocks of the unmovable lists
+    counts = list(host.free_blocks[UNMOVABLE])
+    counts[8] += host.pcp_pages >> 8
+    for order in range(8):
+        counts[order] += host.pcp_pages >> order & 1
+    _scatter(phys, unmov, tuple(counts))
+    _scatter(phys, take(host.pageblocks[RECLAIMABLE], RECLAIMABLE), host.free_blocks[RECLAIMABLE])
+    movable = host.free_blocks[MOVABLE]
+    whole = movable[MAX_ORDER] + max(0, host.mem_free - host.free_pages * PAGE_BYTES) // (
+        PAGEBLOCK_PAGES * PAGE_BYTES
+    )
+    keep_free = min(whole, len(free_pb) - cursor)
+    in_use = len(free_pb) - cursor - keep_free  # the free whole pageblocks stay at the top
+    _scatter(phys, take(in_use, MOVABLE), (*movable[:MAX_ORDER], 0))
+    return m
+
+
+def _scatter(phys: PhysicalMemory, pbs: list[int], counts: tuple[int, ...]) -> int:
+    """Free ``counts[o]`` blocks of each order into the held pageblocks ``pbs``.
+
+    Held space is carved like a buddy allocator: a free block of order
+    ``o`` takes one half of a held block of order ``o + 1`` or more, and its
+    buddy stays held, so no two free blocks merge and the machine's
+    histogram is kept.  Returns the pages that found no room.
+    """
+    held: list[list[int]] = [[] for _ in range(MAX_ORDER + 1)]
+    held[MAX_ORDER] = [pb * PAGEBLOCK_PAGES for pb in reversed(pbs)]
+    dropped = 0
+    for order in range(MAX_ORDER, -1, -1):
+        for _ in range(counts[order] if order < len(counts) else 0):
+            if order == MAX_ORDER:
+                if not held[MAX_ORDER]:
+                    dropped += 1 << order
+                    continue
+                phys.put_free(held[MAX_ORDER].pop(), order)
+                continue
+            src = next((o for o in range(order + 1, MAX_ORDER + 1) if held[o]), None)
+            if src is None:
+                dropped += 1 << order
+                continue
+            pfn = held[src].pop()
+            while src > order + 1:  # keep splitting, upper halves stay held
+                src -= 1
+                held[src].append(pfn + (1 << src))
+            held[order].append(pfn + (1 << order))  # the buddy, held
+            phys.put_free(pfn, order)
+    return dropped

@@ -1,0 +1,92 @@
+"""The churn sequence's model side and its comparison (no kernel needed).
+
+The kernel side runs in tests/integration/test_model_churn.py; here the
+model runs from synthetic machine states whose answer is known, and the
+comparison is shown to fail on a disagreeing kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from secretvault.backends.model import churn
+from secretvault.backends.model._host import HostMemory
+from secretvault.backends.model._physmem import MAX_ORDER
+
+GiB = 1 << 30
+
+
+def fresh_host(mem_gib: int = 8, *, split: int = 0, unmovable_free: int = 0) -> HostMemory:
+    """A machine with ``split`` regions split and ``unmovable_free`` order-8 blocks in them."""
+    free_movable = (mem_gib * GiB // (2 << 20)) - split - 40
+    blocks = [0] * (MAX_ORDER + 1)
+    blocks[8] = unmovable_free
+    movable = [0] * (MAX_ORDER + 1)
+    movable[MAX_ORDER] = free_movable
+    return HostMemory(
+        mem_total=mem_gib * GiB,
+        mem_free=free_movable * (2 << 20) + unmovable_free * (1 << 20),
+        directmap_4k=(20 << 20) + split * (2 << 20),
+        directmap_2m=(2 * GiB) - split * (2 << 20),
+        directmap_1g=(mem_gib - 2) * GiB,
+        level2_splits=split,
+        level3_splits=0,
+        managed_pages=mem_gib * GiB // 4096,
+        pcp_pages=0,
+        free_blocks=(tuple(blocks), tuple(movable), (0,) * (MAX_ORDER + 1)),
+        pageblocks=(split + 20, free_movable, 20),
+    )
+
+
+def model_totals(steps: list[churn.Step]) -> tuple[int, int]:
+    grow = sum(s.l2 for s in steps[: len(churn.GROWTH)])
+    again = sum(s.l2 for s in steps[len(churn.GROWTH) + 2 :])
+    return grow, again
+
+
+def test_a_fresh_machine_splits_a_region_per_512_pages_and_reuses_them_after_a_free() -> None:
+    steps = churn.run_model(fresh_host())
+    assert [s.name for s in steps][:2] == ["grow to 1 page", "grow to 4 MiB"]
+    grow, again = model_totals(steps)
+    assert 1000 <= grow <= 1030  # 2 GiB over 2 MiB regions, whole ones
+    # the freed unmovable pages are the first reused: all but the 256 pages the
+    # small regions took from them, which need one region more
+    assert again <= 1
+
+
+def test_a_kept_first_region_sends_the_second_to_fresh_regions() -> None:
+    grow, again = model_totals(churn.run_model(fresh_host(), keep_first=True))
+    assert 1000 <= grow <= 1030
+    assert 1000 <= again <= 1030
+
+
+def test_free_unmovable_pages_in_split_regions_are_used_first() -> None:
+    # 400 split regions each holding a free 1 MiB block: 102,400 pages land
+    # there without a split before the allocation claims whole regions
+    grow, _ = model_totals(churn.run_model(fresh_host(split=400, unmovable_free=400)))
+    assert 1024 - 200 - 10 <= grow <= 1024 - 200 + 10
+
+
+def test_the_comparison_fails_when_the_kernel_disagrees() -> None:
+    host = fresh_host()
+    model = churn.run_model(host)
+    agreed = churn.compare(host, model, 0.0)
+    assert agreed.agrees, str(agreed)
+    # the kernel puts the second allocation in fresh regions: the model must fail
+    wrong = [dataclasses.replace(s, l2=s.l2 + (s.regions if "again" in s.name else 0))
+             for s in model]
+    result = churn.compare(host, wrong, 0.0)
+    assert not result.agrees
+    assert any("again to 2048 MiB: level-2" in f for f in result.failures), result.failures
+    assert "DISAGREES" in str(result) and "ratio" in str(result)
+
+
+def test_tolerance_is_two_sided_and_has_its_floor() -> None:
+    k = churn.Step("s", 100, 0, 100)
+    ok = churn.StepCheck("s", k, churn.Step("s", 115, 0, 100), churn.FLOOR)
+    over = churn.StepCheck("s", k, churn.Step("s", 116, 0, 100), churn.FLOOR)
+    under = churn.StepCheck("s", k, churn.Step("s", 84, 0, 100), churn.FLOOR)
+    small = churn.StepCheck("s", churn.Step("s", 0, 0, 1), churn.Step("s", 3, 2, 1), churn.FLOOR)
+    assert not ok.failures() and over.failures() and under.failures()
+    # 3 splits against 0 is within the floor; 2 level-3 splits against 0 is not
+    assert small.failures() == ["s: level-3 splits model 2 vs kernel 0"]
