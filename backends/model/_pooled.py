@@ -162,7 +162,8 @@ class PooledPmdDesign(SecretmemDesign):
         return OomKilled(
             f"{what}. secretmem_fault returned VM_FAULT_OOM and the page-fault OOM path "
             f"killed model process {proc.pid} (SIGKILL) with {free_mib:,} MiB of memory "
-            f"free; its exit released {len(files)} secret files and {chunks} chunks"
+            f"free; its exit released {len(files)} secret file{'s' * (len(files) != 1)} "
+            f"and {chunks} chunk{'s' * (chunks != 1)}"
         )
 
     def _put_pages(self, f: SecretFile) -> None:
