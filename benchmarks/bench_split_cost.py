@@ -83,9 +83,11 @@ def not_measured(pmu: bool) -> str:
         "2 MiB (page cache copies, networking, anything through the direct map) use 512 "
         "4 KiB TLB entries instead of one, and miss the TLB more often. Measuring that "
         "needs hardware counters (dTLB misses, page-walk cycles) attributed to "
-        f"direct-map accesses: {where}. On a VM every guest TLB miss also walks the "
-        "host's nested page tables, so a figure taken here would not be bare metal's "
-        "either. This benchmark does not estimate it."
+        f"direct-map accesses: {where}. Timing faults by whether their page's region is "
+        "split would not measure it either: a fault zeroes one page, at most one more page "
+        "walk, far inside a fault's run-to-run spread. On a VM every guest TLB miss also "
+        "walks the host's nested page tables, so a figure taken here would not be bare "
+        "metal's either. This benchmark does not estimate it."
     )
 
 

@@ -32,8 +32,8 @@ direct map fragmentation" (the design the review turned down).
   per-page charge.  It was never in v16.
 * The mlock rlimit is charged at mmap as in every version (``_machine``).
 
-Where the chunks come from is the one method a subclass changes
-(:meth:`PooledPmdDesign._chunk_alloc`): ``_pmdbuddy.py`` takes them from the
+Where the chunks come from and go back to is all a subclass changes
+(``_chunk_alloc``, ``_chunk_free``): ``_pmdbuddy.py`` takes them from the
 buddy allocator instead of CMA.
 """
 
