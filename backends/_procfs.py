@@ -40,6 +40,38 @@ def vmstat(*names: str) -> dict[str, int]:
     return out
 
 
+class SplitCounters:
+    """``direct_map_level2_splits`` and ``..._level3_splits``, read fast.
+
+    For a probe that reads them after every page fault: the file stays open
+    and one ``pread`` is searched for the two lines, without parsing the
+    other ~180 (:func:`vmstat` costs ~90 us, this ~25).  Both read 0 where
+    the kernel has no such counters (not x86, or older than 5.4).
+    """
+
+    _KEYS = (b"\ndirect_map_level2_splits ", b"\ndirect_map_level3_splits ")
+
+    def __init__(self) -> None:
+        self._fd = os.open("/proc/vmstat", os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self) -> tuple[int, int]:
+        """(level-2 splits, level-3 splits) now."""
+        raw = os.pread(self._fd, 1 << 16, 0)
+        l2, l3 = (self._field(raw, k) for k in self._KEYS)
+        return l2, l3
+
+    @staticmethod
+    def _field(raw: bytes, key: bytes) -> int:
+        i = raw.find(key)
+        if i < 0:
+            return 0
+        i += len(key)
+        return int(raw[i : raw.index(b"\n", i)])
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 def meminfo() -> dict[str, int]:
     """/proc/meminfo in bytes."""
     text = read_text("/proc/meminfo") or ""

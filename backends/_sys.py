@@ -38,6 +38,7 @@ MAP_PRIVATE = 0x02
 MAP_ANONYMOUS = 0x20
 MADV_DONTFORK = 10
 MADV_DONTDUMP = 16
+MADV_NOHUGEPAGE = 15
 _MAP_FAILED = ctypes.c_void_p(-1).value
 O_CLOEXEC = os.O_CLOEXEC
 
@@ -267,6 +268,24 @@ def mmap_anonymous_locked(length: int) -> int:
             raise BackendError(f"mlock failed: {os.strerror(err)}")
         madvise(addr, length, MADV_DONTDUMP)
         madvise(addr, length, MADV_DONTFORK)
+    except BaseException:
+        munmap(addr, length)
+        raise
+    return int(addr)
+
+
+def mmap_anonymous(length: int) -> int:
+    """Private anonymous memory, not locked, without transparent huge pages.
+
+    Ordinary process memory as a benchmark's peer: each first touch faults
+    one 4 KiB page in (MADV_NOHUGEPAGE), which never leaves the direct map.
+    """
+    addr = _libc.mmap(None, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if addr in (None, _MAP_FAILED):
+        err = _errno()
+        raise BackendError(f"mmap of {length} anonymous bytes failed: {os.strerror(err)}")
+    try:
+        madvise(addr, length, MADV_NOHUGEPAGE)
     except BaseException:
         munmap(addr, length)
         raise

@@ -10,7 +10,9 @@
    accounting all work on every fault, and frees go through them too;
 2. **pooled-pmd-model faults per second**: the same loop on the pooled
    design (a 1 GiB CMA area: every 256-page file holds a whole chunk);
-3. **peer: the real kernel's memfd_secret first-touch rate**: pages per
+3. **pmd-buddy-model faults per second**: the same loop on the third design
+   (order-9 buddy chunks, order 0 when no 2 MiB block is free);
+4. **peer: the real kernel's memfd_secret first-touch rate**: pages per
    second faulted by one ``memset`` over a fresh 64 MiB secret region (each
    fault allocates a page, removes it from the direct map and flushes the
    kernel TLB), measured in the same rounds.
@@ -30,7 +32,13 @@ from collections import deque
 from benchmarks._measure import Measure, per_round_ratio
 from secretvault.api.errors import SecretMemoryUnavailable
 from secretvault.backends import MemfdSecretBackend, _sodium
-from secretvault.backends.model import DEFAULT_MEMORY, Machine, PageByPageDesign, PooledPmdDesign
+from secretvault.backends.model import (
+    DEFAULT_MEMORY,
+    Machine,
+    PageByPageDesign,
+    PmdBuddyDesign,
+    PooledPmdDesign,
+)
 from secretvault.backends.model._machine import SecretFile, SecretmemDesign
 
 MiB = 1 << 20
@@ -86,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     page = Measure("page-model", "page-model simulated faults", unit="faults/s")
     pooled = Measure("pooled-pmd-model", "pooled-pmd-model simulated faults", unit="faults/s")
+    buddy = Measure("pmd-buddy-model", "pmd-buddy-model simulated faults", unit="faults/s")
     kernel = Measure("kernel", "memfd_secret first touch (real kernel)", unit="pages/s")
     page_seconds: list[float] = []
     boot_seconds: list[float] = []
@@ -98,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         page.rounds.append(args.faults / s)
         m = Machine(memory_bytes=DEFAULT_MEMORY, cma_bytes=1024 * MiB, seed=args.seed + r)
         pooled.rounds.append(args.faults / _simulate(PooledPmdDesign(m), args.faults))
+        m = Machine(memory_bytes=DEFAULT_MEMORY, seed=args.seed + r)
+        buddy.rounds.append(args.faults / _simulate(PmdBuddyDesign(m), args.faults))
         if kernel.missing is None:
             try:
                 kernel.rounds.append(_kernel_first_touch(16384, 1.0))
@@ -105,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 kernel.missing = str(e)
         print(
             f"round {r + 1}/{args.rounds}: page-model {page.rounds[-1]:,.0f} faults/s, "
-            f"pooled {pooled.rounds[-1]:,.0f} faults/s"
+            f"pooled {pooled.rounds[-1]:,.0f} faults/s, pmd-buddy {buddy.rounds[-1]:,.0f} faults/s"
             + (f", kernel {kernel.rounds[-1]:,.0f} pages/s" if kernel.rounds else ""),
             file=sys.stderr,
         )
@@ -117,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("figure", "value", "peer", "peer value", "ratio"):
         table.add_column(col, justify="left" if col in ("figure", "peer") else "right")
     peer = kernel.missing or f"{kernel.value:,.0f} pages/s"
-    for m_ in (page, pooled):
+    for m_ in (page, pooled, buddy):
         ratio = per_round_ratio(m_, kernel) if kernel.rounds else float("nan")
         table.add_row(m_.label, f"{m_.value:,.0f} faults/s", kernel.label, peer, f"{ratio:.3f}x")
     console = Console()

@@ -1,4 +1,4 @@
-"""Models of secret memory: physical memory, the direct map, two designs.
+"""Models of secret memory: physical memory, the direct map, three designs.
 
 The review of "secretmem: use PMD-size pages to amortize direct map
 fragmentation" (v16) weighed a pool of 2 MiB pages against allocating page
@@ -11,7 +11,9 @@ by page.  These models answer it with numbers:
 * :class:`BackgroundWorkload` -- the rest of the machine, seeded;
 * :class:`Machine` -- all of it plus processes, rlimits and memcgs;
 * :class:`PageByPageDesign` / :class:`PooledPmdDesign` -- the merged design
-  and the v16 pool;
+  and the v16 pool (``VM_FAULT_OOM`` when drained: :class:`OomKilled`);
+* :class:`PmdBuddyDesign` -- the review's third possibility: the pool filled
+  by plain order-9 buddy allocations, order 0 when no 2 MiB block is free;
 * :class:`PageModelBackend` / :class:`PooledPmdModelBackend` -- the same, as
   real backends (``page-model``, ``pooled-pmd-model``) the vault can run on,
   with locked ordinary memory and ``protection="model"``.
@@ -47,7 +49,8 @@ from secretvault.backends.model._physmem import (
     UNMOVABLE,
     PhysicalMemory,
 )
-from secretvault.backends.model._pooled import PooledPmdDesign, PooledPmdModelBackend
+from secretvault.backends.model._pmdbuddy import PmdBuddyDesign
+from secretvault.backends.model._pooled import OomKilled, PooledPmdDesign, PooledPmdModelBackend
 from secretvault.backends.model._workload import QUIET, BackgroundWorkload, WorkloadConfig
 
 #: the CLI's ``--backend`` values of the two models
@@ -121,9 +124,11 @@ __all__ = [
     "Memcg",
     "ModelBackend",
     "ModelProcess",
+    "OomKilled",
     "PageByPageDesign",
     "PageModelBackend",
     "PhysicalMemory",
+    "PmdBuddyDesign",
     "PooledPmdDesign",
     "PooledPmdModelBackend",
     "SecretFile",

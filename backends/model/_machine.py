@@ -74,6 +74,7 @@ class ModelProcess:
     memlock_limit: int | None  # bytes; None: unlimited (or CAP_IPC_LOCK)
     cpu: int = 0
     locked_vm: int = 0
+    killed: bool = False  # by the OOM path of a fault (the v16 pool)
 
 
 @dataclass(eq=False)

@@ -431,3 +431,16 @@ class PhysicalMemory:
             if self._free[head] == order + 1:
                 return True
         return False
+
+    def free_2m_blocks(self, *, cma: bool = False) -> int:
+        """Free aligned 2 MiB blocks on the buddy lists, in 2 MiB units.
+
+        ``/proc/buddyinfo``'s order-9 column and up; those of the CMA area
+        only with ``cma`` (an unmovable allocation cannot use them).
+        """
+        types = range(len(MIGRATE_NAMES)) if cma else (UNMOVABLE, MOVABLE, RECLAIMABLE)
+        return sum(
+            len(self._lists[mt][order]) << (order - PAGEBLOCK_ORDER)
+            for mt in types
+            for order in range(PAGEBLOCK_ORDER, MAX_ORDER + 1)
+        )

@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 from secretvault.backends.model._machine import DEFAULT_CMA, DEFAULT_MEMORY
 from secretvault.backends.model.scenarios import (
+    COMPARED,
     SCENARIOS,
     ModelResult,
     ScenarioConfig,
@@ -69,7 +70,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fallback",
         action="store_true",
-        help="also run the pooled model with the order-0 fallback proposed in review",
+        help="also run the v16 pool with the order-0 fallback proposed in review (never in v16)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the background workload")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -100,12 +101,13 @@ _COLUMNS = (
     "pool waste",
     "failures",
     "memcg over-charge",
+    "free 2M blocks",
 )
 
 
 def _row(r: ModelResult) -> list[str]:
     pps = r.pages_per_split
-    return [
+    row = [
         r.scenario,
         r.model,
         f"{r.faults:,}" + (f" of {r.pages_requested:,}" if r.faults != r.pages_requested else ""),
@@ -119,7 +121,14 @@ def _row(r: ModelResult) -> list[str]:
         f"{r.allocation_failures:,}",
         _mib(r.peak_memcg_overcharge_bytes)
         + (f" (x{r.worst_memcg_charge_ratio:,.0f})" if r.worst_memcg_charge_ratio > 1.05 else ""),
+        f"{r.free_2m_series[0][1]:,}, low {r.min_free_2m_blocks:,}, "
+        f"end {r.free_2m_series[-1][1]:,}",
     ]
+    if r.oom_kills:
+        row[10] += f" ({r.oom_kills:,} OOM-killed)"
+    elif r.fallback_faults:
+        row[10] += f" ({r.fallback_faults:,} order-0 fallbacks)"
+    return row
 
 
 def markdown_table(results: Sequence[ModelResult]) -> str:
@@ -139,7 +148,8 @@ def print_table(results: Sequence[ModelResult], cfg: ScenarioConfig) -> None:
         ),
         caption=(
             "secret pages: faults served (of requested); pool waste, over-charge: peaks; "
-            "(xR): worst memcg's charge / use. protection: model (simulation)"
+            "(xR): worst memcg's charge / use; OOM-killed: v16's VM_FAULT_OOM; free 2M "
+            "blocks (outside CMA): at start, lowest, at end. protection: model (simulation)"
         ),
     )
     for c in _COLUMNS:
@@ -195,7 +205,7 @@ def plot(results: Sequence[ModelResult], path: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     scenarios: list[str] = args.scenario or list(SCENARIOS)
-    models = ["page-model", "pooled-pmd-model"]
+    models = list(COMPARED)
     if args.fallback:
         models.append("pooled-pmd-model+fallback")
     if args.keys <= 0:
@@ -224,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="secretvault model compare",
-        description="Compare the page-by-page and pooled-PMD secret memory models.",
+        description="Compare the page-by-page, pooled-PMD (v16) and PMD-buddy models.",
     )
     configure_parser(parser)
     return run(parser.parse_args(argv))

@@ -9,6 +9,12 @@
 * ``fork-bomb`` -- the case raised in review: N processes, each mapping one
   secret page.
 
+Three designs (:data:`MODELS`): page-by-page, the v16 pool (a drained pool
+is ``VM_FAULT_OOM``: the faulting process is killed and stops), and plain
+PMD-order buddy allocations with an order-0 fallback; the pool with the
+fallback proposed in review is a fourth, optional variant.  Every run also
+samples how many free 2 MiB blocks the machine has outside CMA.
+
 Keys are packed the way :class:`secretvault.backends.SlotAllocator` packs them (64
 Ed25519 keys per page, regions growing by 1/16 of what is mapped between
 16 and 256 pages, pages first touched when carved, the fullest page first,
@@ -38,6 +44,7 @@ from secretvault.backends.model._machine import (
     SecretmemDesign,
 )
 from secretvault.backends.model._pagebypage import PageByPageDesign
+from secretvault.backends.model._pmdbuddy import PmdBuddyDesign
 from secretvault.backends.model._pooled import PooledPmdDesign
 from secretvault.backends.model._workload import WorkloadConfig
 
@@ -226,6 +233,11 @@ class ModelResult:
     series: tuple[tuple[int, int], ...]  # (pages requested, level-2 splits)
     waste_series: tuple[tuple[int, int], ...]  # (pages requested, pool waste bytes)
     seconds: float
+    oom_kills: int = 0  # processes killed on VM_FAULT_OOM (the v16 pool)
+    fallback_faults: int = 0  # order-0 fallback pages taken (pooled designs)
+    # free 2 MiB blocks outside CMA: (pages requested, blocks), and its lowest
+    free_2m_series: tuple[tuple[int, int], ...] = ()
+    min_free_2m_blocks: int = 0
 
     @property
     def pages_per_split(self) -> float | None:
@@ -248,6 +260,7 @@ class _Run:
         self._next = 0
         self.series: list[tuple[int, int]] = [(0, self.machine.direct_map.level2_splits)]
         self.waste_series: list[tuple[int, int]] = [(0, 0)]
+        self.free_2m_series = [(0, self.machine.phys.free_2m_blocks())]
         self._t0 = time.perf_counter()
 
     def attempt(self, fn: Callable[[], object]) -> bool:
@@ -272,6 +285,9 @@ class _Run:
         waste = (self.requested, self.design.pool_waste_pages() * PAGE_BYTES)
         if self.waste_series[-1] != waste:
             self.waste_series.append(waste)
+        free_2m = (self.requested, self.machine.phys.free_2m_blocks())
+        if self.free_2m_series[-1][1] != free_2m[1]:
+            self.free_2m_series.append(free_2m)
 
     def result(self) -> ModelResult:
         self.sample()
@@ -297,6 +313,13 @@ class _Run:
             series=tuple(self.series),
             waste_series=tuple(self.waste_series),
             seconds=time.perf_counter() - self._t0,
+            oom_kills=int(getattr(self.design, "oom_kills", 0)),
+            fallback_faults=int(getattr(self.design, "fallback_faults", 0)),
+            free_2m_series=tuple(self.free_2m_series),
+            min_free_2m_blocks=min(
+                min(n for _, n in self.free_2m_series),
+                getattr(self.design, "min_free_2m", self.free_2m_series[0][1]),
+            ),
         )
 
 
@@ -305,7 +328,8 @@ def _keyring(run: _Run, cfg: ScenarioConfig) -> None:
     vault = m.spawn(memcg="/vault", memlock_limit=None)
     ring = KeyringSim(run.design, vault)
     for _ in range(cfg.keys):
-        run.attempt(ring.add)
+        if not run.attempt(ring.add) and vault.killed:
+            break  # OOM-killed: a dead vault stores no more keys
 
 
 def _churn(run: _Run, cfg: ScenarioConfig) -> None:
@@ -335,8 +359,8 @@ def _churn(run: _Run, cfg: ScenarioConfig) -> None:
                 break
         if ok:
             live.append((step + lifetime, f))
-        else:
-            run.design.release(f)  # the process dies of SIGBUS
+        elif not f.closed:  # (an OOM kill released it already)
+            run.design.release(f)  # the session gives up, or dies
         for _ in range(cfg.churn_idle_ops):
             m.workload.step()
     for _, f in live:
@@ -365,7 +389,7 @@ def _fork_bomb(run: _Run, cfg: ScenarioConfig) -> None:
         except MemlockExceeded:
             run.failures += 1
             continue
-        if not run.attempt(partial(run.design.fault, f, 0)):
+        if not run.attempt(partial(run.design.fault, f, 0)) and not f.closed:
             run.design.release(f)
 
 
@@ -388,8 +412,12 @@ _EXPECTED: dict[str, Callable[[ScenarioConfig], int]] = {
 MODELS: dict[str, tuple[Callable[[Machine], SecretmemDesign], bool]] = {
     "page-model": (PageByPageDesign, False),
     "pooled-pmd-model": (lambda m: PooledPmdDesign(m, fallback=False), True),
+    "pmd-buddy-model": (PmdBuddyDesign, False),
+    # the review's proposal, never in v16: compare --fallback adds it
     "pooled-pmd-model+fallback": (lambda m: PooledPmdDesign(m, fallback=True), True),
 }
+#: what ``secretvault model compare`` runs unless asked for the variant
+COMPARED: tuple[str, ...] = ("page-model", "pooled-pmd-model", "pmd-buddy-model")
 
 
 def run_scenario(scenario: str, model: str, cfg: ScenarioConfig | None = None) -> ModelResult:

@@ -467,7 +467,7 @@ def test_model_compare_is_wired() -> None:
     p = sv("model", "compare", "--scenario", "keyring", "--keys", "2000", "--json")
     assert p.returncode == 0, p.stderr
     models = {r["model"] for r in json.loads(p.stdout)}
-    assert {"page-model", "pooled-pmd-model"} <= models
+    assert {"page-model", "pooled-pmd-model", "pmd-buddy-model"} <= models
 
 
 # --- serve -----------------------------------------------------------------------------------

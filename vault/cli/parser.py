@@ -74,7 +74,7 @@ def build_parser(*, lazy: bool = False) -> argparse.ArgumentParser:
     _add_crypto(sub, lazy)
     deferred(sub, "stats", "secret memory accounting, memlock headroom, direct-map splits",
              _stats, lazy=lazy)
-    deferred(sub, "model", "the page-by-page and pooled-PMD models of secret memory",
+    deferred(sub, "model", "the page-by-page, pooled-PMD and PMD-buddy models of secret memory",
              _add_model, lazy=lazy)
     return parser
 
@@ -333,15 +333,16 @@ def _add_model(model: argparse.ArgumentParser) -> None:
     from secretvault.backends.model import report
 
     model.description = (
-        "Questions for the two model backends: how the pooled-PMD (v16) and "
-        "page-by-page (merged) designs of secret memory compare.")
+        "Questions for the models of secret memory: how the page-by-page (merged), "
+        "pooled-PMD (v16) and PMD-buddy (the review's third) designs compare.")
     msub = subcommands(model, "model_command", "secretvault model")
     compare = msub.add_parser(
         "compare",
-        help="run the same workloads on both models and report direct-map splits, "
-        "memory and failures",
-        description="Replay workloads on the pooled-PMD and page-by-page models and report "
-        "direct-map splits, memory held and failures side by side.",
+        help="run the same workloads on the three designs and report direct-map splits, "
+        "memory, failures and free 2 MiB blocks",
+        description="Replay workloads on the page-by-page, pooled-PMD (v16) and PMD-buddy "
+        "models and report direct-map splits, memory held, failures (v16: OOM kills) and "
+        "free 2 MiB blocks side by side.",
         formatter_class=Formatter,
     )
     report.configure_parser(compare)

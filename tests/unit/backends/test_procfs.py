@@ -173,3 +173,18 @@ def test_memcg_on_this_machine_matches_the_files() -> None:
         pytest.skip("no memory cgroup readable on this machine (/proc/self/cgroup)")
     assert got.version in (1, 2)
     assert got.usage is None or got.usage > 0
+
+
+def test_split_counters_read_what_vmstat_says() -> None:
+    names = ("direct_map_level2_splits", "direct_map_level3_splits")
+    counters = _procfs.SplitCounters()
+    try:
+        for _ in range(3):
+            before = _procfs.vmstat(*names)
+            fast = counters.read()
+            after = _procfs.vmstat(*names)
+            if before == after:  # no split in between (they are system-wide)
+                break
+        assert fast == (before.get(names[0], 0), before.get(names[1], 0))
+    finally:
+        counters.close()

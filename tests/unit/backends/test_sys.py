@@ -96,6 +96,19 @@ def test_mmap_anonymous_locked_flags() -> None:
         _sys.munmap(addr, 2 * PAGE)
 
 
+def test_mmap_anonymous_faults_page_by_page_without_huge_pages() -> None:
+    addr = _sys.mmap_anonymous(4 * PAGE)
+    try:
+        flags = set(vma(addr)["VmFlags"].split())
+        assert "nh" in flags and not {"lo", "sh"} & flags
+        assert _sys.mincore(addr, 4 * PAGE) == 0  # nothing until first touch
+        _sodium.sodium_memzero(_sodium.pointer(addr + PAGE), 1)
+        _sodium.sodium_memzero(_sodium.pointer(addr + 3 * PAGE), 1)
+        assert _sys.mincore(addr, 4 * PAGE) == 2
+    finally:
+        _sys.munmap(addr, 4 * PAGE)
+
+
 def test_madvise_and_munmap_errors_are_typed() -> None:
     with pytest.raises(BackendError, match="madvise"):
         _sys.madvise(PAGE + 1, PAGE, _sys.MADV_DONTFORK)  # unaligned: EINVAL

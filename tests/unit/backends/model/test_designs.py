@@ -8,6 +8,7 @@ from secretvault.api.errors import MemlockExceeded, PoolExhausted, SecretMemoryE
 from secretvault.backends.model import (
     QUIET,
     Machine,
+    OomKilled,
     PageByPageDesign,
     PooledPmdDesign,
     WorkloadConfig,
@@ -137,8 +138,9 @@ def test_every_file_has_its_own_pool() -> None:
 
 
 def test_pool_fails_when_cma_is_drained() -> None:
+    # the backend's variant: the same fault refused, nobody killed
     m = quiet_machine(cma=4 * MiB)
-    d = PooledPmdDesign(m)
+    d = PooledPmdDesign(m, kill_on_oom=False)
     a, b, c = (d.mmap(m.spawn(), 1) for _ in range(3))
     d.fault(a, 0)
     d.fault(b, 0)
@@ -151,6 +153,37 @@ def test_pool_fails_when_cma_is_drained() -> None:
     d.release(a)  # the chunk goes back to CMA, whole
     assert d.fault(c, 0) == m.phys.cma_start
     assert m.direct_map.level2_splits == 0
+
+
+def test_v16_drained_pool_is_vm_fault_oom_and_the_faulting_process_is_killed() -> None:
+    """v16 had no fallback: secretmem_fault returned VM_FAULT_OOM, the fault
+    path's OOM killer ended the process, and its exit gave its chunks back."""
+    m = quiet_machine(cma=6 * MiB)
+    d = PooledPmdDesign(m)
+    holder, victim = m.spawn(memcg="/h"), m.spawn(memcg="/v")
+    a = d.mmap(holder, 1)
+    d.fault(a, 0)
+    small, big = d.mmap(victim, 1), d.mmap(victim, 600)
+    d.fault(small, 0)
+    for i in range(512):
+        d.fault(big, i)  # the third and last chunk
+    assert m.phys.cma_chunks_free == 0
+    killed = rf"VM_FAULT_OOM.*killed model process {victim.pid} \(SIGKILL\)"
+    with pytest.raises(OomKilled, match=killed):
+        d.fault(big, 512)  # needs a fourth chunk: none
+    assert victim.killed and not holder.killed
+    assert d.oom_kills == 1 and d.failures == 1
+    # its exit released both its files: two chunks back, charges gone
+    assert small.closed and big.closed and not a.closed
+    assert m.phys.cma_chunks_free == 2 and d.chunks_held == 1
+    assert m.memcg("/v").charged == m.memcg("/v").used == 0
+    assert victim.locked_vm == 0 and m.direct_map.pages_invalid == 512
+    assert dict(d.extra())["oom_kills"] == 1.0
+    with pytest.raises(ValueError, match="was killed"):
+        d.mmap(victim, 1)  # a dead process maps nothing
+    # the others go on: the freed chunks serve the next fault
+    c = d.mmap(m.spawn(), 1)
+    assert d.fault(c, 0) == m.phys.cma_start + 512
 
 
 def test_fallback_gives_order0_pages_with_their_own_split_and_charge() -> None:

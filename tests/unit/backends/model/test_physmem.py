@@ -140,3 +140,16 @@ def test_sizes_are_whole_pageblocks() -> None:
         PhysicalMemory(100)
     with pytest.raises(ValueError):
         PhysicalMemory(2 * PAGEBLOCK_PAGES, cma_pages=2 * PAGEBLOCK_PAGES)
+
+
+def test_free_2m_blocks_counts_whole_free_pageblocks_cma_apart() -> None:
+    pm = PhysicalMemory(16 * PAGEBLOCK_PAGES, cma_pages=4 * PAGEBLOCK_PAGES, pcp_high=0)
+    assert pm.free_2m_blocks() == 12 and pm.free_2m_blocks(cma=True) == 16
+    page = pm.alloc(0, UNMOVABLE)  # a batch of the pcp refill splits one block
+    assert pm.free_2m_blocks() == 11
+    block = pm.alloc(9, UNMOVABLE)  # a whole block, claimed from movable
+    assert pm.free_2m_blocks() == 10 and pm.pageblock_type(block) == UNMOVABLE
+    pm.free(block, 9, UNMOVABLE)
+    pm.free(page, 0, UNMOVABLE)
+    pm.drain_pcp()
+    assert pm.free_2m_blocks() == 12  # the buddies merged back

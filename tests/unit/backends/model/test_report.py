@@ -59,6 +59,9 @@ def test_table_names_every_scenario_and_model(capsys: pytest.CaptureFixture[str]
         "pool waste",
         "memcg over-charge",
         "protection: model",
+        "pmd-buddy-model",
+        "free 2M blocks",
+        "OOM-killed",
     ):
         assert word in out
     assert "churn" not in out and "+fallback" not in out
@@ -68,8 +71,18 @@ def test_json_has_the_figures(capsys: pytest.CaptureFixture[str]) -> None:
     assert report.run(parse(*SMALL, "--scenario", "fork-bomb", "--fallback", "--json")) == 0
     rows = json.loads(capsys.readouterr().out)
     by_model = {r["model"]: r for r in rows}
-    assert set(by_model) == {"page-model", "pooled-pmd-model", "pooled-pmd-model+fallback"}
+    assert set(by_model) == {
+        "page-model",
+        "pooled-pmd-model",
+        "pmd-buddy-model",
+        "pooled-pmd-model+fallback",
+    }
     assert by_model["pooled-pmd-model"]["allocation_failures"] == 1500 - 8
+    # v16: every failed fault was VM_FAULT_OOM, and its process was killed
+    assert by_model["pooled-pmd-model"]["oom_kills"] == 1500 - 8
+    assert by_model["pooled-pmd-model+fallback"]["oom_kills"] == 0
+    buddy = by_model["pmd-buddy-model"]
+    assert buddy["free_2m_series"][0][0] == 0 and buddy["min_free_2m_blocks"] == 0
     assert by_model["page-model"]["allocation_failures"] == 0
     assert by_model["pooled-pmd-model"]["level2_splits"] == 0
 
@@ -85,7 +98,8 @@ def test_markdown(capsys: pytest.CaptureFixture[str]) -> None:
     assert report.run(parse(*SMALL, "--scenario", "churn", "--markdown")) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| scenario | model |")
-    assert len(lines) == 4
+    assert len(lines) == 5  # header, rule, one row per design (issue 15: three)
+    assert lines[-1].startswith("| churn | pmd-buddy-model |")
 
 
 def test_bad_sizes_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,7 @@ import pytest
 from secretvault.backends import SlotAllocator
 from secretvault.backends.model import QUIET, Machine, PageByPageDesign, make_model_backend
 from secretvault.backends.model.scenarios import (
+    COMPARED,
     MODELS,
     SCENARIOS,
     KeyringSim,
@@ -125,4 +126,41 @@ def test_unknown_names_are_refused() -> None:
         run_scenario("nope", "page-model")
     with pytest.raises(ValueError, match="unknown model"):
         run_scenario("keyring", "nope")
-    assert set(MODELS) == {"page-model", "pooled-pmd-model", "pooled-pmd-model+fallback"}
+    assert set(MODELS) == {
+        "page-model",
+        "pooled-pmd-model",
+        "pmd-buddy-model",
+        "pooled-pmd-model+fallback",
+    }
+
+
+def test_v16_pool_kills_where_the_review_fallback_serves() -> None:
+    cfg = small_cfg()  # 16 chunks of CMA
+    v16 = run_scenario("fork-bomb", "pooled-pmd-model", cfg)
+    assert v16.oom_kills == v16.allocation_failures == 3000 - 16
+    # one keyring needing more chunks than CMA has: the vault itself is
+    # OOM-killed on the fault that finds none, and stores nothing after
+    big = small_cfg(keys=64 * 512 * 20)
+    ring = run_scenario("keyring", "pooled-pmd-model", big)
+    assert ring.oom_kills == ring.allocation_failures == 1
+    assert ring.pages_requested == ring.faults + 1 < 512 * 16
+    served = run_scenario("keyring", "pooled-pmd-model+fallback", big)
+    assert served.oom_kills == 0 and served.faults == 512 * 20
+    assert served.fallback_faults > 0 and served.level2_splits > 0
+
+
+def test_three_designs_compared_each_run_samples_free_2m_blocks() -> None:
+    assert COMPARED == ("page-model", "pooled-pmd-model", "pmd-buddy-model")
+    cfg = small_cfg()
+    runs = {m: run_scenario("fork-bomb", m, cfg) for m in COMPARED}
+    for r in runs.values():
+        start = r.free_2m_series[0]
+        assert start[0] == 0 and 0 < start[1] < (512 - 16) // 2
+        assert r.min_free_2m_blocks <= min(n for _, n in r.free_2m_series)
+    buddy = runs["pmd-buddy-model"]
+    # a whole free 2 MiB block per process while any is left, then order 0
+    assert buddy.min_free_2m_blocks == 0
+    assert buddy.fallback_faults > 0 and buddy.level2_splits > 0
+    assert buddy.peak_pool_waste_bytes > 100 * MiB
+    # page-by-page packs the same processes into few blocks
+    assert runs["page-model"].min_free_2m_blocks > 0
