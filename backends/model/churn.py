@@ -31,6 +31,7 @@ fresh memory comes from is the machine's, not the model's.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -104,6 +105,21 @@ class ChurnResult:
     def agrees(self) -> bool:
         return not self.failures
 
+    def points(self) -> dict[str, object]:
+        """The steps as data (``--json``): secret pages touched so far, and each
+        side's level-2 splits so far, for charts beside the model's scenarios."""
+        steps = [c for c in self.checks if c.name in _names()]
+        pages = _step_pages()
+        rows = []
+        touched = k = m = 0
+        for c, n in zip(steps, pages, strict=True):
+            touched, k, m = touched + n, k + c.kernel.l2, m + c.model.l2
+            rows.append({"step": c.name, "pages": touched, "kernel_l2": k, "model_l2": m,
+                         "kernel_regions": c.kernel.regions, "model_regions": c.model.regions})
+        return {"keep_first": self.keep_first, "agrees": self.agrees,
+                "regions_split_before": self.host.level2_splits,
+                "machine_2m_regions": self.host.mem_total // (2 << 20), "steps": rows}
+
     def __str__(self) -> str:
         head = (
             f"churn sequence{' (first region kept)' if self.keep_first else ''}: kernel "
@@ -128,6 +144,11 @@ def _names() -> list[str]:
     grow = ["grow to 1 page"] + [f"grow to {m} MiB" for m in mib[1:]]
     again = ["again to 1 page"] + [f"again to {m} MiB" for m in mib[1:]]
     return [*grow, "free", f"{SMALL_REGIONS} one-page regions", *again]
+
+
+def _step_pages() -> list[int]:
+    grow = [b - a for a, b in zip((0, *GROWTH), GROWTH, strict=False)]
+    return [*grow, 0, SMALL_REGIONS, *grow]
 
 
 # --- the kernel -----------------------------------------------------------------
@@ -289,6 +310,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--keep-first", action="store_true",
         help="keep the first 2 GiB region mapped instead of freeing it (the second then "
         "needs memory of its own)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write the steps as JSON (pages, each side's splits so far)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -301,4 +324,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     result = churn(keep_first=args.keep_first)
     print(result)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result.points(), f, indent=2)
     return 0 if result.agrees else 1

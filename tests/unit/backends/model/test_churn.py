@@ -8,6 +8,7 @@ comparison is shown to fail on a disagreeing kernel.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from secretvault.backends.model import churn
 from secretvault.backends.model._host import HostMemory
@@ -38,6 +39,12 @@ def fresh_host(mem_gib: int = 8, *, split: int = 0, unmovable_free: int = 0) -> 
     )
 
 
+@functools.cache
+def fresh_run(keep_first: bool = False) -> list[churn.Step]:
+    """One simulation per variant for the whole module (about 4 s each)."""
+    return churn.run_model(fresh_host(), keep_first=keep_first)
+
+
 def model_totals(steps: list[churn.Step]) -> tuple[int, int]:
     grow = sum(s.l2 for s in steps[: len(churn.GROWTH)])
     again = sum(s.l2 for s in steps[len(churn.GROWTH) + 2 :])
@@ -45,7 +52,7 @@ def model_totals(steps: list[churn.Step]) -> tuple[int, int]:
 
 
 def test_a_fresh_machine_splits_a_region_per_512_pages_and_reuses_them_after_a_free() -> None:
-    steps = churn.run_model(fresh_host())
+    steps = fresh_run()
     assert [s.name for s in steps][:2] == ["grow to 1 page", "grow to 4 MiB"]
     grow, again = model_totals(steps)
     assert 1000 <= grow <= 1030  # 2 GiB over 2 MiB regions, whole ones
@@ -55,7 +62,7 @@ def test_a_fresh_machine_splits_a_region_per_512_pages_and_reuses_them_after_a_f
 
 
 def test_a_kept_first_region_sends_the_second_to_fresh_regions() -> None:
-    grow, again = model_totals(churn.run_model(fresh_host(), keep_first=True))
+    grow, again = model_totals(fresh_run(keep_first=True))
     assert 1000 <= grow <= 1030
     assert 1000 <= again <= 1030
 
@@ -69,7 +76,7 @@ def test_free_unmovable_pages_in_split_regions_are_used_first() -> None:
 
 def test_the_comparison_fails_when_the_kernel_disagrees() -> None:
     host = fresh_host()
-    model = churn.run_model(host)
+    model = fresh_run()
     agreed = churn.compare(host, model, 0.0)
     assert agreed.agrees, str(agreed)
     # the kernel puts the second allocation in fresh regions: the model must fail
@@ -90,3 +97,13 @@ def test_tolerance_is_two_sided_and_has_its_floor() -> None:
     assert not ok.failures() and over.failures() and under.failures()
     # 3 splits against 0 is within the floor; 2 level-3 splits against 0 is not
     assert small.failures() == ["s: level-3 splits model 2 vs kernel 0"]
+
+
+def test_points_give_cumulative_pages_and_splits() -> None:
+    host = fresh_host()
+    result = churn.compare(host, fresh_run(), 0.0)
+    steps = result.points()["steps"]
+    assert isinstance(steps, list)
+    assert steps[0]["pages"] == 1 and steps[len(churn.GROWTH) - 1]["pages"] == 1 << 19
+    assert steps[-1]["pages"] == 2 * (1 << 19) + churn.SMALL_REGIONS
+    assert steps[-1]["kernel_l2"] == steps[-1]["model_l2"] >= 1000
