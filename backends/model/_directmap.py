@@ -179,6 +179,11 @@ class DirectMap:
             if self._l2[m] == _ENTRY:
                 self._split_2m(m, count=False)
 
+    def mark_split_1g(self, gib: int) -> None:
+        """Record the 1 GiB range ``gib`` as split already, without counting."""
+        if self._l1[gib] == _ENTRY:
+            self._split_1g(gib, count=False)
+
     # --- splits --------------------------------------------------------------
 
     def _split_1g(self, g: int, *, count: bool = True) -> None:

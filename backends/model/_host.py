@@ -58,12 +58,22 @@ class HostMemory:
     level2_splits: int
     level3_splits: int
     managed_pages: int
-    #: pages on the per-CPU lists: free, but not in pagetypeinfo's counts
-    #: (auto-tuned ``high``: hundreds of MiB of just-freed pages here)
-    pcp_pages: int
+    #: pages on each CPU's lists: free, but not in pagetypeinfo's counts
+    #: (auto-tuned ``high``: hundreds of MiB of just-freed pages here), and
+    #: usable only by allocations on that CPU until drained
+    pcp: tuple[int, ...]
     #: free blocks per migrate type: counts per order 0..MAX_ORDER (order 10 as two 9s)
     free_blocks: tuple[tuple[int, ...], ...]
     pageblocks: tuple[int, ...]  # per migrate type (unmovable, movable, reclaimable)
+    #: the CPU the measured process runs on (the probe pins itself): the
+    #: model's process takes that CPU's per-CPU list
+    cpu: int = 0
+    #: whether the per-CPU pages are taken as free unmovable pages (after a
+    #: free of secret memory on that CPU they are); the probe clears it after
+    #: holding the unmovable pool, which drains its CPU's unmovable list, so
+    #: what is left there is other types' (measured: 270,916 such pages
+    #: after a hold, none used by the next secret allocation)
+    pcp_unmovable: bool = True
 
     @classmethod
     def read(cls) -> HostMemory:
@@ -80,7 +90,7 @@ class HostMemory:
             level2_splits=vm.get("direct_map_level2_splits", 0),
             level3_splits=vm.get("direct_map_level3_splits", 0),
             managed_pages=_zoneinfo(zoneinfo)[0],
-            pcp_pages=_zoneinfo(zoneinfo)[1],
+            pcp=_zoneinfo(zoneinfo)[1],
             free_blocks=free,
             pageblocks=blocks,
         )
@@ -96,6 +106,10 @@ class HostMemory:
 
     def free_blocks_pages(self, mt: int) -> int:
         return sum(n << o for o, n in enumerate(self.free_blocks[mt]))
+
+    @property
+    def pcp_pages(self) -> int:
+        return sum(self.pcp)
 
     @property
     def free_pages(self) -> int:
@@ -121,10 +135,12 @@ def _pagetypes(text: str) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]
     return tuple(tuple(f) for f in free), tuple(blocks)
 
 
-def _zoneinfo(text: str) -> tuple[int, int]:
-    """Managed pages and per-CPU list pages of the zones above DMA."""
-    managed = pcp = 0
+def _zoneinfo(text: str) -> tuple[int, tuple[int, ...]]:
+    """Managed pages, and per-CPU list pages by CPU, of the zones above DMA."""
+    managed = 0
+    pcp: dict[int, int] = {}
     zone = ""
+    cpu = -1
     for line in text.splitlines():
         parts = line.split()
         if line.startswith("Node"):
@@ -133,19 +149,23 @@ def _zoneinfo(text: str) -> tuple[int, int]:
             continue
         elif parts[0] == "managed":
             managed += int(parts[1])
-        elif parts[0] == "count:":
-            pcp += int(parts[1])
-    return managed, pcp
+        elif parts[0] == "cpu:":
+            cpu = int(parts[1])
+        elif parts[0] == "count:" and cpu >= 0:
+            pcp[cpu] = pcp.get(cpu, 0) + int(parts[1])
+    return managed, tuple(pcp.get(c, 0) for c in range(max(pcp, default=-1) + 1))
 
 
 def host_machine(host: HostMemory | None = None, *, seed: int = 0) -> Machine:
     """A quiet :class:`Machine` in ``host``'s state (read now when not given).
 
     Regions already split (``level2_splits`` of them) are the lowest
-    pageblocks above ZONE_DMA, unmovable, holding the free unmovable blocks;
-    the other unmovable and reclaimable pageblocks are full but for their
-    own free blocks; movable free blocks come next, whole free pageblocks
-    (and memory not managed yet) at the top; everything else is in use.
+    pageblocks above ZONE_DMA, unmovable, holding the free unmovable blocks
+    and the per-CPU pages; the other unmovable and reclaimable pageblocks
+    are full but for their own free blocks; whole free pageblocks (and
+    memory not managed yet) come next, in-use movable memory with its free
+    blocks at the top.  The lowest GiB ranges are split until as many 1 GiB
+    entries are left as ``DirectMap1G`` says.
     """
     host = host if host is not None else HostMemory.read()
     b4k, b2m, _ = host.boot_layout
@@ -169,25 +189,33 @@ def host_machine(host: HostMemory | None = None, *, seed: int = 0) -> Machine:
     dm.mark_split(pb * PAGEBLOCK_PAGES for pb in split)
     unmov = split + take(max(0, host.pageblocks[UNMOVABLE] - len(split)), UNMOVABLE)
     # per-CPU pages are mostly the last ones freed -- secret pages among
-    # them -- and lie in runs: imported as 1 MiB blocks of the unmovable lists
-    counts = list(host.free_blocks[UNMOVABLE])
-    counts[8] += host.pcp_pages >> 8
-    for order in range(8):
-        counts[order] += host.pcp_pages >> order & 1
-    _scatter(phys, unmov, tuple(counts))
+    # them -- and lie in runs: imported as 1 MiB runs on their CPU's list
+    pcp = host.pcp[: phys.ncpus] if host.pcp_unmovable else ()
+    runs = [cpu for cpu, n in enumerate(pcp) for _ in range(n >> 8)]
+    _scatter(phys, unmov, host.free_blocks[UNMOVABLE], runs)
     _scatter(phys, take(host.pageblocks[RECLAIMABLE], RECLAIMABLE), host.free_blocks[RECLAIMABLE])
     movable = host.free_blocks[MOVABLE]
     whole = movable[MAX_ORDER] + max(0, host.mem_free - host.free_pages * PAGE_BYTES) // (
         PAGEBLOCK_PAGES * PAGE_BYTES
     )
-    keep_free = min(whole, len(free_pb) - cursor)
-    in_use = len(free_pb) - cursor - keep_free  # the free whole pageblocks stay at the top
-    _scatter(phys, take(in_use, MOVABLE), (*movable[:MAX_ORDER], 0))
+    # whole free pageblocks next (boot frees low memory first), in-use movable above
+    left = free_pb[cursor:]
+    keep_free = min(whole, len(left))
+    cursor += keep_free
+    _scatter(phys, take(len(left) - keep_free, MOVABLE), (*movable[:MAX_ORDER], 0))
+    # as many 1 GiB entries as the machine has now: split the lowest ranges first
+    gib = 0
+    while dm.bytes_1g > host.directmap_1g and gib * (1 << 30) < host.mem_total:
+        dm.mark_split_1g(gib)
+        gib += 1
     return m
 
 
-def _scatter(phys: PhysicalMemory, pbs: list[int], counts: tuple[int, ...]) -> int:
-    """Free ``counts[o]`` blocks of each order into the held pageblocks ``pbs``.
+def _scatter(
+    phys: PhysicalMemory, pbs: list[int], counts: tuple[int, ...], pcp: list[int] | None = None
+) -> int:
+    """Free ``counts[o]`` blocks of each order into the held pageblocks ``pbs``,
+    and one order-8 run onto the per-CPU list of each CPU in ``pcp``.
 
     Held space is carved like a buddy allocator: a free block of order
     ``o`` takes one half of a held block of order ``o + 1`` or more, and its
@@ -197,8 +225,10 @@ def _scatter(phys: PhysicalMemory, pbs: list[int], counts: tuple[int, ...]) -> i
     held: list[list[int]] = [[] for _ in range(MAX_ORDER + 1)]
     held[MAX_ORDER] = [pb * PAGEBLOCK_PAGES for pb in reversed(pbs)]
     dropped = 0
+    runs = list(pcp or ())
     for order in range(MAX_ORDER, -1, -1):
-        for _ in range(counts[order] if order < len(counts) else 0):
+        extra = len(runs) if order == 8 else 0
+        for k in range(extra + (counts[order] if order < len(counts) else 0)):
             if order == MAX_ORDER:
                 if not held[MAX_ORDER]:
                     dropped += 1 << order
@@ -214,5 +244,5 @@ def _scatter(phys: PhysicalMemory, pbs: list[int], counts: tuple[int, ...]) -> i
                 src -= 1
                 held[src].append(pfn + (1 << src))
             held[order].append(pfn + (1 << order))  # the buddy, held
-            phys.put_free(pfn, order)
+            phys.put_free(pfn, order, runs[k] if k < extra else None)
     return dropped

@@ -392,15 +392,18 @@ class PhysicalMemory:
         """Take free pageblock ``pb`` out of the lists whole, held as type ``mt``."""
         self._del_free(pb * PAGEBLOCK_PAGES, MAX_ORDER, self._pb_type[pb])
         self._pb_type[pb] = mt
-        if mt == MOVABLE:
-            self._pb_movable[pb] = PAGEBLOCK_PAGES
+        self._pb_movable[pb] = PAGEBLOCK_PAGES if mt == MOVABLE else 0
 
-    def put_free(self, pfn: int, order: int) -> None:
-        """Give a block inside a held pageblock back, unmerged, at the list head."""
+    def put_free(self, pfn: int, order: int, cpu: int | None = None) -> None:
+        """Free a block of a held pageblock, unmerged: to the list head, or page
+        by page to ``cpu``'s per-CPU list."""
         pb = pfn >> PAGEBLOCK_ORDER
         if self._pb_type[pb] == MOVABLE:
             self._pb_movable[pb] -= 1 << order
-        self._add_free(pfn, order, self._pb_type[pb])
+        if cpu is None:
+            self._add_free(pfn, order, self._pb_type[pb])
+        else:
+            self._pcp[cpu][self._pb_type[pb]].extend(range(pfn, pfn + (1 << order)))
 
     # --- inspection --------------------------------------------------------------
 

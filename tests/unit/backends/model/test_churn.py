@@ -33,7 +33,7 @@ def fresh_host(mem_gib: int = 8, *, split: int = 0, unmovable_free: int = 0) -> 
         level2_splits=split,
         level3_splits=0,
         managed_pages=mem_gib * GiB // 4096,
-        pcp_pages=0,
+        pcp=(0, 0),
         free_blocks=(tuple(blocks), tuple(movable), (0,) * (MAX_ORDER + 1)),
         pageblocks=(split + 20, free_movable, 20),
     )

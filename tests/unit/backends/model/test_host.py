@@ -41,7 +41,7 @@ def host(**kw: object) -> HostMemory:
     base = dict(
         mem_total=24 << 30, mem_free=23 << 30, directmap_4k=306 << 20,
         directmap_2m=7026688 << 10, directmap_1g=19 << 30, level2_splits=143,
-        level3_splits=5, managed_pages=2_500_000, pcp_pages=300,
+        level3_splits=5, managed_pages=2_500_000, pcp=(300, 0),
         free_blocks=free, pageblocks=blocks,
     )
     base.update(kw)
@@ -59,8 +59,9 @@ def test_the_model_starts_in_the_machines_state() -> None:
     h = host()
     m = host_machine(h)
     phys, dm = m.phys, m.direct_map
-    # the per-CPU pages are free unmovable pages too
-    assert phys.nr_free[UNMOVABLE] == h.free_blocks_pages(UNMOVABLE) + 300
+    # the per-CPU pages are on their CPU's list: 300 pages make one 256-page run
+    assert phys.nr_free[UNMOVABLE] == h.free_blocks_pages(UNMOVABLE)
+    assert phys.pcp_pages() == 256
     assert phys.nr_free[RECLAIMABLE] == h.free_blocks_pages(RECLAIMABLE)
     # the machine's split regions are split in the model, uncounted
     assert dm.level2_splits == 0
@@ -70,3 +71,38 @@ def test_the_model_starts_in_the_machines_state() -> None:
     assert m.boot_directmap[2] > 16 << 30
     by_type = phys.pageblocks_by_type()
     assert by_type[UNMOVABLE] >= 155 and by_type[RECLAIMABLE] == 164
+
+
+ZONEINFO = """\
+Node 0, zone      DMA
+  pages free     3840
+        managed  3840
+  pagesets
+    cpu: 0
+              count:    7
+Node 0, zone    DMA32
+        managed  772798
+  pagesets
+    cpu: 0
+              count:    941
+    cpu: 1
+              count:    981
+Node 0, zone   Normal
+        managed  1736704
+  pagesets
+    cpu: 0
+              count:    250994
+    cpu: 1
+              count:    46933
+"""
+
+
+def test_zoneinfo_gives_managed_pages_and_per_cpu_pages_by_cpu() -> None:
+    from secretvault.backends.model._host import _zoneinfo
+
+    assert _zoneinfo(ZONEINFO) == (772798 + 1736704, (941 + 250994, 981 + 46933))
+
+
+def test_the_machine_keeps_its_count_of_1g_entries() -> None:
+    m = host_machine(host(directmap_1g=3 << 30))
+    assert m.direct_map.bytes_1g == 3 << 30
