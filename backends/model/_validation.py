@@ -84,6 +84,20 @@ class ValidationResult:
         return max(0, self.predicted_l2 - self.presplit_budget)
 
     @property
+    def kernel_l3(self) -> int:
+        return sum(p.kernel_l3 for p in self.phases)
+
+    @property
+    def predicted_l3(self) -> int:
+        return sum(p.predicted_l3 for p in self.phases)
+
+    @property
+    def l3_presplit_budget(self) -> int:
+        """1 GiB entries the replay's boot layout has and the machine had lost
+        when the run began: first touches there may find the GiB split."""
+        return max(0, (self.layout_1g - self.directmap_1g_start) >> 30)
+
+    @property
     def unexpected(self) -> int:
         return sum(p.unexpected for p in self.phases)
 
@@ -110,6 +124,15 @@ class ValidationResult:
             (
                 f"unexpected level-3 splits {self.unexpected_l3} <= tolerance {self.tolerance}",
                 self.unexpected_l3 <= self.tolerance,
+            ),
+            (
+                # two-sided: a replayed level-3 split the kernel did not make
+                # needs a GiB the machine had split before the run
+                f"kernel level-3 {self.kernel_l3} within [{self.predicted_l3} - "
+                f"{self.l3_presplit_budget}, {self.predicted_l3} + {self.tolerance}]",
+                self.predicted_l3 - self.l3_presplit_budget
+                <= self.kernel_l3
+                <= self.predicted_l3 + self.tolerance,
             ),
             (
                 f"pre-split first touches {self.presplit} <= budget {self.presplit_budget}",

@@ -94,6 +94,11 @@ def test_each_check_can_fail() -> None:
     assert not result(phase(), known_whole_first_touches=5, known_whole_split=3).agrees
     assert not result(phase(kernel_l2=7)).agrees  # above the replay's bound
     assert not result(phase(kernel_l2=0, predicted_l2=9), presplit_budget=4).agrees
+    # level 3 both ways: 5 replayed, 0 made, on a machine that had split no GiB
+    assert not result(phase(predicted_l3=5), layout_1g=8 << 30, directmap_1g_start=8 << 30).agrees
+    # ... passes when it had split 5 GiB ranges before the run
+    assert result(phase(predicted_l3=5), layout_1g=8 << 30, directmap_1g_start=3 << 30).agrees
+    assert not result(phase(kernel_l3=3, predicted_l3=1)).agrees  # above the bound
     failing = result(phase(unexpected=2))
     assert "[FAIL] unexpected splits 2 <= tolerance 1" in str(failing)
 
