@@ -29,13 +29,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from secretvault.backends import _procfs, _sodium
+from secretvault.backends import _procfs
 from secretvault.backends._base import Region
 from secretvault.backends._memfd import MemfdSecretBackend
 from secretvault.backends.model._directmap import PAGES_PER_2M
 from secretvault.backends.model._host import HostMemory
 from secretvault.backends.model._physmem import UNMOVABLE
 from secretvault.backends.model.churn import GROWTH, SMALL_REGIONS, Step, _names, prefix_names
+from secretvault.backends.model.validate import touch_page
 
 PAGE = 4096
 GiB = 1 << 30
@@ -46,21 +47,10 @@ class ProbeUnavailable(RuntimeError):
     """This machine cannot run the sequence as asked; the message says why."""
 
 
-def _splits() -> tuple[int, int]:
-    v = _procfs.vmstat("direct_map_level2_splits", "direct_map_level3_splits")
-    return v.get("direct_map_level2_splits", 0), v.get("direct_map_level3_splits", 0)
-
-
-def _touch(address: int) -> None:
-    # one byte written: the first touch is when secretmem allocates the page
-    # and takes it out of the direct map
-    _sodium.sodium_memzero(_sodium.pointer(address), 1)
-
-
-def _idle() -> tuple[int, float]:
-    a, t = _splits()[0], time.monotonic()
+def _idle(counters: _procfs.SplitCounters) -> tuple[int, float]:
+    a, t = counters.read()[0], time.monotonic()
     time.sleep(1.0)
-    return _splits()[0] - a, time.monotonic() - t
+    return counters.read()[0] - a, time.monotonic() - t
 
 
 def run_kernel(*, keep_first: bool = False, reach_fresh: bool = False,
@@ -73,21 +63,22 @@ def run_kernel(*, keep_first: bool = False, reach_fresh: bool = False,
     cpu = min(affinity)
     os.sched_setaffinity(0, {cpu})
     backend = MemfdSecretBackend()
+    counters = _procfs.SplitCounters()
     filler = None
     steps: list[Step] = []
 
     def measured(name: str, run: Callable[[], list[int]]) -> None:
         """Run one step; ``run`` returns the frames of the pages it touched."""
-        a, t = _splits(), time.monotonic()
+        a, t = counters.read(), time.monotonic()
         frames = run()
-        b = _splits()
+        b = counters.read()
         regions = frozenset(p // PAGES_PER_2M for p in frames)
         steps.append(Step(name, b[0] - a[0], b[1] - a[1], len(regions),
                           time.monotonic() - t, regions))
 
     def touch(region: Region, lo: int, hi: int) -> list[int]:
         for i in range(lo, hi):
-            _touch(region.address + i * PAGE)
+            touch_page(region.address + i * PAGE)
         return _procfs.pagemap(region.address + lo * PAGE, hi - lo)[1]
 
     def grow(prefix: str) -> Region:
@@ -111,15 +102,16 @@ def run_kernel(*, keep_first: bool = False, reach_fresh: bool = False,
             filler = _fill(occupancy, need)
         if reach_fresh:
             _hold_pool(backend, need)
-        n1, s1 = _idle()
+        n1, s1 = _idle(counters)
         host = dataclasses.replace(HostMemory.read(), cpu=cpu, pcp_unmovable=not reach_fresh)
         first = grow("grow")
         measured("free", functools.partial(free, first))
         measured(_names()[len(GROWTH) + 1], small)
         grow("again")
-        n2, s2 = _idle()
+        n2, s2 = _idle(counters)
     finally:
         backend.close()
+        counters.close()
         os.sched_setaffinity(0, affinity)
         if filler is not None:
             filler.kill()
@@ -151,7 +143,7 @@ def _hold_pool(backend: MemfdSecretBackend, need: int) -> None:
     if pages:
         region = backend.allocate(pages)
         for i in range(pages):
-            _touch(region.address + i * PAGE)
+            touch_page(region.address + i * PAGE)
 
 
 def _fill(occupancy: float, need: int) -> subprocess.Popen[bytes]:

@@ -115,32 +115,7 @@ def missing_prerequisite() -> str | None:
 # --- the run ------------------------------------------------------------------------------
 
 
-class _Counters:
-    """The two split counters, read after every fault: one pread, no parsing
-    of the other ~180 lines (``_procfs.vmstat`` costs ~90 us, this ~25)."""
-
-    def __init__(self) -> None:
-        self._fd = os.open("/proc/vmstat", os.O_RDONLY | os.O_CLOEXEC)
-
-    def read(self) -> tuple[int, int]:
-        raw = os.pread(self._fd, 1 << 16, 0)
-        return self._field(raw, b"\n" + _L2.encode() + b" "), self._field(
-            raw, b"\n" + _L3.encode() + b" "
-        )
-
-    @staticmethod
-    def _field(raw: bytes, key: bytes) -> int:
-        i = raw.find(key)
-        if i < 0:
-            return 0
-        i += len(key)
-        return int(raw[i : raw.index(b"\n", i)])
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-def _idle(counters: _Counters, seconds: float) -> tuple[int, float]:
+def _idle(counters: _procfs.SplitCounters, seconds: float) -> tuple[int, float]:
     a = counters.read()
     t = time.monotonic()
     time.sleep(seconds)
@@ -148,7 +123,7 @@ def _idle(counters: _Counters, seconds: float) -> tuple[int, float]:
     return b[0] - a[0], time.monotonic() - t
 
 
-def _touch(address: int) -> None:
+def touch_page(address: int) -> None:
     # one byte written: the first touch faults the page in, which is when
     # secretmem allocates it and takes it out of the direct map
     _sodium.sodium_memzero(_sodium.pointer(address), 1)
@@ -197,7 +172,7 @@ def validate(
     if missing is not None:
         raise ValidationUnavailable(f"the validation needs {missing}")
     ranges = ram_ranges()
-    counters = _Counters()
+    counters = _procfs.SplitCounters()
     try:
         return _validate(
             counters,
@@ -213,7 +188,7 @@ def validate(
 
 
 def _validate(
-    counters: _Counters,
+    counters: _procfs.SplitCounters,
     ranges: list[tuple[int, int]],
     size: tuple[int, int],
     fresh_splits: int | None,
@@ -238,7 +213,7 @@ def _validate(
         for i in range(most):
             if fresh_splits is not None and i >= least and made >= fresh_splits:
                 break
-            _touch(big.address + i * 4096)
+            touch_page(big.address + i * 4096)
             cur = counters.read()
             deltas.append((cur[0] - prev[0], cur[1] - prev[1]))
             made += cur[0] - prev[0]
@@ -248,7 +223,7 @@ def _validate(
         for _ in range(small_regions):
             r = backend.allocate(1)
             smalls.append(r)
-            _touch(r.address)
+            touch_page(r.address)
             cur = counters.read()
             deltas.append((cur[0] - prev[0], cur[1] - prev[1]))
             prev = cur

@@ -25,7 +25,6 @@ import pytest
 from secretvault.backends.model import churn
 from secretvault.backends.model._host import HostMemory
 from secretvault.backends.model._kernelprobe import ProbeUnavailable, run_kernel
-from secretvault.backends.model._machine import Machine
 from secretvault.backends.model._pagebypage import PageByPageDesign
 from secretvault.backends.model._physmem import MOVABLE
 from secretvault.backends.model.validate import missing_prerequisite
@@ -104,8 +103,3 @@ def test_a_first_region_kept_mapped_sends_the_second_to_fresh_regions(
     check(measured, capsys, keep_first=True)
     again = [s for s in measured[1] if s.name.startswith("again")]
     assert sum(s.l2 for s in again) > 500  # the second 2 GiB needed regions of its own
-
-
-def test_design_factories_take_a_machine() -> None:
-    # the comparison builds each design on its own model of the machine
-    assert MovableSecretPages(Machine()).name.startswith("wrong-model")
