@@ -161,7 +161,8 @@ def host_machine(host: HostMemory | None = None, *, seed: int = 0) -> Machine:
 
     Regions already split (``level2_splits`` of them) are the lowest
     pageblocks above ZONE_DMA, unmovable, holding the free unmovable blocks
-    and the per-CPU pages; the other unmovable and reclaimable pageblocks
+    and the per-CPU pages (splits beyond the unmovable pageblocks: movable
+    pageblocks in use, holding movable free blocks); the other unmovable and reclaimable pageblocks
     are full but for their own free blocks; whole free pageblocks (and
     memory not managed yet) come next, in-use movable memory with its free
     blocks at the top.  The lowest GiB ranges are split until as many 1 GiB
@@ -185,8 +186,9 @@ def host_machine(host: HostMemory | None = None, *, seed: int = 0) -> Machine:
             phys.hold_pageblock(pb, mt)
         return got
 
-    split = take(min(host.level2_splits, len(free_pb)), UNMOVABLE)
-    dm.mark_split(pb * PAGEBLOCK_PAGES for pb in split)
+    # split regions are unmovable pageblocks first; more splits than unmovable
+    # pageblocks (movable memory moved into old regions) are movable ones
+    split = take(min(host.level2_splits, host.pageblocks[UNMOVABLE], len(free_pb)), UNMOVABLE)
     unmov = split + take(max(0, host.pageblocks[UNMOVABLE] - len(split)), UNMOVABLE)
     # per-CPU pages are mostly the last ones freed -- secret pages among
     # them -- and lie in runs: imported as 1 MiB runs on their CPU's list
@@ -198,11 +200,18 @@ def host_machine(host: HostMemory | None = None, *, seed: int = 0) -> Machine:
     whole = movable[MAX_ORDER] + max(0, host.mem_free - host.free_pages * PAGE_BYTES) // (
         PAGEBLOCK_PAGES * PAGE_BYTES
     )
+    split_movable = take(max(0, host.level2_splits - len(split)), MOVABLE)
+    dm.mark_split(pb * PAGEBLOCK_PAGES for pb in split + split_movable)
     # whole free pageblocks next (boot frees low memory first), in-use movable above
     left = free_pb[cursor:]
     keep_free = min(whole, len(left))
     cursor += keep_free
-    _scatter(phys, take(len(left) - keep_free, MOVABLE), (*movable[:MAX_ORDER], 0))
+    # whole free pageblocks that find no unsplit room lie in old regions
+    overflow = min(whole - keep_free, len(split_movable))
+    for pb in split_movable[:overflow]:
+        phys.put_free(pb * PAGEBLOCK_PAGES, MAX_ORDER)
+    in_use = split_movable[overflow:] + take(len(left) - keep_free, MOVABLE)
+    _scatter(phys, in_use, (*movable[:MAX_ORDER], 0))
     # as many 1 GiB entries as the machine has now: split the lowest ranges first
     gib = 0
     while dm.bytes_1g > host.directmap_1g and gib * (1 << 30) < host.mem_total:

@@ -106,3 +106,13 @@ def test_zoneinfo_gives_managed_pages_and_per_cpu_pages_by_cpu() -> None:
 def test_the_machine_keeps_its_count_of_1g_entries() -> None:
     m = host_machine(host(directmap_1g=3 << 30))
     assert m.direct_map.bytes_1g == 3 << 30
+
+
+def test_splits_beyond_the_unmovable_pageblocks_are_movable_ones_and_lose_no_free_memory() -> None:
+    # a machine whose old regions hold movable memory now: 2,000 splits, 155
+    # unmovable pageblocks; every free block must still find room
+    for splits in (143, 2000):
+        h = host(level2_splits=splits)
+        m = host_machine(h)
+        assert abs(m.phys.free_pages() * 4096 - h.mem_free) < h.mem_free // 100, splits
+        assert m.direct_map.bytes_4k >= splits * BYTES_2M
