@@ -29,14 +29,19 @@ import sys
 import time
 from collections.abc import Callable
 
-from secretvault.backends import _procfs
+from secretvault.backends import _procfs, _sodium
 from secretvault.backends._base import Region
 from secretvault.backends._memfd import MemfdSecretBackend
 from secretvault.backends.model._directmap import PAGES_PER_2M
 from secretvault.backends.model._host import HostMemory
 from secretvault.backends.model._physmem import UNMOVABLE
-from secretvault.backends.model.churn import GROWTH, SMALL_REGIONS, Step, _names, prefix_names
-from secretvault.backends.model.validate import touch_page
+from secretvault.backends.model._sequence import (
+    GROWTH,
+    SMALL_REGIONS,
+    Step,
+    prefix_names,
+    step_names,
+)
 
 PAGE = 4096
 GiB = 1 << 30
@@ -45,6 +50,12 @@ MARGIN = 2 * GiB  # memory left free beyond what the sequence needs
 
 class ProbeUnavailable(RuntimeError):
     """This machine cannot run the sequence as asked; the message says why."""
+
+
+def touch_page(address: int) -> None:
+    # one byte written: the first touch faults the page in, which is when
+    # secretmem allocates it and takes it out of the direct map
+    _sodium.sodium_memzero(_sodium.pointer(address), 1)
 
 
 def _idle(counters: _procfs.SplitCounters) -> tuple[int, float]:
@@ -57,7 +68,7 @@ def run_kernel(*, keep_first: bool = False, reach_fresh: bool = False,
                occupancy: float = 0.0) -> tuple[HostMemory, list[Step], float]:
     """The sequence on real secret memory: the state it began in, the steps, noise/s."""
     need = (2 if keep_first else 1) * GROWTH[-1] * PAGE + MARGIN
-    _fresh_enough(keep_first)
+    fresh_enough((2 if keep_first else 1) * GROWTH[-1] * PAGE)
     # one CPU for the whole run: per-CPU lists serve only their own CPU
     affinity = os.sched_getaffinity(0)
     cpu = min(affinity)
@@ -101,12 +112,12 @@ def run_kernel(*, keep_first: bool = False, reach_fresh: bool = False,
         if occupancy:
             filler = _fill(occupancy, need)
         if reach_fresh:
-            _hold_pool(backend, need)
+            hold_pool(backend, need)
         n1, s1 = _idle(counters)
         host = dataclasses.replace(HostMemory.read(), cpu=cpu, pcp_unmovable=not reach_fresh)
         first = grow("grow")
         measured("free", functools.partial(free, first))
-        measured(_names()[len(GROWTH) + 1], small)
+        measured(step_names()[len(GROWTH) + 1], small)
         grow("again")
         n2, s2 = _idle(counters)
     finally:
@@ -119,19 +130,19 @@ def run_kernel(*, keep_first: bool = False, reach_fresh: bool = False,
     return host, steps, (n1 + n2) / (s1 + s2)
 
 
-def _fresh_enough(keep_first: bool) -> None:
-    """Refuse when the direct map lacks the whole 2 MiB regions a fresh run needs."""
+def fresh_enough(nbytes: int) -> None:
+    """Refuse when the direct map lacks the whole 2 MiB regions ``nbytes`` of
+    fresh secret memory need (twice that: where they land is the kernel's)."""
     info = _procfs.meminfo()
     whole = info.get("DirectMap2M", 0) + info.get("DirectMap1G", 0)
-    want = (3 if keep_first else 2) * GROWTH[-1] * PAGE
-    if whole < want:
+    if whole < 2 * nbytes:
         raise ProbeUnavailable(
             f"fresh 2 MiB regions: {whole >> 20} MiB of this machine's direct map is unsplit, "
-            f"a run needs about {want >> 20} MiB (earlier secret memory split the rest, for "
-            "good: reboot for a fresh machine)")
+            f"a run needs about {2 * nbytes >> 20} MiB (earlier secret memory split the rest, "
+            "for good: reboot for a fresh machine)")
 
 
-def _hold_pool(backend: MemfdSecretBackend, need: int) -> None:
+def hold_pool(backend: MemfdSecretBackend, need: int) -> None:
     """Touch as many secret pages as the unmovable and per-CPU lists hold free."""
     host = HostMemory.read()
     pages = host.free_blocks_pages(UNMOVABLE) + host.pcp_pages

@@ -43,25 +43,20 @@ from secretvault.backends.model._host import HostMemory, host_machine
 from secretvault.backends.model._machine import Machine, SecretFile, SecretmemDesign
 from secretvault.backends.model._pagebypage import PageByPageDesign
 from secretvault.backends.model._physmem import UNMOVABLE
+from secretvault.backends.model._sequence import (
+    GROWTH,
+    SMALL_REGIONS,
+    Step,
+    prefix_names,
+    step_names,
+    step_pages,
+)
 
-GROWTH = (1, 1 << 10, 1 << 13, 1 << 16, 1 << 17, 1 << 18, 1 << 19)
-SMALL_REGIONS = 256
 RATIO = 0.15
 FLOOR = 3
 L3_STEP, L3_TOTAL = 1, 2
 
 DesignFactory = Callable[[Machine], SecretmemDesign]
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    l2: int
-    l3: int
-    regions: int
-    seconds: float = 0.0
-    #: the 2 MiB regions themselves, for the placement of a whole allocation
-    region_set: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -108,8 +103,8 @@ class ChurnResult:
     def points(self) -> dict[str, object]:
         """The steps as data (``--json``): secret pages touched so far, and each
         side's level-2 splits so far, for charts beside the model's scenarios."""
-        steps = [c for c in self.checks if c.name in _names()]
-        pages = _step_pages()
+        steps = [c for c in self.checks if c.name in step_names()]
+        pages = step_pages()
         rows = []
         touched = k = m = 0
         for c, n in zip(steps, pages, strict=True):
@@ -137,26 +132,6 @@ class ChurnResult:
                 f"model ran in {self.model_seconds:.1f} s"]
         tail.append("AGREES" if self.agrees else "DISAGREES:\n  " + "\n  ".join(self.failures))
         return "\n".join([head, *rows, *tail])
-
-
-def _names() -> list[str]:
-    mib = [n * 4096 >> 20 for n in GROWTH]
-    grow = ["grow to 1 page"] + [f"grow to {m} MiB" for m in mib[1:]]
-    again = ["again to 1 page"] + [f"again to {m} MiB" for m in mib[1:]]
-    return [*grow, "free", f"{SMALL_REGIONS} one-page regions", *again]
-
-
-def _step_pages() -> list[int]:
-    grow = [b - a for a, b in zip((0, *GROWTH), GROWTH, strict=False)]
-    return [*grow, 0, SMALL_REGIONS, *grow]
-
-
-# --- the kernel: backends/model/_kernelprobe.py -------------------------------------
-
-
-def prefix_names(prefix: str) -> list[str]:
-    names = _names()
-    return names[: len(GROWTH)] if prefix == "grow" else names[len(GROWTH) + 2 :]
 
 
 # --- the model ---------------------------------------------------------------------
@@ -193,7 +168,7 @@ def run_model(host: HostMemory, *, keep_first: bool = False,
     if not keep_first:
         d.release(first)
     record("free", [])
-    record(_names()[len(GROWTH) + 1],
+    record(step_names()[len(GROWTH) + 1],
            [d.fault(d.mmap(proc, 1), 0) for _ in range(SMALL_REGIONS)])
     grow("again")
     return steps

@@ -53,9 +53,16 @@ import statistics
 import time
 
 from secretvault.api.errors import SecretMemoryUnavailable
-from secretvault.backends import _procfs, _sodium
+from secretvault.backends import _procfs
 from secretvault.backends._memfd import MemfdSecretBackend
 from secretvault.backends.model._directmap import BYTES_2M, PAGES_PER_1G, PAGES_PER_2M, DirectMap
+from secretvault.backends.model._kernelprobe import (
+    MARGIN,
+    ProbeUnavailable,
+    fresh_enough,
+    hold_pool,
+    touch_page,
+)
 from secretvault.backends.model._machine import GiB, Machine
 from secretvault.backends.model._pagebypage import PageByPageDesign
 from secretvault.backends.model._validation import PhaseResult, ValidationResult
@@ -123,12 +130,6 @@ def _idle(counters: _procfs.SplitCounters, seconds: float) -> tuple[int, float]:
     return b[0] - a[0], time.monotonic() - t
 
 
-def touch_page(address: int) -> None:
-    # one byte written: the first touch faults the page in, which is when
-    # secretmem allocates it and takes it out of the direct map
-    _sodium.sodium_memzero(_sodium.pointer(address), 1)
-
-
 def _buddy_model(
     pages: int, small_regions: int, seed: int, occupancy: float
 ) -> tuple[list[int], list[int], int, int]:
@@ -157,8 +158,15 @@ def validate(
     small_regions: int = 256,
     idle_seconds: float = 1.0,
     seed: int = 0,
+    reach_fresh: bool = True,
 ) -> ValidationResult:
     """Run the sequence on real secret memory and on the models; compare.
+
+    With ``reach_fresh`` the free unmovable pages earlier secret memory left
+    in split regions are first held aside (``_kernelprobe``): they are
+    reused before any fresh region, and a machine that ran large secret
+    allocations before (the churn test, for one) holds gigabytes of them,
+    so 1 GiB would otherwise meet no whole region at all.
 
     The large region's size: ``pages`` when given; otherwise its pages are
     touched until the kernel has made ``fresh_splits`` level-2 splits (at
@@ -173,7 +181,15 @@ def validate(
         raise ValidationUnavailable(f"the validation needs {missing}")
     ranges = ram_ranges()
     counters = _procfs.SplitCounters()
+    pool = MemfdSecretBackend()
     try:
+        if reach_fresh:
+            size = (max_pages if pages is None else pages) * 4096
+            try:
+                fresh_enough(size)
+                hold_pool(pool, size + MARGIN)
+            except ProbeUnavailable as e:
+                raise ValidationUnavailable(f"the validation needs {e}") from None
         return _validate(
             counters,
             ranges,
@@ -185,6 +201,7 @@ def validate(
         )
     finally:
         counters.close()
+        pool.close()
 
 
 def _validate(
