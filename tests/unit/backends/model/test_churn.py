@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+from pathlib import Path
+
+import pytest
 
 from secretvault.backends.model import churn
 from secretvault.backends.model._host import HostMemory
@@ -122,3 +126,31 @@ def test_points_give_cumulative_pages_and_splits() -> None:
     assert steps[0]["pages"] == 1 and steps[len(churn.GROWTH) - 1]["pages"] == 1 << 19
     assert steps[-1]["pages"] == 2 * (1 << 19) + churn.SMALL_REGIONS
     assert steps[-1]["kernel_l2"] == steps[-1]["model_l2"] >= 1000
+
+
+def _recorded(name: str) -> tuple[HostMemory, list[churn.Step], float]:
+    """A kernel run of the churn sequence, recorded with the state it began in."""
+    path = Path(__file__).parents[3] / "data" / f"churn-kernel-{name}.json"
+    data = json.loads(path.read_text())
+    h = data["host"]
+    host = HostMemory(**{k: tuple(map(tuple, v)) if k == "free_blocks" else
+                         tuple(v) if isinstance(v, list) else v for k, v in h.items()})
+    steps = [churn.Step(s["name"], s["l2"], s["l3"], s["regions"], s["seconds"],
+                        frozenset(s["region_set"])) for s in data["steps"]]
+    return host, steps, data["noise_per_second"]
+
+
+@pytest.mark.parametrize("name", ["plain", "keep-first"])
+def test_the_model_agrees_with_recorded_kernel_runs(name: str) -> None:
+    # the kernel side measured once on the project machine (tests/data); the
+    # model side simulated now: a change to the model that breaks agreement
+    # with the real kernel fails here, without a probe that splits the direct map
+    result = churn.compare(*_recorded(name), keep_first=name == "keep-first")
+    assert result.agrees, str(result)
+
+
+def test_a_wrong_model_fails_against_the_recorded_kernel_run() -> None:
+    from tests.integration.test_model_churn import MovableSecretPages
+
+    wrong = churn.compare(*_recorded("plain"), design=MovableSecretPages)
+    assert not wrong.agrees, str(wrong)
