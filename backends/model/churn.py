@@ -24,8 +24,14 @@ agrees when the model is within **15%** of the kernel or within a floor of
 steps on either side, and the 256 small regions land by pcp order, which
 the model does not know) plus three times the splits other kernel activity
 made over the step's duration (idle windows before and after the run).
-Level 3 agrees within **1** per step and **2** overall: which GiB ranges
-fresh memory comes from is the machine's, not the model's.
+Level 3 is bracketed: which GiB ranges fresh memory comes from depends on
+the order of the free lists, which /proc does not give.  The model runs twice,
+its whole free pageblocks in address order (as a boot leaves them) and in a
+random order (as frees in no address order leave them), and the kernel's
+level-3 splits so far must lie between the two runs' within **2** at every
+checkpoint (measured: 0 to 7 on one machine for the same sequence; the random
+order makes its splits early, the kernel over several steps, hence splits so
+far rather than per step).
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from secretvault.backends.model._sequence import (
 
 RATIO = 0.15
 FLOOR = 3
-L3_STEP, L3_TOTAL = 1, 2
+L3_SLACK = 2
 
 DesignFactory = Callable[[Machine], SecretmemDesign]
 
@@ -65,6 +71,9 @@ class StepCheck:
     kernel: Step
     model: Step
     tolerance: int
+    #: level-3 splits so far: the kernel's, the model's in address order and
+    #: in random free-list order (the two bounds)
+    l3: tuple[int, int, int] = (0, 0, 0)
     #: whether the regions are asserted: over a whole allocation they are;
     #: per checkpoint they are reported (which small free blocks lie where
     #: is not in /proc, so the order the first steps use them is not known)
@@ -81,9 +90,22 @@ class StepCheck:
             out.append(f"{self.name}: level-2 splits model {m.l2} vs kernel {k.l2}")
         if self.placement and abs(m.regions - k.regions) > max(t, math.ceil(RATIO * k.regions)):
             out.append(f"{self.name}: 2 MiB regions model {m.regions} vs kernel {k.regions}")
-        if abs(m.l3 - k.l3) > L3_STEP:
-            out.append(f"{self.name}: level-3 splits model {m.l3} vs kernel {k.l3}")
+        if not self.l3_low - L3_SLACK <= self.l3[0] <= self.l3_high + L3_SLACK:
+            out.append(f"{self.name}: level-3 splits so far model {self.l3_text} vs kernel "
+                       f"{self.l3[0]}")
         return out
+
+    @property
+    def l3_low(self) -> int:
+        return min(self.l3[1:])
+
+    @property
+    def l3_high(self) -> int:
+        return max(self.l3[1:])
+
+    @property
+    def l3_text(self) -> str:
+        return str(self.l3_low) if self.l3_low == self.l3_high else f"{self.l3_low}-{self.l3_high}"
 
 
 @dataclass(frozen=True)
@@ -123,11 +145,11 @@ class ChurnResult:
             f"{self.host.free_blocks_pages(0)} free unmovable pages)"
         )
         rows = [f"{'step':<28}{'kernel L2':>10}{'model L2':>10}{'ratio':>7}{'tol':>5}"
-                f"{'k 2M':>7}{'m 2M':>7}{'k L3':>6}{'m L3':>6}"]
+                f"{'k 2M':>7}{'m 2M':>7}{'k L3Σ':>6}{'m L3Σ':>7}"]
         for c in self.checks:
             r = f"{c.ratio:.2f}" if c.ratio is not None else "-"
             rows.append(f"{c.name:<28}{c.kernel.l2:>10}{c.model.l2:>10}{r:>7}{c.tolerance:>5}"
-                        f"{c.kernel.regions:>7}{c.model.regions:>7}{c.kernel.l3:>6}{c.model.l3:>6}")
+                        f"{c.kernel.regions:>7}{c.model.regions:>7}{c.l3[0]:>6}{c.l3_text:>7}")
         tail = [f"noise: {self.noise_per_second:.2f} splits/s elsewhere in the kernel; "
                 f"model ran in {self.model_seconds:.1f} s"]
         tail.append("AGREES" if self.agrees else "DISAGREES:\n  " + "\n  ".join(self.failures))
@@ -138,9 +160,10 @@ class ChurnResult:
 
 
 def run_model(host: HostMemory, *, keep_first: bool = False,
-              design: DesignFactory = PageByPageDesign) -> list[Step]:
-    """The same sequence simulated on a model of the machine in state ``host``."""
-    m = host_machine(host)
+              design: DesignFactory = PageByPageDesign, shuffle: bool = False) -> list[Step]:
+    """The same sequence simulated on a model of the machine in state ``host``
+    (``shuffle``: its whole free pageblocks in random list order)."""
+    m = host_machine(host, shuffle=shuffle)
     d = design(m)
     proc = m.spawn(memlock_limit=None, cpu=host.cpu)
     dm = m.direct_map
@@ -178,14 +201,19 @@ def compare(host: HostMemory, kernel: list[Step], noise_per_second: float, *,
             keep_first: bool = False, design: DesignFactory = PageByPageDesign) -> ChurnResult:
     t = time.monotonic()
     model = run_model(host, keep_first=keep_first, design=design)
+    other = run_model(host, keep_first=keep_first, design=design, shuffle=True)
     seconds = time.monotonic() - t
+    def so_far(i: int) -> tuple[int, int, int]:
+        return tuple(sum(s.l3 for s in side[: i + 1]) for side in (kernel, model, other))  # type: ignore[return-value]
+
     checks = [
-        StepCheck(k.name, k, m, FLOOR + math.ceil(3 * noise_per_second * k.seconds))
-        for k, m in zip(kernel, model, strict=True)
+        StepCheck(k.name, k, m, FLOOR + math.ceil(3 * noise_per_second * k.seconds), so_far(i))
+        for i, (k, m) in enumerate(zip(kernel, model, strict=True))
     ]
     for prefix, lo, hi in (("grow", 0, len(GROWTH)), ("again", len(GROWTH) + 2, len(kernel))):
         ks = _union(f"{prefix}: the whole 2 GiB", kernel[lo:hi])
         ms = _union(f"{prefix}: the whole 2 GiB", model[lo:hi])
+        os_ = _union(f"{prefix}: the whole 2 GiB", other[lo:hi])
         tol = FLOOR + math.ceil(3 * noise_per_second * ks.seconds)
         # Placement is asserted where the allocation went mostly to fresh memory
         # (new splits at least half its regions) and at most a tenth of it could
@@ -196,16 +224,13 @@ def compare(host: HostMemory, kernel: list[Step], noise_per_second: float, *,
         pool = host.free_blocks_pages(UNMOVABLE) + (host.pcp_pages if host.pcp_unmovable else 0)
         fresh = 2 * ks.l2 >= ks.regions and 10 * pool <= GROWTH[-1]
         checks.append(StepCheck(ks.name + ("" if fresh else " (reported)"), ks, ms, tol,
-                                placement=fresh))
+                                (ks.l3, ms.l3, os_.l3), placement=fresh))
     kt = Step("total", sum(s.l2 for s in kernel), sum(s.l3 for s in kernel), 0,
               sum(s.seconds for s in kernel))
     mt = Step("total", sum(s.l2 for s in model), sum(s.l3 for s in model), 0)
-    total = StepCheck("total", kt, mt, FLOOR + math.ceil(3 * noise_per_second * kt.seconds))
-    failures = [f for c in checks for f in c.failures()]
-    if abs(mt.l2 - kt.l2) > max(total.tolerance, math.ceil(RATIO * kt.l2)):
-        failures.append(f"total: level-2 splits model {mt.l2} vs kernel {kt.l2}")
-    if abs(mt.l3 - kt.l3) > L3_TOTAL:
-        failures.append(f"total: level-3 splits model {mt.l3} vs kernel {kt.l3}")
+    total = StepCheck("total", kt, mt, FLOOR + math.ceil(3 * noise_per_second * kt.seconds),
+                      so_far(len(kernel) - 1))
+    failures = [f for c in (*checks, total) for f in c.failures()]
     name = getattr(design, "name", getattr(design, "__name__", "model"))
     return ChurnResult(keep_first, host, (*checks, total), noise_per_second, name, seconds,
                        tuple(failures))

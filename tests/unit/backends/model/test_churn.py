@@ -93,10 +93,25 @@ def test_tolerance_is_two_sided_and_has_its_floor() -> None:
     ok = churn.StepCheck("s", k, churn.Step("s", 115, 0, 100), churn.FLOOR)
     over = churn.StepCheck("s", k, churn.Step("s", 116, 0, 100), churn.FLOOR)
     under = churn.StepCheck("s", k, churn.Step("s", 84, 0, 100), churn.FLOOR)
-    small = churn.StepCheck("s", churn.Step("s", 0, 0, 1), churn.Step("s", 3, 2, 1), churn.FLOOR)
+    # level 3 so far: (kernel, model in address order, model in random order)
+    small = churn.StepCheck("s", churn.Step("s", 0, 0, 1), churn.Step("s", 3, 3, 1), churn.FLOOR,
+                            (0, 3, 3))
     assert not ok.failures() and over.failures() and under.failures()
-    # 3 splits against 0 is within the floor; 2 level-3 splits against 0 is not
-    assert small.failures() == ["s: level-3 splits model 2 vs kernel 0"]
+    # 3 splits against 0 is within the floor; 3 level-3 splits against 0 is not
+    assert small.failures() == ["s: level-3 splits so far model 3 vs kernel 0"]
+
+
+def test_level3_is_bracketed_by_the_two_free_list_orders() -> None:
+    k = churn.Step("s", 100, 0, 100)
+
+    def check(l3: tuple[int, int, int]) -> list[str]:
+        return churn.StepCheck("s", k, k, churn.FLOOR, l3).failures()
+
+    # measured on one machine: the kernel 7, the model 2 in address order, 11 in random order
+    assert check((7, 2, 11)) == [] and check((7, 11, 2)) == []
+    assert check((0, 2, 11)) == [] and check((13, 2, 11)) == []  # the slack of 2 each way
+    assert check((14, 2, 11)) == ["s: level-3 splits so far model 2-11 vs kernel 14"]
+    assert check((0, 3, 5)) == ["s: level-3 splits so far model 3-5 vs kernel 0"]
 
 
 def test_points_give_cumulative_pages_and_splits() -> None:
