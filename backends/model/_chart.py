@@ -249,17 +249,16 @@ def _kernel(sub: SubFigure | Figure, points: Sequence[KernelPoints]) -> None:
         dashes = "-" if k == 0 else "--"
         xs = [s.pages * gib for s in p.steps]
         share = 100 / p.machine_2m_regions
-        for who, ys, s, z in (
-            ("kernel", [s.kernel_l2 * share for s in p.steps], KERNEL, 6),
-            ("model", [s.model_l2 * share for s in p.steps], page, 5),
-        ):
-            fill = "none" if who == "model" else s.color
-            top.plot(xs, ys, color=s.color, linestyle=dashes, marker=s.marker if who == "kernel"
-                     else "o", markersize=7 if who == "model" else 4, markerfacecolor=fill,
-                     linewidth=2.2 if who == "model" else 1.0, zorder=z,
-                     label=f"{who}, {p.condition}: " + (
-                         f"{p.steps[-1].kernel_l2:,} new splits, measured" if who == "kernel"
-                         else f"{p.steps[-1].model_l2:,}, page-model simulated"))
+        (k1, m1), (k2, m2) = p.phase("grow"), p.phase("again")
+        # the measured points: small filled markers on a thin line; the
+        # simulation: open circles on a thick line, so that both show where
+        # they coincide
+        top.plot(xs, [s.kernel_l2 * share for s in p.steps], color=KERNEL.color,
+                 linestyle=dashes, marker=KERNEL.marker, markersize=4, linewidth=1.0, zorder=6,
+                 label=f"kernel, {p.condition}: {k1:,} + {k2:,} new splits, measured")
+        top.plot(xs, [s.model_l2 * share for s in p.steps], color=page.color, linestyle=dashes,
+                 marker="o", markersize=7, markerfacecolor="none", linewidth=2.2, zorder=5,
+                 label=f"model, {p.condition}: {m1:,} + {m2:,} page-model, simulated")
         names = [s.step.replace("grow to ", "").replace("again to ", "again ") for s in p.steps]
         at = [i + (k - (len(points) - 1) / 2) * 0.3 for i in range(len(names))]
         bottom.plot(at, [max(s.kernel_regions, 0.5) for s in p.steps], linestyle="none",
@@ -293,9 +292,9 @@ def _kernel(sub: SubFigure | Figure, points: Sequence[KernelPoints]) -> None:
     bottom.legend(fontsize=7, loc="best")
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
-    before = sorted({(p.regions_split_before, p.machine_2m_regions) for p in points})
-    sub.suptitle("The kernel, measured by `secretvault model churn`\n(" + "; ".join(
-        f"{b:,} of {n:,} 2 MiB regions split before" for b, n in before) + ")", fontsize=10)
+    sub.suptitle("The kernel, measured by `secretvault model churn`\n" + "\n".join(
+        f"{p.source}: {p.regions_split_before:,} of {p.machine_2m_regions:,} 2 MiB regions "
+        "split before" for p in points), fontsize=9)
 
 
 def figure(results: Sequence[ModelResult], *, title: str,

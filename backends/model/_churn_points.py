@@ -52,6 +52,17 @@ class KernelPoints:
     def condition(self) -> str:
         return "first 2 GiB kept mapped" if self.keep_first else "first 2 GiB freed"
 
+    def phase(self, prefix: str) -> tuple[int, int]:
+        """New level-2 splits (kernel, model) over the steps named ``prefix ...``
+        (``grow``: the first 2 GiB, ``again``: the second)."""
+        k = m = 0
+        before = (0, 0)
+        for s in self.steps:
+            if s.step.startswith(prefix + " "):
+                k, m = k + s.kernel_l2 - before[0], m + s.model_l2 - before[1]
+            before = (s.kernel_l2, s.model_l2)
+        return k, m
+
 
 def _int(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -168,8 +168,9 @@ def test_the_kernel_points_are_on_the_same_axes_as_the_model(
     for p in kernel:
         share = 100 / p.machine_2m_regions
         gib = [s.pages * 4096 / (1 << 30) for s in p.steps]
-        measured = [ln for ln in lines if str(ln.get_label()).startswith(f"kernel, {p.condition}")
-                    and f"{p.steps[-1].kernel_l2:,} new splits, measured" in str(ln.get_label())]
+        (k1, _), (k2, _) = p.phase("grow"), p.phase("again")
+        measured = [ln for ln in lines if ln.get_label() == f"kernel, {p.condition}: "
+                    f"{k1:,} + {k2:,} new splits, measured"]
         model = [ln for ln in lines if str(ln.get_label()).startswith(f"model, {p.condition}")]
         assert len(measured) == 1 and len(model) == 1
         assert list(measured[0].get_xdata()) == pytest.approx(gib)

@@ -149,7 +149,24 @@ def test_models_md_quotes_the_model_runs(by: Results, cfg: ScenarioConfig) -> No
 @pytest.mark.parametrize("name", ["churn.json", "churn-keep-first.json"])
 def test_models_md_table_of_the_kernel_runs_is_the_files(name: str) -> None:
     p = load_kernel_points(str(REPO / "docs" / "data" / name))
-    last = p.steps[-1]
+    (k1, m1), (k2, m2) = p.phase("grow"), p.phase("again")
     row = (f"| `{name}` | {p.condition} | {p.regions_split_before:,} of "
-           f"{p.machine_2m_regions:,} | {last.kernel_l2:,} / {last.model_l2:,} |")
+           f"{p.machine_2m_regions:,} | {k1:,} / {m1:,} | {k2:,} / {m2:,} |")
     assert row in MODELS_MD.read_text()
+
+
+def test_the_readme_quotes_the_kernel_runs_it_charts() -> None:
+    freed = load_kernel_points(str(REPO / "docs" / "data" / "churn.json"))
+    kept = load_kernel_points(str(REPO / "docs" / "data" / "churn-keep-first.json"))
+    assert not freed.keep_first and kept.keep_first
+    (fk1, fm1), (fk2, fm2) = freed.phase("grow"), freed.phase("again")
+    (kk1, km1), (kk2, km2) = kept.phase("grow"), kept.phase("again")
+    figures = [
+        f"the first 2 GiB made {fk1:,} new splits and, freed, the second {fk2:,}; the model "
+        f"simulated {fm1:,} and {fm2:,}",
+        f"the second 2 GiB made {kk2:,} new splits after the first's {kk1:,} "
+        f"(model: {km1:,} and {km2:,})",
+    ]
+    text = flat(section(README.read_text(), "Pool or page by page? The models' answer"))
+    missing = [f for f in figures if flat(f) not in text]
+    assert not missing, "README.md no longer matches docs/data/churn*.json:\n" + "\n".join(missing)
