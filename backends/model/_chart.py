@@ -65,10 +65,10 @@ STYLES: dict[str, Style] = {
 _OTHER = Style("?", "", "tab:gray", "-", ".", 1.5, 6)
 KERNEL = Style("kernel", "measured on this kernel", "black", "-", "D", 1.2, 7)
 
-#: (tag, left-axis label, what to plot) per row
+#: (tag, left-axis label) per row, top to bottom
 ROWS = (
     ("splits", "direct-map level-2 splits\n(2 MiB entries split to 4 KiB)"),
-    ("free2m", "free 2 MiB blocks\noutside CMA"),
+    ("free2m", "free 2 MiB blocks outside CMA\n(the pool's CMA area not counted)"),
     ("failures", "failed secret faults\n(so far)"),
     ("overcharge", "memcg over-charge, MiB\n(charged beyond pages in use)"),
     ("waste", "pool waste, MiB\n(held, holding no secret page)"),
