@@ -115,7 +115,8 @@ def coinciding(curves: dict[str, list[tuple[int, int]]]) -> list[list[str]]:
     return [g for g in groups if len(g) > 1]
 
 
-def _series(r: ModelResult, tag: str) -> list[tuple[int, int]]:
+def panel_series(r: ModelResult, tag: str) -> list[tuple[int, int]]:
+    """What row ``tag`` plots for ``r``: (pages requested, value), to the run's end."""
     end = r.pages_requested
     if tag == "splits":
         return _extend(r.series, end)
@@ -179,7 +180,7 @@ _HEADROOM = 1.65
 
 def _scenario_panel(ax: Axes, tag: str, results: list[ModelResult]) -> None:
     scale = MiB if tag in ("overcharge", "waste") else 1
-    curves = {r.model: _series(r, tag) for r in results}
+    curves = {r.model: panel_series(r, tag) for r in results}
     for k, r in enumerate(results):
         _draw(ax, r.model, curves[r.model], scale, k)
     end = max(r.pages_requested for r in results)

@@ -110,7 +110,7 @@ def test_coinciding_curves_are_named_where_they_coincide(
     for scenario in SCENARIOS:
         for tag in TAGS:
             rs = [r for r in results if r.scenario == scenario]
-            groups = _chart.coinciding({r.model: _chart._series(r, tag) for r in rs})
+            groups = _chart.coinciding({r.model: _chart.panel_series(r, tag) for r in rs})
             notes = texts(panel(fig, f"{tag}:{scenario}"))
             for g in groups:
                 assert " = ".join(_chart.style(m).short for m in g) in notes, (tag, scenario)
