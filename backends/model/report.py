@@ -1,4 +1,4 @@
-"""``secretvault model compare``: run the scenarios on both models, tabulate.
+"""``secretvault model compare``: run the scenarios on the three designs, tabulate, chart.
 
 Wired into the CLI through :func:`configure_parser` and :func:`run`; also
 runs alone: ``python -m secretvault.backends.model.report --help``.
