@@ -176,7 +176,7 @@ class SlotAllocator:
 
     def _page_with_room(self, cls: int) -> _Page:
         # the fullest page first: keeps live slots dense, lets others empty
-        # (backends/model/scenarios.KeyringSim makes the same choices)
+        # (backends/model/_keyring_sim.KeyringSim makes the same choices)
         for bucket in reversed(self._partial[cls]):
             if bucket:
                 return next(iter(bucket))

@@ -1,4 +1,4 @@
-"""``secretvault model compare``: run the scenarios on both models, tabulate.
+"""``secretvault model compare``: run the scenarios on the three designs, tabulate, chart.
 
 Wired into the CLI through :func:`configure_parser` and :func:`run`; also
 runs alone: ``python -m secretvault.backends.model.report --help``.
@@ -13,6 +13,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from secretvault.backends.model._churn_points import (
+    KernelPoints,
+    KernelPointsError,
+    load_kernel_points,
+)
 from secretvault.backends.model._machine import DEFAULT_CMA, DEFAULT_MEMORY
 from secretvault.backends.model.scenarios import (
     COMPARED,
@@ -78,7 +83,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plot",
         metavar="FILE",
-        help="write a chart of level-2 splits and pool waste against secret pages (.png/.svg)",
+        help="write a chart of level-2 splits (as a share of the machine's 2 MiB regions), "
+        "free 2 MiB blocks, failures, memcg over-charge and pool waste against secret pages "
+        "(.png/.svg; needs matplotlib)",
+    )
+    parser.add_argument(
+        "--kernel-points",
+        action="append",
+        metavar="FILE",
+        help="with --plot: also chart the churn sequence as measured on the kernel, from the "
+        "JSON `secretvault model churn --json FILE` wrote (repeatable; docs/data/churn*.json)",
     )
 
 
@@ -163,44 +177,24 @@ def print_table(results: Sequence[ModelResult], cfg: ScenarioConfig) -> None:
     console.print(table)
 
 
-def plot(results: Sequence[ModelResult], path: str) -> None:
+def plot(
+    results: Sequence[ModelResult],
+    path: str,
+    cfg: ScenarioConfig | None = None,
+    kernel: Sequence[KernelPoints] = (),
+) -> None:
+    """Write the chart (``backends/model/_chart.py`` says what it shows)."""
     try:
-        import matplotlib
+        from secretvault.backends.model import _chart
     except ImportError:
         raise SystemExit("--plot needs matplotlib: pip install 'secretvault[plot]'") from None
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scenarios = list(dict.fromkeys(r.scenario for r in results))
-    fig, axes = plt.subplots(
-        2, len(scenarios), figsize=(4.2 * len(scenarios), 6.4), squeeze=False, sharex="col"
+    cfg = cfg if cfg is not None else ScenarioConfig()
+    title = (
+        f"Secret memory, three designs on a model machine: {_mib(cfg.memory_bytes)} RAM, "
+        f"~50% background, {_mib(cfg.cma_bytes)} CMA for the pool, N={cfg.keys:,}, "
+        f"seed {cfg.seed}" + ("  |  right: the churn sequence on the kernel" if kernel else "")
     )
-    styles = {"page-model": "-", "pooled-pmd-model": "--", "pooled-pmd-model+fallback": ":"}
-    for col, scenario in enumerate(scenarios):
-        top, bottom = axes[0][col], axes[1][col]
-        for r in results:
-            if r.scenario != scenario:
-                continue
-            label = r.model
-            if r.allocation_failures:
-                label += f" ({r.allocation_failures:,} failed)"
-            style = styles.get(r.model, "-")
-            top.step(*zip(*r.series, strict=True), where="post", linestyle=style, label=label)
-            xs = [x for x, _ in r.waste_series]
-            ys = [w / (1 << 20) for _, w in r.waste_series]
-            bottom.step(xs, ys, where="post", linestyle=style, label=r.model)
-        top.set_title(scenario)
-        top.legend(fontsize=7)
-        bottom.set_xlabel("secret pages requested")
-        for ax in (top, bottom):
-            ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("direct_map_level2_splits")
-    axes[1][0].set_ylabel("pool waste: held, unused (MiB)")
-    fig.suptitle("Direct-map splits and pool waste against secret pages (model)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _chart.plot(results, path, title=title, kernel=kernel)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -214,6 +208,14 @@ def run(args: argparse.Namespace) -> int:
     if args.cma >= args.memory:
         print("--cma must be smaller than --memory", file=sys.stderr)
         return 2
+    if args.kernel_points and not args.plot:
+        print("--kernel-points goes with --plot FILE", file=sys.stderr)
+        return 2
+    try:
+        kernel = [load_kernel_points(p) for p in args.kernel_points or ()]
+    except KernelPointsError as e:
+        print(f"--kernel-points: {e}", file=sys.stderr)
+        return 2
     cfg = ScenarioConfig(
         keys=args.keys, memory_bytes=args.memory, cma_bytes=args.cma, seed=args.seed
     )
@@ -225,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_table(results, cfg)
     if args.plot:
-        plot(results, args.plot)
+        plot(results, args.plot, cfg, kernel)
         if not args.json:
             print(f"chart written to {args.plot}", file=sys.stderr)
     return 0

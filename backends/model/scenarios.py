@@ -13,15 +13,11 @@ Three designs (:data:`MODELS`): page-by-page, the v16 pool (a drained pool
 is ``VM_FAULT_OOM``: the faulting process is killed and stops), and plain
 PMD-order buddy allocations with an order-0 fallback; the pool with the
 fallback proposed in review is a fourth, optional variant.  Every run also
-samples how many free 2 MiB blocks the machine has outside CMA.
+samples how many free 2 MiB blocks the machine has outside CMA, the
+failed faults so far and the memcg over-charge, for the chart.
 
-Keys are packed the way :class:`secretvault.backends.SlotAllocator` packs them (64
-Ed25519 keys per page, regions growing by 1/16 of what is mapped between
-16 and 256 pages, pages first touched when carved, the fullest page first,
-empty regions given back beyond a reserve of one);
-:class:`KeyringSim` re-implements that policy without real memory so the
-scenarios run unprivileged and fast, and a unit test holds it to the real
-allocator.
+Keyrings are :class:`~secretvault.backends.model._keyring_sim.KeyringSim`
+(re-exported here), packed the way the slot allocator packs them.
 """
 
 from __future__ import annotations
@@ -29,17 +25,21 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 from secretvault.api.errors import MemlockExceeded, SecretMemoryExhausted
-from secretvault.backends._slots import SIZE_CLASSES, size_class
-from secretvault.backends.model._directmap import PAGE_BYTES
+from secretvault.backends.model._directmap import PAGE_BYTES, PAGES_PER_2M
+from secretvault.backends.model._keyring_sim import (
+    ED25519_SLOT,
+    SLOTS_PER_PAGE,
+    KeyringSim,
+    SimPage,
+)
 from secretvault.backends.model._machine import (
     DEFAULT_CMA,
     DEFAULT_MEMORY,
     Machine,
-    ModelProcess,
     SecretFile,
     SecretmemDesign,
 )
@@ -48,152 +48,18 @@ from secretvault.backends.model._pmdbuddy import PmdBuddyDesign
 from secretvault.backends.model._pooled import PooledPmdDesign
 from secretvault.backends.model._workload import WorkloadConfig
 
-ED25519_SLOT = 64
-SLOTS_PER_PAGE = PAGE_BYTES // ED25519_SLOT
-
-
-# --- the slot allocator's packing, without the bytes --------------------------------
-
-
-@dataclass(eq=False)
-class _SimRegion:
-    file: SecretFile
-    next_untouched: int = 0
-    free_pages: list[int] = field(default_factory=list)
-    pages_in_use: int = 0
-
-
-@dataclass(eq=False)
-class SimPage:
-    region: _SimRegion
-    index: int
-    size: int  # the page's size class
-    used: int = 0
-
-    @property
-    def slots(self) -> int:
-        return PAGE_BYTES // self.size
-
-
-class KeyringSim:
-    """One process's keyring, packed like SlotAllocator.
-
-    Mirrors ``backends/_slots.py`` with its defaults (min 16, max 256 pages
-    per region, one empty region kept): a key's size rounds up to its size
-    class (32, 64, 128, 256 bytes) and each page holds one class; a new
-    region is ``mapped // 16`` pages clamped to [16, 256], halved on
-    MemlockExceeded; a page is faulted when first carved; a key goes to the
-    fullest partial page of its class, else to a page of the first region
-    with one (its most recently emptied page, else its next untouched one);
-    a page with no used slot goes back to its region's free list; a region
-    with no page in use is unmapped when more than one such region exists.
-    ``tests/unit/backends/model/test_keyring_sim.py`` holds the two to the
-    same packing, key by key.
-    """
-
-    def __init__(
-        self,
-        design: SecretmemDesign,
-        process: ModelProcess,
-        *,
-        slot_size: int = ED25519_SLOT,
-        min_region_pages: int = 16,
-        max_region_pages: int = 256,
-        reserve_regions: int = 1,
-    ) -> None:
-        self.design = design
-        self.process = process
-        self.slot_size = slot_size  # what add() stores when given no size
-        self._min = min_region_pages
-        self._max = max_region_pages
-        self._reserve = reserve_regions
-        self.regions: list[_SimRegion] = []
-        # per size class, partial pages bucketed by used slots: the fullest
-        # is found at once
-        self._partial: dict[int, list[dict[SimPage, None]]] = {}
-        self._clear_partial()
-        self.keys = 0
-        self.region_sizes: list[int] = []  # every region asked for, in order
-
-    def _clear_partial(self) -> None:
-        self._partial = {c: [{} for _ in range(PAGE_BYTES // c)] for c in SIZE_CLASSES}
-
-    def add(self, size: int | None = None) -> SimPage:
-        """Store one key of ``size`` bytes (default ``slot_size``); its page.
-
-        Raises what the design raises.
-        """
-        cls = size_class(self.slot_size if size is None else size)
-        page = self._page_with_room(cls)
-        buckets = self._partial[cls]
-        del buckets[page.used][page]
-        page.used += 1
-        if page.used < page.slots:
-            buckets[page.used][page] = None
-        self.keys += 1
-        return page
-
-    def _page_with_room(self, cls: int) -> SimPage:
-        for bucket in reversed(self._partial[cls]):
-            if bucket:
-                return next(iter(bucket))
-        state = next(
-            (r for r in self.regions if r.free_pages or r.next_untouched < r.file.pages), None
-        )
-        if state is None:
-            state = self._new_region()
-        if state.free_pages:
-            index = state.free_pages.pop()
-        else:
-            index = state.next_untouched
-            # first carve of this page: the first touch, the page fault
-            self.design.fault(state.file, index)
-            state.next_untouched += 1
-        state.pages_in_use += 1
-        page = SimPage(state, index, cls)
-        self._partial[cls][0][page] = None
-        return page
-
-    def _new_region(self) -> _SimRegion:
-        mapped = sum(r.file.pages for r in self.regions)
-        pages = max(self._min, min(self._max, mapped // 16))
-        while True:
-            try:
-                f = self.design.mmap(self.process, pages)
-                break
-            except MemlockExceeded:
-                if pages == 1:
-                    raise
-                pages //= 2
-        self.region_sizes.append(pages)
-        state = _SimRegion(f)
-        self.regions.append(state)
-        return state
-
-    def remove(self, page: SimPage) -> None:
-        """Delete one key stored in ``page``."""
-        buckets = self._partial[page.size]
-        if page.used < page.slots:  # a full page is in no bucket
-            del buckets[page.used][page]
-        page.used -= 1
-        self.keys -= 1
-        if page.used:
-            buckets[page.used][page] = None
-            return
-        state = page.region
-        state.pages_in_use -= 1
-        state.free_pages.append(page.index)
-        if state.pages_in_use == 0:
-            empty = sum(1 for r in self.regions if r.pages_in_use == 0)
-            if empty > self._reserve:
-                self.regions.remove(state)
-                self.design.release(state.file)
-
-    def close(self) -> None:
-        for state in self.regions:
-            self.design.release(state.file)
-        self.regions.clear()
-        self._clear_partial()
+__all__ = [
+    "COMPARED",
+    "ED25519_SLOT",
+    "MODELS",
+    "SCENARIOS",
+    "SLOTS_PER_PAGE",
+    "KeyringSim",
+    "ModelResult",
+    "ScenarioConfig",
+    "SimPage",
+    "run_scenario",
+]
 
 
 # --- scenario runs -------------------------------------------------------------------
@@ -238,6 +104,11 @@ class ModelResult:
     # free 2 MiB blocks outside CMA: (pages requested, blocks), and its lowest
     free_2m_series: tuple[tuple[int, int], ...] = ()
     min_free_2m_blocks: int = 0
+    # (pages requested, failed faults so far) and (pages requested, memcg
+    # bytes charged beyond the secret pages in use), sampled like ``series``
+    failure_series: tuple[tuple[int, int], ...] = ()
+    overcharge_series: tuple[tuple[int, int], ...] = ()
+    machine_2m_regions: int = 0  # the machine's 2 MiB regions: what splits are a share of
 
     @property
     def pages_per_split(self) -> float | None:
@@ -261,6 +132,8 @@ class _Run:
         self.series: list[tuple[int, int]] = [(0, self.machine.direct_map.level2_splits)]
         self.waste_series: list[tuple[int, int]] = [(0, 0)]
         self.free_2m_series = [(0, self.machine.phys.free_2m_blocks())]
+        self.failure_series: list[tuple[int, int]] = [(0, 0)]
+        self.overcharge_series: list[tuple[int, int]] = [(0, 0)]
         self._t0 = time.perf_counter()
 
     def attempt(self, fn: Callable[[], object]) -> bool:
@@ -288,6 +161,12 @@ class _Run:
         free_2m = (self.requested, self.machine.phys.free_2m_blocks())
         if self.free_2m_series[-1][1] != free_2m[1]:
             self.free_2m_series.append(free_2m)
+        for series, value in (
+            (self.failure_series, self.failures),
+            (self.overcharge_series, self.design.charged - self.design.pages_in_use * PAGE_BYTES),
+        ):
+            if series[-1][1] != value:
+                series.append((self.requested, value))
 
     def result(self) -> ModelResult:
         self.sample()
@@ -320,6 +199,9 @@ class _Run:
                 min(n for _, n in self.free_2m_series),
                 getattr(self.design, "min_free_2m", self.free_2m_series[0][1]),
             ),
+            failure_series=tuple(self.failure_series),
+            overcharge_series=tuple(self.overcharge_series),
+            machine_2m_regions=m.phys.pages // PAGES_PER_2M,
         )
 
 

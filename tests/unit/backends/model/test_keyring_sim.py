@@ -33,7 +33,7 @@ from secretvault.backends.model import (
     SecretFile,
     make_model_backend,
 )
-from secretvault.backends.model.scenarios import KeyringSim, SimPage
+from secretvault.backends.model._keyring_sim import KeyringSim, SimPage
 from tests.unit.backends._backends import Recording
 
 MiB = 1 << 20

@@ -41,6 +41,7 @@ def test_defaults() -> None:
     assert args.scenario is None and args.keys == 100_000
     assert (args.memory, args.cma) == (4 << 30, 256 << 20)
     assert not args.fallback and args.seed == 0 and args.plot is None
+    assert args.kernel_points is None
 
 
 SMALL = ("--keys", "1500", "--memory", "512M", "--cma", "16M")
@@ -105,3 +106,31 @@ def test_markdown(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_sizes_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert report.run(parse("--memory", "64M", "--cma", "64M")) == 2
     assert report.run(parse("--keys", "0")) == 2
+
+
+DATA = Path(__file__).resolve().parents[4] / "docs" / "data"
+
+
+def test_plot_with_the_kernel_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "k.png"
+    argv = (*SMALL, "--scenario", "keyring", "--plot", str(out),
+            "--kernel-points", str(DATA / "churn.json"),
+            "--kernel-points", str(DATA / "churn-keep-first.json"))
+    args = parse(*argv)
+    assert args.kernel_points == [str(DATA / "churn.json"), str(DATA / "churn-keep-first.json")]
+    assert report.run(args) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_kernel_points_are_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"steps": []}')
+    assert report.run(parse(*SMALL, "--plot", str(tmp_path / "c.png"),
+                            "--kernel-points", str(bad))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("--kernel-points: ") and "bad.json" in err and err.count("\n") == 1
+    assert not (tmp_path / "c.png").exists()  # refused before the run
+    assert report.run(parse(*SMALL, "--kernel-points", str(DATA / "churn.json"))) == 2
+    assert "--kernel-points goes with --plot" in capsys.readouterr().err
