@@ -106,18 +106,21 @@ class AgentService:
         return (self.policy.allows(identity, "sign", name)
                 or name.startswith(f"{PERSIST_PREFIX}/{identity}/"))
 
-    def _vault_keys(self, identity: str) -> list[tuple[str, bytes]]:
-        """(name, public key) of every intact Ed25519 vault key ``identity`` may sign with."""
+    def _refresh(self) -> list[tuple[str, bytes]]:
+        """(name, primary public key) of every intact Ed25519 vault key, indexed."""
         out = []
         for info in self.keyring.list():
-            if info.type is not _ED25519 or info.damaged or not self._usable(identity,
-                                                                              info.name):
+            if info.type is not _ED25519 or info.damaged:
                 continue
             for v in info.versions:
                 if v.version == info.primary_version and v.public_key and not v.damaged:
                     out.append((info.name, v.public_key))
                     self._index[v.public_key] = (info.name, v.version)
         return out
+
+    def _vault_keys(self, identity: str) -> list[tuple[str, bytes]]:
+        """(name, public key) of every Ed25519 vault key ``identity`` may sign with."""
+        return [(name, pk) for name, pk in self._refresh() if self._usable(identity, name)]
 
     def _identities(self, session: Session) -> bytes:
         identity = session.caller.identity
@@ -173,7 +176,7 @@ class AgentService:
         ``public``, or (its name or None, None, the refusal's status)."""
         found = self._index.get(public)
         if found is None:
-            self._vault_keys(identity)
+            self._refresh()
             found = self._index.get(public)
             if found is None:
                 return None, None, "NOT_FOUND"
@@ -188,7 +191,7 @@ class AgentService:
         if signed != version:
             # rotated since it was listed: only the listed key's signature will do
             self._index.pop(public, None)
-            self._vault_keys(identity)
+            self._refresh()
             if self._index.get(public) != (name, signed):
                 return name, None, "NOT_FOUND"
         return name, signed, framed[HEADER_SIZE:]
