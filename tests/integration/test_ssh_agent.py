@@ -14,7 +14,9 @@ import base64
 import json
 import os
 import re
+import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +25,8 @@ import pytest
 
 from benchmarks.peers.ssh_agent import AgentClient, AgentProtocolError
 from secretvault.vault.server import VaultServer
-from tests.integration import _ssh
 from tests.integration._ssh import OpenSshAgent, Sshd, askpass, keygen, run, tool
-from tests.integration._support import cleanup, short_dir, start, stubs
+from tests.integration._support import HMAC, REPO, Child, cleanup, short_dir, start, stubs
 
 POLICY = """
 [identities.dev]
@@ -73,9 +74,6 @@ def server(base: str) -> Iterator[VaultServer]:
         vault = stubs(srv.config.vault.socket)
         for name in ("demo", "dev/a"):
             vault.create(name)
-        vault.keys.CreateKey  # noqa: B018 - the stub exists
-        from tests.integration._support import HMAC
-
         vault.create("mac", HMAC)
         yield srv
     finally:
@@ -375,4 +373,34 @@ def test_memory_only_by_default_gone_after_a_restart(base: str, tmp_path: Path) 
         srv.stop()
 
 
-_ = _ssh  # the helpers' module, for its INSTALL hint in skips
+
+def test_serve_ssh_agent_and_the_ssh_agent_command(base: str) -> None:
+    """The real command: ``serve --ssh-agent`` makes ssh-agent.sock beside the
+    socket; ``secretvault ssh-agent`` prints the line a shell evals; the
+    eval'ed shell's ssh-add lists the vault's keys."""
+    child = Child(base, ["--ssh-agent"])
+    try:
+        child.wait_ready()
+        sock = os.path.join(base, "run", "ssh-agent.sock")
+        assert os.path.exists(sock) and stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        stubs(child.socket).create("demo")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        cmd = [sys.executable, "-m", "secretvault", "--socket", child.socket, "ssh-agent"]
+        line = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True,
+                              cwd=REPO).stdout
+        assert line == f"SSH_AUTH_SOCK={sock}; export SSH_AUTH_SOCK;\n"
+        csh = subprocess.run([*cmd, "-c"], capture_output=True, text=True, env=env,
+                             check=True, cwd=REPO).stdout
+        assert csh == f"setenv SSH_AUTH_SOCK {sock};\n"
+        shell = subprocess.run(["sh", "-c", f'eval "$({" ".join(cmd)})"; ssh-add -L'],
+                               capture_output=True, text=True, env=env, check=True, cwd=REPO)
+        assert shell.stdout.strip().endswith(" demo")
+    finally:
+        child.terminate()
+        child.proc.wait(timeout=30)
+        child.close()
+    assert not os.path.exists(sock)  # removed at stop
+    # nothing answers now: one line naming the fix, status 2
+    gone = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert gone.returncode == 2 and "no SSH agent answers on" in gone.stderr
+    assert "secretvault serve --ssh-agent" in gone.stderr

@@ -9,12 +9,16 @@ the server, which no client command does.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 from typing import Any
 
-from secretvault.api.paths import SOCKET_ENV, default_agent_socket_path, default_socket_path
+from secretvault.api.paths import (
+    AGENT_SOCKET_NAME,
+    SOCKET_ENV,
+    default_agent_socket_path,
+    default_socket_path,
+)
 from secretvault.vault.cli.options import number, positive_int, whole_number
 from secretvault.vault.sizes import format_exact_bytes
 
@@ -136,11 +140,12 @@ in production keep the unseal material on another machine or medium.
                    metavar="N", help="descriptors kept out of the listeners' share",
                    shown=str)
     agent = parser.add_argument_group("SSH agent")
+    # alone, "": ssh-agent.sock beside --socket (serve.server_config says where)
     _server_option(agent, "--ssh-agent", "ssh_agent", metavar="PATH", nargs="?",
-                   const=default_agent_socket_path(), type=os.path.abspath,
+                   const="",
                    help="also speak the SSH agent protocol to the owner on PATH (alone: "
-                   f"{default_agent_socket_path()}); `secretvault ssh-agent` prints the "
-                   "SSH_AUTH_SOCK line")
+                   f"{AGENT_SOCKET_NAME} beside --socket, {default_agent_socket_path()} by "
+                   "default); `secretvault ssh-agent` prints the SSH_AUTH_SOCK line")
     _server_option(agent, "--ssh-agent-max-connections", "ssh_agent_max_connections",
                    type=whole_number, metavar="N", shown=str,
                    help="agent connections (each a thread) one identity holds at once")
