@@ -232,10 +232,11 @@ class Changes:
             if msg.remaining:
                 raise Malformed("bytes after the passphrase")
             with self.views.view(session.caller.identity) as view:
+                guessed = not lock and view.locked
                 ok = view.lock_with(passphrase, n) if lock else view.unlock_with(passphrase, n)
         finally:
             passphrase.free()
-        if not ok and not lock:
+        if guessed and not ok:  # a wrong passphrase for a locked agent
             time.sleep(UNLOCK_DELAY)
         self.record.result(session, operation, None, "ok" if ok else "FAILED_PRECONDITION")
         return wire.SUCCESS_MESSAGE if ok else wire.FAILURE_MESSAGE
