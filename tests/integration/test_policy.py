@@ -277,9 +277,12 @@ def test_the_example_policy_is_valid() -> None:
                         .read_text())
     # the example names groups (ci, app, monitoring) this machine may not have
     for ident in doc["identities"].values():
-        for sock in ident.get("sockets", []):
+        for sock in ident.get("sockets", []) + ident.get("agent_sockets", []):
             sock["group"] = os.getgid()
     p = Policy.from_dict(doc)
+    assert [(s.path, s.identity) for s in p.agent_sockets] == [
+        ("/run/secretvault/ci-agent/agent.sock", "ci-signer")]
+    assert not p.ssh_agent_persist and not p.allows("ci-signer", "ssh_add_key", None)
     assert p.allows("ci-signer", "sign", "ci/release/a")
     assert not p.allows("ci-signer", "sign", "jwt/a")
     assert p.tls_identity("spiffe://example.org/ci/signer") == "ci-signer"
