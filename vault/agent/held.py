@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from secretvault.api.errors import StoreSealed
 from secretvault.backends import Slot, SlotAllocator
 from secretvault.vault import crypto
 from secretvault.vault.agent.keys import fingerprint, key_blob
@@ -161,8 +162,11 @@ class AgentViews:
 
     @contextmanager
     def view(self, identity: str) -> Iterator[AgentView]:
-        """``identity``'s view, its lock held."""
+        """``identity``'s view, its lock held; :class:`StoreSealed` once closed (a
+        connection still finishing then gets FAILURE, and nothing new is held)."""
         with self._lock:
+            if self.closed:
+                raise StoreSealed("the SSH agent is stopped")
             v = self._views.get(identity)
             if v is None:
                 v = self._views[identity] = AgentView(self._alloc, self._max_keys)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
+from secretvault.api.errors import StoreSealed
 from secretvault.backends import Slot, SlotAllocator, _sodium
 from secretvault.vault.agent.held import AgentViews, HeldKey
 
@@ -73,6 +76,9 @@ def test_lock_and_unlock(allocator: SlotAllocator) -> None:
     with views.view("dev") as view:
         view.lock_with(passphrase, 1)
     passphrase.free()  # the passphrase's slot is the caller's: only the tag is kept
-    views.close()
     with views.view("dev") as view:
-        assert not view.locked  # close zeroes the tag too
+        tag = view._tag
+    views.close()
+    assert tag is not None and tag.freed  # close zeroes the tag too
+    with pytest.raises(StoreSealed), views.view("dev"):
+        pass
