@@ -40,6 +40,9 @@ from secretvault.vault.policy import Policy
 from secretvault.vault.stats import OperationCounters
 
 _ED25519 = KeyType.ED25519
+#: a signature request for a public key not in the index rescans the keyring at
+#: most this often (a listing always does)
+REFRESH_SECONDS = 1.0
 
 
 class AgentService:
@@ -58,6 +61,7 @@ class AgentService:
         self._observe = observe
         #: vault keys by public key: (name, primary version when last seen)
         self._index: dict[bytes, tuple[str, int]] = {}
+        self._refreshed = 0.0
 
     # --- dispatch -----------------------------------------------------------------------
 
@@ -108,6 +112,7 @@ class AgentService:
 
     def _refresh(self) -> list[tuple[str, bytes]]:
         """(name, primary public key) of every intact Ed25519 vault key, indexed."""
+        self._refreshed = time.monotonic()
         out = []
         for info in self.keyring.list():
             if info.type is not _ED25519 or info.damaged:
@@ -176,7 +181,11 @@ class AgentService:
         ``public``, or (its name or None, None, the refusal's status)."""
         found = self._index.get(public)
         if found is None:
-            self._refresh()
+            # a key made since the last listing (ssh lists before it signs).  At most
+            # one scan a second: requests for keys that do not exist cannot make every
+            # request a scan of the whole keyring
+            if time.monotonic() - self._refreshed >= REFRESH_SECONDS:
+                self._refresh()
             found = self._index.get(public)
             if found is None:
                 return None, None, "NOT_FOUND"
