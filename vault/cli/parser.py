@@ -338,8 +338,11 @@ def _ssh_agent(p: argparse.ArgumentParser) -> None:
     describe(p, agent.cmd_ssh_agent, "Print the line that points ssh, ssh-add, git and every "
              "SSH_AUTH_SOCK user at the vault's SSH agent (serve --ssh-agent), after checking "
              "that it answers: eval \"$(secretvault ssh-agent)\".", json_help=None)
+    p.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
+                   help="the vault's Unix socket: its agent socket is ssh-agent.sock beside "
+                   f"it (default: ${SOCKET_ENV}, else {default_socket_path()})")
     p.add_argument("--agent-socket", metavar="PATH",
-                   help=f"the agent socket (default: {default_agent_socket_path()})")
+                   help=f"the agent socket itself (default: {default_agent_socket_path()})")
     p.add_argument("-c", dest="csh", action="store_true",
                    help="C shell syntax (setenv), as ssh-agent -c")
 

@@ -26,3 +26,10 @@ def test_a_socket_in_a_directory_others_can_write_is_refused(
     os.chmod(shared, 0o777)
     assert main(["ssh-agent", "--agent-socket", str(shared / "agent.sock")]) == 2
     assert "UnsafeSocketPath" in capsys.readouterr().err
+
+
+def test_the_socket_may_follow_the_subcommand(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    os.chmod(tmp_path, 0o700)
+    assert main(["ssh-agent", "--socket", str(tmp_path / "vault.sock")]) == 2
+    assert str(tmp_path / "ssh-agent.sock") in capsys.readouterr().err
