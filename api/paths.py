@@ -6,6 +6,8 @@ import os
 
 SOCKET_ENV = "SECRETVAULT_SOCKET"
 SOCKET_NAME = "secretvault.sock"
+#: the SSH agent socket ``serve --ssh-agent`` makes beside the default socket
+AGENT_SOCKET_NAME = "ssh-agent.sock"
 
 
 def default_socket_path() -> str:
@@ -24,3 +26,8 @@ def default_socket_path() -> str:
     if runtime:
         return os.path.join(runtime, "secretvault", SOCKET_NAME)
     return os.path.join(f"/tmp/secretvault-{os.geteuid()}", SOCKET_NAME)  # noqa: S108
+
+
+def default_agent_socket_path() -> str:
+    """The owner's SSH agent socket: ``ssh-agent.sock`` beside the default socket."""
+    return os.path.join(os.path.dirname(default_socket_path()), AGENT_SOCKET_NAME)

@@ -231,6 +231,19 @@ class AuditLog:
         # the line ends '}\n': the batch object goes in before the closing brace
         self._append(f"{line[:-2]}{extra}}}}}\n")
 
+    def write_detail(self, identity: str, listener: str, operation: str, key: str | None,
+                     result: str, detail: Mapping[str, str]) -> None:
+        """One line with the usual fields, then ``"detail":{...}``: a few short
+        strings the operation is known by (the SSH agent's ``session-bind``:
+        the host key's fingerprint and the session id), each clipped."""
+        who, cut = self._who(identity, listener)
+        line = self._stamp(time.time()) + who + self._tail(operation, key, None, result, cut)
+        fields = []
+        for name, value in sorted(detail.items())[:8]:
+            quoted, _ = _clip(value, 160)
+            fields.append(f"{self._quote(name)}:{quoted}")
+        self._append(f"{line[:-2]},\"detail\":{{{','.join(fields)}}}}}\n")
+
     def _append(self, text: str) -> None:
         data = text.encode("ascii")
         try:

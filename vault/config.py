@@ -104,6 +104,17 @@ class ServerConfig:
     #: descriptors kept out of every listener's share: the store, the audit log,
     #: the metrics endpoint and grpc's own
     reserved_descriptors: int = 64
+    #: serve the SSH agent protocol to the owner on this Unix socket (``serve
+    #: --ssh-agent`` alone: ``ssh-agent.sock`` beside the default socket); None:
+    #: only the policy's ``agent_sockets``
+    ssh_agent: str | None = None
+    #: connections one identity holds at once over all its agent sockets, each
+    #: served by a thread of its own; one more is closed as it is accepted
+    ssh_agent_max_connections: int = 64
+    #: an agent connection that sends nothing for this long is closed
+    ssh_agent_idle_seconds: float = 300.0
+    #: keys one identity may hold in the agent (added with ssh-add, memory only)
+    ssh_agent_max_keys: int = 64
 
     def validate(self) -> None:
         """Refuse a configuration that cannot serve, or a limit out of its range."""
@@ -149,5 +160,13 @@ class ServerConfig:
         if not 0 < self.connection_idle_seconds <= 86400:
             raise InvalidArgument("connection_idle_seconds must be more than 0 and at most "
                                   "a day")
+        if not 1 <= self.ssh_agent_max_connections <= 4096:
+            raise InvalidArgument("ssh_agent_max_connections must be between 1 and 4,096")
+        if not 0 < self.ssh_agent_idle_seconds <= 86400:
+            raise InvalidArgument("ssh_agent_idle_seconds must be more than 0 and at most a day")
+        if not 1 <= self.ssh_agent_max_keys <= 100_000:
+            raise InvalidArgument("ssh_agent_max_keys must be between 1 and 100,000")
+        if self.ssh_agent is not None and not self.ssh_agent.startswith("/"):
+            raise InvalidArgument("the --ssh-agent socket must be an absolute path")
         if not 16 <= self.reserved_descriptors <= 1 << 20:
             raise InvalidArgument("reserved_descriptors must be between 16 and 1,048,576")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import os
+import socket
 
 from secretvault.api.errors import DecryptionFailed, InvalidImport, WrongKeyType
 from secretvault.backends import KEY_SLOT_SIZES, Slot
@@ -272,3 +273,31 @@ def trim_newline(slot: Slot, n: int) -> int:
         if n and ptr[n - 1] == end:
             n -= 1
     return n
+
+
+# --- sockets and secret memory ---------------------------------------------------------
+
+# recv(2) into a secret buffer is the same plain user copy as read(2): the
+# bytes go from the socket's kernel buffer to the slot's page, with no Python
+# object in between (the memoryview is over the slot, not a copy of it).  The
+# SSH agent receives a private key this way, straight from its client.
+
+
+def recv_into(sock: socket.socket, slot: Slot, n: int, offset: int = 0) -> bool:
+    """``recv(2)`` exactly ``n`` bytes from ``sock`` into ``slot`` at ``offset``.
+
+    False when the peer closed first; the socket's timeout applies to each read.
+    """
+    view = memoryview(na.ffi.buffer(slot.ptr + offset, n))
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            return False
+        got += k
+    return True
+
+
+def slots_equal(a: Slot, b: Slot, n: int) -> bool:
+    """Whether the first ``n`` bytes of two slots are equal, in constant time."""
+    return na.sodium_memcmp(a.ptr, b.ptr, n)

@@ -282,6 +282,13 @@ class Keyring:
         size, fill = self._import.opener(self._alloc, kt, wrapped)
         return self._add_key(name, kt, labels, size, fill, by)
 
+    def adopt(self, name: str, slot: Slot, public: bytes, labels: Mapping[str, str], *,
+              by: str | None = None) -> KeyInfo:
+        """A new Ed25519 key whose version 1 is ``slot`` (filled, e.g. by the SSH
+        agent from its socket); the slot is the keyring's now, freed on failure."""
+        return self._add_key(validate_name(name), _ED25519, validate_labels(labels), 64,
+                             lambda: (slot, public, 64), by)
+
     def _add_key(self, name: str, kt: KeyType, labels: dict[str, str], size: int, fill: Fill,
                  by: str | None) -> KeyInfo:
         with self._mutate:

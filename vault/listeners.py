@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Callable
 
 import grpc
 
@@ -202,20 +203,34 @@ def clear_stale_socket(path: str) -> None:
 def bind_unix(server: grpc.Server, listener: SocketBinding) -> None:
     """Add ``listener``'s socket to ``server``: its directory checked, a stale socket
     cleared, the file created 0600 and then given its group and mode."""
+
+    def create(path: str) -> None:
+        try:
+            port = server.add_insecure_port(f"unix:{path}")
+        except RuntimeError as e:
+            raise FailedPrecondition(f"cannot listen on {path}: {e}") from None
+        if port == 0:
+            raise FailedPrecondition(f"cannot listen on {path}")
+
+    bind_socket(listener, create)
+
+
+def bind_socket(listener: SocketBinding, create: Callable[[str], None]) -> None:
+    """Make ``listener``'s socket with ``create(path)`` (a gRPC port, the SSH agent's
+    own socket), guarded as every listener is: its directory checked, a stale
+    socket cleared, the file created 0600 and then given its group and mode."""
     path = listener.path
     prepare_socket_dir(path, listener.mode, listener.group)
     clear_stale_socket(path)
-    # grpc creates the socket file when the port is added; the umask makes it
-    # 0600 from its first instant (the mode is then widened, never narrowed,
-    # and the directory already keeps strangers out)
+    # the socket file is made by create(); the umask makes it 0600 from its
+    # first instant (the mode is then widened, never narrowed, and the
+    # directory already keeps strangers out)
     old = os.umask(0o177)
     try:
-        port = server.add_insecure_port(f"unix:{path}")
-    except RuntimeError as e:
-        raise FailedPrecondition(f"cannot listen on {path}: {e}") from None
+        create(path)
     finally:
         os.umask(old)
-    if port == 0 or not os.path.exists(path):
+    if not os.path.exists(path):
         raise FailedPrecondition(f"cannot listen on {path}")
     try:
         if listener.group is not None:

@@ -72,6 +72,8 @@ KEY_OPERATIONS: frozenset[str] = frozenset({
 #: (``list_keys`` answers only the names the identity's list_keys patterns match)
 KEYLESS_OPERATIONS: frozenset[str] = frozenset({
     "get_import_key", "list_keys", "get_stats", "watch_stats",
+    # the SSH agent's changes to the identity's own agent keys (ssh-add; -d, -D)
+    "ssh_add_key", "ssh_remove_key",
 })
 OPERATIONS: frozenset[str] = KEY_OPERATIONS | KEYLESS_OPERATIONS
 #: the operations a Batch or Stream can carry: an identity granted none of them
@@ -126,6 +128,8 @@ class Identity:
     tls: tuple[str, ...] = ()  # certificate identities (SAN URI, else CN)
     #: its secret-memory quota in bytes; None: unlimited; FROM_POLICY: the policy's
     secret_memory: int | None = FROM_POLICY
+    #: SSH agent sockets bound to it (``[[identities.NAME.agent_sockets]]``)
+    agent_sockets: tuple[SocketBinding, ...] = ()
 
 
 #: decisions remembered per policy (identity, operation, key): a bound on memory,
@@ -140,6 +144,8 @@ class Policy:
     source: str = "the built-in policy (owner only)"
     #: the quota of every identity that names none (``[quotas] secret_memory``)
     default_secret_memory: int | None = DEFAULT_SECRET_MEMORY
+    #: ``[ssh_agent] persist``: keys added with ssh-add become sealed vault keys
+    ssh_agent_persist: bool = False
     # a policy never changes once loaded, so its answers can be remembered
     _decisions: dict[tuple[str, str, str | None], bool] = field(
         default_factory=dict, init=False, repr=False, compare=False)
@@ -237,6 +243,10 @@ class Policy:
     def sockets(self) -> tuple[SocketBinding, ...]:
         return tuple(s for i in self.identities.values() for s in i.sockets)
 
+    @property
+    def agent_sockets(self) -> tuple[SocketBinding, ...]:
+        return tuple(s for i in self.identities.values() for s in i.agent_sockets)
+
     # --- loading ----------------------------------------------------------------
 
     @classmethod
@@ -252,7 +262,11 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "policy") -> Policy:
-        _only(data, {"identities", ANONYMOUS, "quotas"}, "the policy")
+        _only(data, {"identities", ANONYMOUS, "quotas", "ssh_agent"}, "the policy")
+        agent = data.get("ssh_agent", {})
+        if not isinstance(agent, dict) or not isinstance(agent.get("persist", False), bool):
+            raise PolicyError("[ssh_agent] must be a table; persist = true or false")
+        _only(agent, {"persist"}, "[ssh_agent]")
         quotas = data.get("quotas", {})
         if not isinstance(quotas, dict):
             raise PolicyError("[quotas] must be a table")
@@ -275,10 +289,10 @@ class Policy:
                         f"{tls_seen[subject]!r} and {name!r}")
                 tls_seen[subject] = name
             identities[name] = ident
-        paths = [s.path for i in identities.values() for s in i.sockets]
+        paths = [s.path for i in identities.values() for s in (*i.sockets, *i.agent_sockets)]
         if len(set(paths)) != len(paths):
             raise PolicyError("a socket path is bound to more than one identity")
-        return cls(identities, source, default)
+        return cls(identities, source, default, agent.get("persist", False))
 
 
 def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -314,15 +328,17 @@ def _identity(name: str, body: Any) -> Identity:
         raise PolicyError(f"{name!r} is a reserved identity name: choose another")
     if not isinstance(body, dict):
         raise PolicyError(f"{where} must be a table")
-    _only(body, {"tls", "sockets", "allow", "secret_memory"}, where)
+    _only(body, {"tls", "sockets", "agent_sockets", "allow", "secret_memory"}, where)
     tls = _strings(body.get("tls", []), f"{where} tls")
     grants = tuple(_grant(g, f"{where} allow") for g in _tables(body.get("allow", []),
                                                                  f"{where} allow"))
     sockets = tuple(_socket(name, s, f"{where} sockets")
                     for s in _tables(body.get("sockets", []), f"{where} sockets"))
+    agent = tuple(_socket(name, s, f"{where} agent_sockets")
+                  for s in _tables(body.get("agent_sockets", []), f"{where} agent_sockets"))
     quota = (_size(body["secret_memory"], f"{where} secret_memory")
              if "secret_memory" in body else FROM_POLICY)
-    return Identity(name, grants, sockets, tls, quota)
+    return Identity(name, grants, sockets, tls, agent_sockets=agent, secret_memory=quota)
 
 
 def _anonymous(body: Any) -> Identity:

@@ -42,6 +42,7 @@ from grpc_reflection.v1alpha import reflection
 
 from secretvault.api.errors import FailedPrecondition, InvalidArgument
 from secretvault.backends import tracer_pid
+from secretvault.vault.agent.serving import AgentServer, agent_bindings
 from secretvault.vault.app import Vault, open_vault
 from secretvault.vault.audit import AuditLog
 from secretvault.vault.config import ServerConfig
@@ -93,6 +94,11 @@ class VaultServer:
                          max_batch=config.max_batch_operations, workers=config.workers,
                          max_streams_per_identity=config.max_streams_per_identity,
                          stream_idle_seconds=config.stream_idle_seconds)
+        self.agent: AgentServer | None = None
+        if agent_bindings(config, self.policy):
+            self.agent = AgentServer(config, self.policy, vault.keyring, vault.allocator,
+                                     self.audit, self.counters,
+                                     self.metrics.observe if self.metrics else None)
         self.stopping = threading.Event()
         self.health = health.HealthServicer()
         self.listeners: list[_Listener] = []
@@ -154,12 +160,16 @@ class VaultServer:
         try:
             bindings = unix_bindings(self.config, self.policy)
             # every listener's cap fits, with a reserve, under RLIMIT_NOFILE
-            self.connections = plan(self.config, len(bindings) + bool(self.config.tcp))
+            agents = self.agent.listeners if self.agent is not None else []
+            self.connections = plan(self.config,
+                                    len(bindings) + bool(self.config.tcp) + len(agents))
             for u in bindings:
                 name = f"unix:{u.path}"
                 server = self._new_server(name, u.identity)
                 bind_unix(server, u)
                 self.listeners.append(_Listener(name, server, u.identity, u.path))
+            if self.agent is not None:
+                self.agent.bind([u.path for u in bindings])
             if self.config.tcp:
                 self._start_tcp()
             if self.metrics is not None and self.config.metrics:
@@ -172,6 +182,8 @@ class VaultServer:
                 self.metrics.start()
             for item in self.listeners:
                 item.server.start()
+            if self.agent is not None:
+                self.agent.start()
             for name in ("", *SERVICE_NAMES):
                 self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
             if self.config.stop_on_tracer:
@@ -243,9 +255,10 @@ class VaultServer:
                     else f"{left.regions} secret regions are still mapped")
         except BaseException as e:  # exiting regardless: say what failed
             done = f"zeroing secret memory failed ({e})"
-        for item in self.listeners:
-            if item.path:
-                remove_socket(item.path)
+        for path in [item.path for item in self.listeners] + [
+                a.path for a in (self.agent.listeners if self.agent else [])]:
+            if path:
+                remove_socket(path)
         try:
             self.audit.write_one(f"pid:{pid}", "ptrace", "tracer_attached", None, None,
                                  "stopped")
@@ -298,6 +311,9 @@ class VaultServer:
         done.join(timeout=max(5.0, self._grace))
         if self.metrics is not None:
             self.metrics.close()
+        if self.agent is not None:
+            # every agent connection ends, then every key held in the agent is zeroed
+            self.agent.stop()
         if self._owns_vault:
             # zeroes every slot and unmaps every secret region
             self.vault.close()

@@ -82,6 +82,9 @@ def summary(server: VaultServer) -> str:
     lines.append(f"  store        {v.config.store_path}")
     for item in server.listeners:
         lines.append(f"  listening    {item.name} (identity: {item.identity})")
+    for agent in server.agent.listeners if server.agent is not None else ():
+        lines.append(f"  listening    {agent.name} (identity: {agent.binding.identity}; "
+                     f"SSH_AUTH_SOCK={agent.path})")
     if server.connections is not None:
         idle = server.config.connection_idle_seconds
         lines.append(f"  connections  {server.connections.describe()}; idle ones closed after "

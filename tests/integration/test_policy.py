@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
-from secretvault.vault.policy import Policy
+from secretvault.vault.policy import Policy, PolicyError
 from secretvault.vault.server import VaultServer
 from tests.integration._support import (
     AEAD,
@@ -277,9 +277,12 @@ def test_the_example_policy_is_valid() -> None:
                         .read_text())
     # the example names groups (ci, app, monitoring) this machine may not have
     for ident in doc["identities"].values():
-        for sock in ident.get("sockets", []):
+        for sock in ident.get("sockets", []) + ident.get("agent_sockets", []):
             sock["group"] = os.getgid()
     p = Policy.from_dict(doc)
+    assert [(s.path, s.identity) for s in p.agent_sockets] == [
+        ("/run/secretvault/ci-agent/agent.sock", "ci-signer")]
+    assert not p.ssh_agent_persist and not p.allows("ci-signer", "ssh_add_key", None)
     assert p.allows("ci-signer", "sign", "ci/release/a")
     assert not p.allows("ci-signer", "sign", "jwt/a")
     assert p.tls_identity("spiffe://example.org/ci/signer") == "ci-signer"
@@ -290,3 +293,25 @@ def test_the_example_policy_is_valid() -> None:
     assert not p.allows("monitoring", "get_key", "app/data-key")
     assert len(p.sockets) == 3
     assert p.secret_memory("app") == 4096 and p.secret_memory("ci-signer") == 1 << 20
+
+
+def test_agent_sockets_and_the_ssh_agent_table() -> None:
+    p = Policy.from_dict({
+        "ssh_agent": {"persist": True},
+        "identities": {"dev": {
+            "agent_sockets": [{"path": "/run/x/agent.sock", "mode": "0600"}],
+            "allow": [{"operations": ["ssh_add_key", "sign"], "keys": ["dev/*"]}]}}})
+    assert p.ssh_agent_persist
+    assert [(s.path, s.identity) for s in p.agent_sockets] == [("/run/x/agent.sock", "dev")]
+    assert p.sockets == ()  # agent sockets are not gRPC listeners
+    assert p.allows("dev", "ssh_add_key", None) and not p.allows("dev", "ssh_remove_key", None)
+    for bad, message in (
+            ({"ssh_agent": {"persist": "yes"}}, "persist = true or false"),
+            ({"ssh_agent": {"persist": False, "add": True}}, "unknown field"),
+            ({"identities": {"dev": {"agent_sockets": [{"path": "relative"}]}}}, "absolute"),
+            ({"identities": {"dev": {"agent_sockets": [{"path": "/a", "mode": "0660"}]}}},
+             "needs a group"),
+            ({"identities": {"dev": {"sockets": [{"path": "/a"}],
+                                     "agent_sockets": [{"path": "/a"}]}}}, "more than one")):
+        with pytest.raises(PolicyError, match=message):
+            Policy.from_dict(bad)

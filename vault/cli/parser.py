@@ -47,6 +47,7 @@ examples:
   secretvault verify release --in artifact.tar --signature artifact.sig
   secretvault keys public release --format pem        for openssl, ssh, JWT libraries
   secretvault stats --watch                           secret memory, memlock, direct map
+  eval "$(secretvault ssh-agent)"                     ssh and git sign with the vault's keys
 
 exit status: 0 success; 1 verify/verify-mac found a mismatch; 2 error (one line on stderr)
 """
@@ -74,6 +75,8 @@ def build_parser(*, lazy: bool = False) -> argparse.ArgumentParser:
     _add_crypto(sub, lazy)
     deferred(sub, "stats", "secret memory accounting, memlock headroom, direct-map splits",
              _stats, lazy=lazy)
+    deferred(sub, "ssh-agent", "print the SSH_AUTH_SOCK line for the vault's SSH agent",
+             _ssh_agent, lazy=lazy)
     deferred(sub, "model", "the page-by-page, pooled-PMD and PMD-buddy models of secret memory",
              _add_model, lazy=lazy)
     return parser
@@ -323,6 +326,25 @@ def _stats(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=positive_float, default=1.0, metavar="SECONDS",
                    help="seconds between refreshes with --watch (default: 1)")
     connection_options(p)
+
+
+# --- ssh-agent ----------------------------------------------------------------------------
+
+
+def _ssh_agent(p: argparse.ArgumentParser) -> None:
+    from secretvault.api.paths import default_agent_socket_path
+    from secretvault.vault.cli import agent
+
+    describe(p, agent.cmd_ssh_agent, "Print the line that points ssh, ssh-add, git and every "
+             "SSH_AUTH_SOCK user at the vault's SSH agent (serve --ssh-agent), after checking "
+             "that it answers: eval \"$(secretvault ssh-agent)\".", json_help=None)
+    p.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
+                   help="the vault's Unix socket: its agent socket is ssh-agent.sock beside "
+                   f"it (default: ${SOCKET_ENV}, else {default_socket_path()})")
+    p.add_argument("--agent-socket", metavar="PATH",
+                   help=f"the agent socket itself (default: {default_agent_socket_path()})")
+    p.add_argument("-c", dest="csh", action="store_true",
+                   help="C shell syntax (setenv), as ssh-agent -c")
 
 
 # --- model --------------------------------------------------------------------------------

@@ -13,7 +13,12 @@ from collections.abc import Callable
 from dataclasses import MISSING, fields
 from typing import Any
 
-from secretvault.api.paths import SOCKET_ENV, default_socket_path
+from secretvault.api.paths import (
+    AGENT_SOCKET_NAME,
+    SOCKET_ENV,
+    default_agent_socket_path,
+    default_socket_path,
+)
 from secretvault.vault.cli.options import number, positive_int, whole_number
 from secretvault.vault.sizes import format_exact_bytes
 
@@ -134,6 +139,21 @@ in production keep the unseal material on another machine or medium.
     _server_option(ops, "--reserved-descriptors", "reserved_descriptors", type=whole_number,
                    metavar="N", help="descriptors kept out of the listeners' share",
                    shown=str)
+    agent = parser.add_argument_group("SSH agent")
+    # alone, "": ssh-agent.sock beside --socket (serve.server_config says where)
+    _server_option(agent, "--ssh-agent", "ssh_agent", metavar="PATH", nargs="?",
+                   const="",
+                   help="also speak the SSH agent protocol to the owner on PATH (alone: "
+                   f"{AGENT_SOCKET_NAME} beside --socket, {default_agent_socket_path()} by "
+                   "default); `secretvault ssh-agent` prints the SSH_AUTH_SOCK line")
+    _server_option(agent, "--ssh-agent-max-connections", "ssh_agent_max_connections",
+                   type=whole_number, metavar="N", shown=str,
+                   help="agent connections (each a thread) one identity holds at once")
+    _server_option(agent, "--ssh-agent-idle-seconds", "ssh_agent_idle_seconds", type=number,
+                   metavar="SECONDS", shown="{:g}".format,
+                   help="close an agent connection that sends nothing for this long")
+    _server_option(agent, "--ssh-agent-max-keys", "ssh_agent_max_keys", type=whole_number,
+                   metavar="N", shown=str, help="keys one identity may add with ssh-add")
     kdf = Argon2Params()
     new_store = parser.add_argument_group("a new store's passphrase KDF (Argon2id)")
     new_store.add_argument("--argon2-ops", type=positive_int, metavar="N",

@@ -22,6 +22,7 @@ from dataclasses import fields, replace
 from types import FrameType
 from typing import Any
 
+from secretvault.api.paths import AGENT_SOCKET_NAME
 from secretvault.vault.app import VaultConfig
 from secretvault.vault.cli.errors import CliError
 from secretvault.vault.config import ServerConfig
@@ -65,7 +66,13 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     """
     given = vars(args)
     server = {f.name: given[f.name] for f in fields(ServerConfig) if f.name in given}
-    return ServerConfig(vault=_vault_config(args), **server)
+    vault = _vault_config(args)
+    agent = server.get("ssh_agent")
+    if agent == "":  # --ssh-agent alone: beside the socket
+        server["ssh_agent"] = os.path.join(os.path.dirname(vault.socket), AGENT_SOCKET_NAME)
+    elif agent is not None:
+        server["ssh_agent"] = os.path.abspath(agent)
+    return ServerConfig(vault=vault, **server)
 
 
 def _bind_capabilities(config: ServerConfig) -> tuple[str, ...]:

@@ -30,3 +30,19 @@ def test_every_line_is_bounded_and_a_clipped_one_says_so(tmp_path: object) -> No
     # a line with nothing to clip is exactly as before
     assert lines[5]["key"] == "ci/k" and list(lines[5]) == [
         "time", "identity", "listener", "operation", "key", "version", "result"]
+
+
+def test_a_detail_line_is_json_with_its_fields_clipped(tmp_path: object) -> None:
+    path = os.path.join(str(tmp_path), "audit.log")
+    log = AuditLog(path)
+    log.write_detail("dev", "ssh-agent:/s", "ssh_session_bind", None, "ok",
+                     {"host_key": "SHA256:abc", "session_id": "ff" * 500, "quote": 'a"b'})
+    log.close()
+    with open(path) as f:
+        line = f.read()
+    assert len(line) <= MAX_LINE
+    record = json.loads(line)
+    assert (record["identity"], record["operation"], record["result"]) == (
+        "dev", "ssh_session_bind", "ok")
+    assert record["detail"]["host_key"] == "SHA256:abc" and record["detail"]["quote"] == 'a"b'
+    assert len(record["detail"]["session_id"]) < 200  # clipped

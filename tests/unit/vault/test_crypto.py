@@ -293,3 +293,28 @@ def test_a_stored_type_is_looked_up_without_raising() -> None:
     assert KeyType.lookup("ed25519") is KeyType.ED25519
     assert [KeyType.lookup(t.value) for t in KeyType] == list(KeyType)
     assert KeyType.lookup("rsa") is None
+
+
+def test_recv_into_fills_a_slot_straight_from_a_socket(allocator: SlotAllocator) -> None:
+    import socket
+
+    from tests.unit.vault._support import raw
+
+    a, b = socket.socketpair()
+    with allocator.allocate(64) as slot:
+        a.sendall(b"\x11" * 40)
+        a.sendall(b"\x22" * 24)
+        assert crypto.recv_into(b, slot, 60, offset=4)
+        assert raw(slot.address + 4, 60) == b"\x11" * 40 + b"\x22" * 20
+        a.close()
+        assert crypto.recv_into(b, slot, 4)  # the 4 left
+        assert not crypto.recv_into(b, slot, 1)  # closed
+    b.close()
+
+
+def test_slots_equal(allocator: SlotAllocator) -> None:
+    with allocator.allocate(32) as x, allocator.allocate(32) as y:
+        crypto.fill_random(x, 32)
+        assert not crypto.slots_equal(x, y, 32)
+        assert crypto.slots_equal(x, x, 32)
+        assert crypto.slots_equal(x, y, 0)

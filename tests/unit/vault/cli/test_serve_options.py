@@ -55,6 +55,8 @@ def test_every_serve_option_is_a_config_field_or_a_vault_option() -> None:
         "keep_capabilities", "stop_on_tracer", "tracer_check_seconds",
         "max_versions_per_key",
         "max_connections", "connection_idle_seconds", "reserved_descriptors",
+        "ssh_agent", "ssh_agent_max_connections", "ssh_agent_idle_seconds",
+        "ssh_agent_max_keys",
     }
 
 
@@ -74,6 +76,9 @@ def test_a_serve_option_defaults_to_its_config_field(name: str) -> None:
     ("--max-connections", f"(default: {ServerConfig.max_connections})"),
     ("--connection-idle-seconds", f"(default: {ServerConfig.connection_idle_seconds:g})"),
     ("--reserved-descriptors", f"(default: {ServerConfig.reserved_descriptors})"),
+    ("--ssh-agent-max-connections", f"(default: {ServerConfig.ssh_agent_max_connections})"),
+    ("--ssh-agent-idle-seconds", f"(default: {ServerConfig.ssh_agent_idle_seconds:g})"),
+    ("--ssh-agent-max-keys", f"(default: {ServerConfig.ssh_agent_max_keys})"),
     ("--backend", f"{VaultConfig.backend} (real secret memory, the default)"),
     ("--argon2-ops", f"(default: {Argon2Params().ops})"),
     ("--argon2-mem", f"(default: {format_exact_bytes(Argon2Params().mem)})"),
@@ -106,12 +111,26 @@ def test_options_pass_through_by_field_name() -> None:
     (["--max-connections", "0"], "max_connections"),
     (["--connection-idle-seconds", "0"], "connection_idle_seconds"),
     (["--reserved-descriptors", "8"], "reserved_descriptors"),
+    (["--ssh-agent-max-connections", "0"], "ssh_agent_max_connections"),
+    (["--ssh-agent-idle-seconds", "0"], "ssh_agent_idle_seconds"),
+    (["--ssh-agent-max-keys", "0"], "ssh_agent_max_keys"),
 ])
 def test_limits_are_checked_by_the_config_not_the_parser(args: list[str],
                                                          message: str) -> None:
     config = server_config(build_parser().parse_args(["serve", *args]))  # parses
     with pytest.raises(InvalidArgument, match=message):
         config.validate()
+
+
+def test_ssh_agent_alone_is_beside_the_socket_and_a_path_is_made_absolute(
+        tmp_path: Path) -> None:
+    alone = server_config(build_parser().parse_args(
+        ["serve", "--socket", str(tmp_path / "run" / "v.sock"), "--ssh-agent"]))
+    assert alone.ssh_agent == str(tmp_path / "run" / "ssh-agent.sock")
+    os.chdir(tmp_path)
+    given = server_config(build_parser().parse_args(["serve", "--ssh-agent", "a.sock"]))
+    assert given.ssh_agent == str(tmp_path / "a.sock")
+    assert server_config(build_parser().parse_args(["serve"])).ssh_agent is None
 
 
 def test_loading_the_command_does_not_load_grpc() -> None:
