@@ -64,8 +64,8 @@ CREATE ROLE :"role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASS
 CREATE DATABASE :"db" OWNER :"role";
 REVOKE ALL ON DATABASE :"db" FROM PUBLIC;
 \connect :"db"
--- the vault's migrations create its tables in the public schema
-ALTER SCHEMA public OWNER TO :"role";
+-- the vault creates a schema of its own (secretvault), as the database's
+-- owner may; nobody needs the public one
 REVOKE ALL ON SCHEMA public FROM PUBLIC;
 SQL
     pg_ctl --pgdata="$PGDATA" --wait --silent --mode=fast stop
