@@ -58,18 +58,11 @@ MESSAGE = b"signed by one replica, checked through another"
 LAG_POLL_S = 5.0
 #: a replica's start: PostgreSQL may still be initialising, the passphrase's KDF
 REPLICA_START_S = 120.0
+#: restarts after which a replica is taken to be failing, not waiting for
+#: PostgreSQL (it starts again at once, and stops within a second)
+CRASH_LOOP_RESTARTS = 30
 
 T = TypeVar("T")
-
-
-def _podman_step(*args: str) -> Callable[[], None]:
-    def step() -> None:
-        podman(*args)
-    return step
-
-
-def _logs(container: str) -> Callable[[], str]:
-    return lambda: podman("logs", container, check=False).stderr
 
 
 def _yaml() -> Any:
@@ -84,15 +77,29 @@ class Replica:
     """One vault replica, reached from the host on its owner socket."""
 
     name: str
+    container: str
     socket: str
-    kill: Callable[[], None]
-    start: Callable[[], None]
-    logs: Callable[[], str]
+
+    def kill(self) -> None:
+        podman("kill", "--signal", "KILL", self.container)
+
+    def start(self) -> None:
+        podman("start", self.container)
+
+    def logs(self) -> str:
+        proc = podman("logs", self.container, check=False)
+        return proc.stdout + proc.stderr
 
     def wait_serving(self, timeout: float = REPLICA_START_S) -> None:
+        """Until gRPC health says SERVING; a replica that keeps exiting (the
+        engine restarts it) fails at once, with its log."""
         deadline = time.monotonic() + timeout
         why = "no socket yet"
         while time.monotonic() < deadline:
+            restarts = int(podman("inspect", "--format", "{{.RestartCount}}",
+                                  self.container).stdout.strip() or 0)
+            if restarts > CRASH_LOOP_RESTARTS:
+                raise AssertionError(f"{self.name} restarted {restarts} times:\n{self.logs()}")
             if os.path.exists(self.socket):
                 ok, why = healthcheck.check(self.socket)
                 if ok:
@@ -259,13 +266,7 @@ def test_compose_replicated_profile_serves_each_others_changes(
                            f"{project}_{volume}").stdout.strip())
 
     def replica(n: str) -> Replica:
-        name = containers[n]
-        return Replica(
-            n, str(volume_path(sockets[n]) / "secretvault.sock"),
-            kill=_podman_step("kill", "--signal", "KILL", name),
-            start=_podman_step("start", name),
-            logs=_logs(name),
-        )
+        return Replica(n, containers[n], str(volume_path(sockets[n]) / "secretvault.sock"))
 
     try:
         up = compose_cmd("up", "-d", "postgres", *replicas)
@@ -473,8 +474,11 @@ def test_kubernetes_three_replicas_over_postgres(
             assert time.monotonic() < deadline, podman("logs", pg_container, check=False).stderr
             time.sleep(0.5)
         infra = json.loads(podman("pod", "inspect", pg_pod).stdout)["InfraContainerID"]
-        ip = podman("inspect", "--format", "{{.NetworkSettings.IPAddress}}", infra).stdout.strip()
-        assert ip, "the PostgreSQL pod has no address"
+        addresses = podman("inspect", "--format",
+                           "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                           infra).stdout.split()
+        assert addresses, "the PostgreSQL pod has no address"
+        ip = addresses[0]
         (service,) = [d for d in pg_docs if d["kind"] == "Service"]
         play.host_aliases = [{"ip": ip, "hostnames": [service["metadata"]["name"]]}]
 
@@ -486,16 +490,9 @@ def test_kubernetes_three_replicas_over_postgres(
         # world-writable, as kubelet makes an emptyDir: only the pod reaches it
         monkeypatch.setenv("SECRETVAULT_TRUST_SOCKET_DIRS", ":".join(map(str, owner_dirs)))
 
-        def replica(i: int, pod: str) -> Replica:
-            name = f"{pod}-vault"
-            return Replica(
-                f"pod {i}", str(owner_dirs[i] / "vault" / "secretvault.sock"),
-                kill=_podman_step("kill", "--signal", "KILL", name),
-                start=_podman_step("start", name),
-                logs=_logs(name),
-            )
-
-        replicas = [replica(i, pod) for i, pod in enumerate(pods)]
+        replicas = [Replica(f"pod {i}", f"{pod}-vault",
+                            str(owner_dirs[i] / "vault" / "secretvault.sock"))
+                    for i, pod in enumerate(pods)]
         for r in replicas:
             r.wait_serving()
         vault0 = f"{pods[0]}-vault"
