@@ -32,7 +32,7 @@ from secretvault.vault.sealing import (
     row_mac_message,
     version_ad,
 )
-from secretvault.vault.store import KeyRecord, Store, VersionRecord
+from secretvault.vault.store_protocol import AlreadyInitialised, KeyRecord, Store, VersionRecord
 
 #: 2: key rows carry a row MAC (a store of format 1 is migrated on unseal)
 STORE_FORMAT = b"2"
@@ -149,9 +149,15 @@ def unseal(
     nothing.  Records that fail to open are kept (reported as damaged)
     and the rest of the keyring is served.
     """
+    # read before the keys: a change committed while they load is applied
+    # again by the follower (applying is idempotent), none is missed
+    store.position = store.feed_head()
     store_id = store.get_meta("store_id")
     if store_id is None:
-        return _initialise(allocator, store, source, kdf or Argon2Params())
+        try:
+            return _initialise(allocator, store, source, kdf or Argon2Params())
+        except AlreadyInitialised:  # another replica's first start won
+            return unseal(allocator, store, source, kdf=kdf, progress=progress)
     kind = (store.get_meta("kek_source") or b"").decode(errors="backslashreplace")
     if kind != source.kind:
         raise WrongPassphrase(
