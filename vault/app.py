@@ -19,6 +19,7 @@ from secretvault.backends import (
     SlotAllocator,
     harden_process,
 )
+from secretvault.vault.feed import FeedFollower
 from secretvault.vault.keyring import Keyring
 from secretvault.vault.sealing import Argon2Params, UnsealSource, create_key_file
 from secretvault.vault.store import SQLiteStore, Store
@@ -74,11 +75,15 @@ class Vault:
     keyring: Keyring
     lock: StoreLock
     created_key_file: str | None = None
+    #: keeps the keyring in step with the store's change feed (other processes' changes)
+    feed: FeedFollower | None = None
 
     def close(self) -> None:
         """Zero and unmap secret memory even if closing the keyring or the
         store fails part-way; the store is let go last."""
         try:
+            if self.feed is not None:
+                self.feed.close()
             self.keyring.close()
         finally:
             try:
@@ -200,6 +205,8 @@ def open_vault(config: VaultConfig, *, progress: Progress | None = None,
         source, created = _unseal_source(config, allocator, store)
         keyring = Keyring.open(allocator, store, source, kdf=config.kdf, progress=progress)
         lock.share()
+        # from here on, what another process changes in the store is applied here
+        feed = FeedFollower(store, keyring.follow, keyring.applier).start()
     except BaseException:
         try:
             if store is not None:
@@ -211,6 +218,6 @@ def open_vault(config: VaultConfig, *, progress: Progress | None = None,
                 if lock is not None:
                     lock.release()
         raise
-    return Vault(config, backend, allocator, store, keyring, lock, created)
+    return Vault(config, backend, allocator, store, keyring, lock, created, feed)
 
 

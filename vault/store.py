@@ -399,7 +399,7 @@ class DataVersionWaiter:
         (v,) = self._db.execute("PRAGMA data_version").fetchone()
         return int(v)
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -408,10 +408,10 @@ class DataVersionWaiter:
                 raise _store_error(e, "cannot read the key store's feed") from None
             if v != self._seen:
                 self._seen = v
-                return
+                return True
             left = deadline - time.monotonic()
             if left <= 0:
-                return
+                return False
             time.sleep(min(POLL_SECONDS, left))
 
     def close(self) -> None:

@@ -29,113 +29,34 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
-from secretvault.api.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    KeyExists,
-    KeyNotFound,
-    StoreError,
-    StoreRefused,
-    StoreUnavailable,
-    VaultError,
-    VersionNotFound,
-)
+from secretvault.api.errors import KeyExists, KeyNotFound, StoreUnavailable, VersionNotFound
 from secretvault.vault.records import KeyRecord, VersionRecord, parse_key_row
+from secretvault.vault.store_pg_session import (
+    CHANNEL,
+    SCHEMA_LOCK,
+    SCHEMA_VERSION,
+    Connector,
+    describe,
+    is_connection,
+    is_postgresql,
+)
 from secretvault.vault.store_protocol import AlreadyInitialised, Change, ChangeKind, StaleFeed
 
 __all__ = ["SCHEMA_VERSION", "PostgreSQLStore", "describe", "is_postgresql"]
-
-#: the tables' layout; a database with another number is refused at start
-SCHEMA_VERSION = 1
-CHANNEL = "secretvault_feed"
-#: seconds to wait for a connection (libpq's connect_timeout, unless the URL sets one)
-CONNECT_TIMEOUT = 5
-#: the advisory lock that makes creating the schema one process's job
-_SCHEMA_LOCK = 0x5EC12E7
-_SCHEMA = """
-CREATE SCHEMA IF NOT EXISTS secretvault;
-CREATE TABLE IF NOT EXISTS secretvault.schema_version (
-    id      integer PRIMARY KEY CHECK (id = 1),
-    version integer NOT NULL
-);
-CREATE TABLE IF NOT EXISTS secretvault.meta (key text PRIMARY KEY, value bytea NOT NULL);
-CREATE TABLE IF NOT EXISTS secretvault.keys (
-    name                   text PRIMARY KEY,
-    type                   text NOT NULL,
-    created                double precision NOT NULL,
-    labels                 text NOT NULL,
-    primary_version        bigint NOT NULL,
-    min_decryption_version bigint NOT NULL,
-    row_mac                bytea
-);
-CREATE TABLE IF NOT EXISTS secretvault.key_versions (
-    name       text NOT NULL REFERENCES secretvault.keys(name) ON DELETE CASCADE,
-    version    bigint NOT NULL,
-    created    double precision NOT NULL,
-    public_key bytea,
-    nonce      bytea NOT NULL,
-    sealed     bytea NOT NULL,
-    created_by text,
-    PRIMARY KEY (name, version)
-);
-CREATE TABLE IF NOT EXISTS secretvault.feed (
-    id  integer PRIMARY KEY CHECK (id = 1),
-    seq bigint NOT NULL
-);
-INSERT INTO secretvault.feed (id, seq) VALUES (1, 0) ON CONFLICT DO NOTHING;
-CREATE TABLE IF NOT EXISTS secretvault.changes (
-    seq     bigint PRIMARY KEY,
-    kind    text NOT NULL,
-    name    text NOT NULL,
-    version bigint,
-    at      double precision NOT NULL
-);
-"""
-
-
-def is_postgresql(store: str) -> bool:
-    """Whether a ``--store`` value names PostgreSQL (a URL, or a conninfo string)."""
-    return store.startswith(("postgresql://", "postgres://")) or "=" in store
-
-
-def _params(store: str) -> dict[str, Any]:
-    try:
-        return conninfo_to_dict(store)
-    except psycopg.ProgrammingError:
-        # libpq's message quotes part of the string, which may be the password
-        raise InvalidArgument(
-            "--store is not a PostgreSQL connection string: give a URL "
-            "(postgresql://USER@HOST:PORT/DATABASE) or libpq's key=value form "
-            "('host=HOST dbname=DATABASE user=USER')") from None
-
-
-def describe(store: str) -> str:
-    """The store as messages name it: a URL with no password (nor any other secret)."""
-    p = _params(store)
-    host = str(p.get("host") or p.get("hostaddr") or "")
-    user = f"{p['user']}@" if p.get("user") else ""
-    port = f":{p['port']}" if p.get("port") else ""
-    db = str(p.get("dbname") or "")
-    if host.startswith("/"):  # a Unix socket directory
-        return f"postgresql://{user}/{db}?host={host}" + (f"&port={p['port']}" if port else "")
-    return f"postgresql://{user}{host}{port}/{db}"
 
 
 class PostgreSQLStore:
     """The keyring's rows in a PostgreSQL database (see the module's docstring)."""
 
     def __init__(self, store: str) -> None:
-        self._params = _params(store)
-        self._params.setdefault("connect_timeout", CONNECT_TIMEOUT)
-        self._secret = str(self._params.get("password") or "")
-        self._name = describe(store)
+        self._pg = Connector(store)
+        self._name = self._pg.name
         self.position = 0
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         with self._lock:
-            self._ensure_schema(self._connection())
+            self._pg.ensure_schema(self._connection())
 
     @property
     def describe(self) -> str:
@@ -144,92 +65,17 @@ class PostgreSQLStore:
     # --- connections -------------------------------------------------------------------
 
     def connect(self) -> psycopg.Connection[Any]:
-        """A new session, checked: synchronous_commit on, fsync on."""
-        try:
-            conn = psycopg.connect(**self._params, autocommit=True)
-        except psycopg.OperationalError as e:
-            raise self._connect_error(e) from None
-        try:
-            conn.execute("SET synchronous_commit = on")
-            (sync,) = _one(conn.execute("SHOW synchronous_commit"))
-            (fsync,) = _one(conn.execute("SHOW fsync"))
-        except psycopg.Error as e:
-            conn.close()
-            raise self._unavailable(e) from None
-        if sync != "on" or fsync != "on":
-            conn.close()
-            raise FailedPrecondition(
-                f"the key store {self._name} does not commit durably (synchronous_commit="
-                f"{sync}, fsync={fsync}): a change could be acknowledged and then lost; "
-                "turn fsync on in the server's configuration")
-        return conn
+        """A new checked session (``Connector.connect``)."""
+        return self._pg.connect()
+
+    def unavailable(self, e: psycopg.Error) -> StoreUnavailable:
+        return self._pg.unavailable(e)
 
     def _connection(self) -> psycopg.Connection[Any]:
         """The store's session (made again after a failure); hold ``_lock``."""
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = self.connect()
         return self._conn
-
-    def _clean(self, text: str) -> str:
-        text = " ".join(text.split())
-        return text.replace(self._secret, "***") if self._secret else text
-
-    def _connect_error(self, e: psycopg.OperationalError) -> VaultError:
-        text = self._clean(str(e))
-        user = self._params.get("user") or "(libpq's default user)"
-        error: VaultError
-        if "authentication failed" in text or "no password supplied" in text:
-            error = StoreRefused(
-                f"the key store {self._name} refused user {user}: authentication failed",
-                "give the right password with PGPASSWORD or a PGPASSFILE (or in the URL), "
-                "or the user the server expects")
-        elif "does not exist" in text and "database" in text:
-            db = self._params.get("dbname") or user
-            error = StoreRefused(
-                f"the key store {self._name}: the database {db} does not exist",
-                f"create it (createdb {db}, or CREATE DATABASE), owned by the vault's user")
-        else:
-            error = StoreUnavailable(f"cannot reach the key store {self._name}: {text}")
-        return error
-
-    def _unavailable(self, e: psycopg.Error) -> StoreUnavailable:
-        return StoreUnavailable(
-            f"the key store {self._name} is unavailable ({self._clean(str(e))[:300]}); "
-            "keys already loaded keep serving")
-
-    def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
-        try:
-            with conn.transaction():
-                # one process creates the tables; the others find them made
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                row = conn.execute(
-                    "SELECT to_regclass('secretvault.schema_version') IS NOT NULL, "
-                    "to_regclass('secretvault.keys') IS NOT NULL").fetchone()
-                has_version, has_keys = row if row else (False, False)
-                version = None
-                if has_version:
-                    got = conn.execute(
-                        "SELECT version FROM secretvault.schema_version").fetchone()
-                    version = None if got is None else int(got[0])
-                if version is None and not has_keys:
-                    conn.execute(_SCHEMA)
-                    conn.execute("INSERT INTO secretvault.schema_version VALUES (1, %s) "
-                                 "ON CONFLICT (id) DO NOTHING", (SCHEMA_VERSION,))
-                    version = SCHEMA_VERSION
-        except psycopg.Error as e:
-            raise self._unavailable(e) if _is_connection(e) else StoreError(
-                f"cannot create the key store's tables in {self._name}: "
-                f"{self._clean(str(e))}") from None
-        if version == SCHEMA_VERSION:
-            return
-        older = (version or 0) < SCHEMA_VERSION
-        shown = "none" if version is None else str(version)
-        raise StoreRefused(
-            f"the key store {self._name} has schema version {shown}, "
-            + ("older than" if older else "newer than") + f" this vault's {SCHEMA_VERSION}",
-            "no migration from it exists: restore the database from a backup made by this "
-            "version, or point --store at a new database" if older else
-            "start a vault of the version that wrote it, or point --store at a new database")
 
     @contextmanager
     def _session(self) -> Iterator[psycopg.Connection[Any]]:
@@ -239,9 +85,9 @@ class PostgreSQLStore:
             try:
                 yield conn
             except psycopg.Error as e:
-                if _is_connection(e) or conn.broken:
+                if is_connection(e) or conn.broken:
                     conn.close()
-                    raise self._unavailable(e) from None
+                    raise self.unavailable(e) from None
                 raise
 
     @contextmanager
@@ -275,7 +121,7 @@ class PostgreSQLStore:
     def init_meta(self, items: Mapping[str, bytes]) -> None:
         with self._session() as conn, conn.transaction():
             # two replicas' first starts: the second finds the first's store
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             if conn.execute("SELECT 1 FROM secretvault.meta WHERE key = 'store_id'"
                             ).fetchone() is not None:
                 raise AlreadyInitialised()
@@ -412,19 +258,25 @@ class ListenWaiter:
         self._store = store
         self._conn: psycopg.Connection[Any] | None = None
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = None
             conn = self._store.connect()
-            conn.execute(f"LISTEN {CHANNEL}")
+            try:
+                conn.execute(f"LISTEN {CHANNEL}")
+            except psycopg.Error as e:
+                conn.close()
+                raise self._store.unavailable(e) from None
             self._conn = conn
-            return  # (re)connected: look now, something may have been missed
+            return True  # (re)connected: look now, something may have been missed
+        woken = False
         try:
             for _ in self._conn.notifies(timeout=timeout, stop_after=1):
-                pass
+                woken = True
         except psycopg.Error as e:
             self._conn.close()
-            raise self._store._unavailable(e) from None
+            raise self._store.unavailable(e) from None
+        return woken
 
     def close(self) -> None:
         if self._conn is not None:
@@ -437,13 +289,9 @@ def _insert_version(conn: psycopg.Connection[Any], name: str, v: VersionRecord) 
                  (name, v.version, v.created, v.public_key, v.nonce, v.sealed, v.created_by))
 
 
+
+
 def _one(cur: psycopg.Cursor[Any]) -> tuple[Any, ...]:
     row = cur.fetchone()
     assert row is not None
     return tuple(row)
-
-
-def _is_connection(e: psycopg.Error) -> bool:
-    """A lost or refused connection (rather than a statement the server refused)."""
-    return isinstance(e, psycopg.OperationalError | psycopg.InterfaceError) or (
-        e.sqlstate is not None and e.sqlstate[:2] in ("08", "57"))

@@ -61,14 +61,14 @@ class AlreadyInitialised(Exception):
 
 
 class FeedWaiter(Protocol):
-    """A wake-up: returns when the store may have changed, or after ``timeout``.
+    """A wake-up: returns True when the store may have changed, False after ``timeout``.
 
     It only says "look": what changed, and whether anything did, is read from
     the feed by sequence number.  Raises ``StoreUnavailable`` when the store
     cannot be reached (the next call tries to reconnect).
     """
 
-    def wait(self, timeout: float) -> None: ...
+    def wait(self, timeout: float) -> bool: ...
 
     def close(self) -> None: ...
 
