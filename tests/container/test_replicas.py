@@ -62,7 +62,20 @@ REPLICA_START_S = 120.0
 #: PostgreSQL (it starts again at once, and stops within a second)
 CRASH_LOOP_RESTARTS = 30
 
+#: PostgreSQL sessions each vault process holds: the store's and the feed's
+#: LISTEN (deploy/README.md, "What the vault needs from PostgreSQL")
+SESSIONS_PER_REPLICA = 2
+
 T = TypeVar("T")
+
+
+def vault_sessions(pg_container: str) -> int:
+    """The vault role's sessions, counted by PostgreSQL (the superuser, over
+    the container's local socket)."""
+    out = podman("exec", pg_container, "psql", "-X", "-At", "-h", "/run/postgresql",
+                 "-U", "postgres", "-d", "postgres", "-c",
+                 "SELECT count(*) FROM pg_stat_activity WHERE usename = 'secretvault'").stdout
+    return int(out.strip())
 
 
 def _yaml() -> Any:
@@ -284,6 +297,7 @@ def test_compose_replicated_profile_serves_each_others_changes(
                       "cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
         assert "secretvault serve" in seen and password not in seen, seen
         check_replication(handles)
+        assert vault_sessions(containers["postgres"]) == SESSIONS_PER_REPLICA * len(handles)
         # PostgreSQL took the password from its file: a wrong one is refused
         # (so the replicas did authenticate with it)
         probe = podman("exec", containers["postgres"], "sh", "-c",
@@ -501,6 +515,7 @@ def test_kubernetes_three_replicas_over_postgres(
         assert pg_secret["stringData"]["password"] not in logs
         lags = check_replication(replicas)
         assert len(lags) == 2 + 1 + 2, lags
+        assert vault_sessions(pg_container) == SESSIONS_PER_REPLICA * len(replicas)
 
         # and the application beside pod 2's vault signs, as uid 10002 on its
         # own socket, with the key made through pod 0
@@ -520,3 +535,5 @@ def test_kubernetes_three_replicas_over_postgres(
                 break
             time.sleep(1)
         podman("secret", "rm", podman_secret, check=False)
+        # podman plays a ConfigMap as a volume of its name
+        podman("volume", "rm", "-f", *[c["metadata"]["name"] for c in configmaps], check=False)
