@@ -304,6 +304,12 @@ def test_compose_replicated_profile_serves_each_others_changes(
                        "PGPASSWORD=wrong psql -h 127.0.0.1 -U secretvault -d secretvault "
                        "-c 'select 1' 2>&1", check=False)
         assert "password authentication failed" in probe.stdout, probe.stdout
+        # and plain-text TCP is refused whatever the password
+        probe = podman("exec", containers["postgres"], "sh", "-c",
+                       "PGPASSWORD=x psql 'host=127.0.0.1 sslmode=disable user=secretvault "
+                       "dbname=secretvault' -c 'select 1' 2>&1", check=False)
+        assert "no pg_hba.conf entry" in probe.stdout and "no encryption" in probe.stdout, \
+            probe.stdout
     finally:
         podman("rm", "-f", "-v", "-t", "5", *containers.values(), check=False)
         compose_cmd("down", "-v", "-t", "5")
