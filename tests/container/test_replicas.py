@@ -13,6 +13,10 @@ SIGKILL, with changes made while it is down (a rotation, a create, a
 delete), serves exactly the new state once started again; a change made
 through it then reaches the others.  The clients are the real client library
 on the host, on each replica's owner socket.
+PostgreSQL counts two sessions per replica (the store's and the feed's
+LISTEN: the figure deploy/README.md gives), refuses a wrong password and
+plain-text TCP.  And the image holds every dependency of the project
+(psycopg among them) however warm the build's wheel cache is.
 
 Skipped, naming what is missing, without podman, runc or root (``conftest.py``)
 or podman-compose (the compose test).
