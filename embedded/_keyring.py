@@ -317,8 +317,9 @@ def open_keyring(
     ``$SECRETVAULT_PASSPHRASE``; with none of them and no store yet, a new
     key file ``data_dir/unseal.key`` is made (keep it apart from the store
     in production).  A store a server made opens here with the same
-    material, and the other way round, but never both at once
-    (:class:`StoreInUse`).
+    material, and the other way round, and both may have it open at once:
+    each follows the store's change feed (a first start or a migration needs
+    it alone, :class:`StoreInUse`).
 
     ``backend`` is ``memfd_secret`` unless a model is asked for; without
     memfd_secret this raises :class:`SecretMemoryUnavailable` and says why,
