@@ -340,3 +340,46 @@ def test_two_processes_over_one_sqlite_store_follow_each_other() -> None:
                 r.close()
         cleanup(base_a)
         cleanup(base_b)
+
+
+def test_each_start_failure_is_one_clear_line(pg_server: _pg.PgServer, pg_url: str) -> None:
+    """Bad connection string, authentication failure, missing database, older
+    schema, unreachable server: one line each, with the fix, never the password."""
+    secret = _pg.PASSWORD
+    older = pg_server.create_database("older_schema")
+    base = short_dir()
+    try:
+        first = Replica(base, older, None, pg_server.env())  # makes the tables
+        first.close()
+        with pg_server.connect("older_schema") as conn:
+            conn.execute(  # type: ignore[attr-defined]
+                "UPDATE secretvault.schema_version SET version = 0")
+        cases = {
+            "bad string": ([f"host=x password={secret} garbage"], {},
+                           "not a PostgreSQL connection string"),
+            "authentication": ([pg_url.replace("vault@", f"vault:{secret}-wrong@")], {},
+                               "authentication failed"),
+            "missing database": ([pg_server.conninfo("no_such_db", password=True)], {},
+                                 "the database no_such_db does not exist"),
+            "older schema": ([older], pg_server.env(), "older than this vault's"),
+            "unreachable": ([f"postgresql://vault:{secret}@/x?host=/nonexistent"], {},
+                            "cannot reach the key store"),
+        }
+        for what, (store, env, expected) in cases.items():
+            d = short_dir()
+            try:
+                child = Child(d, ["--store", *store], env=env)
+                try:
+                    assert child.proc.wait(timeout=60) == 2, what
+                    lines = child.stderr().strip().splitlines()
+                finally:
+                    child.close()
+            finally:
+                cleanup(d)
+            assert len(lines) == 1, (what, lines)
+            assert lines[0].startswith("secretvault: error: "), (what, lines)
+            assert expected in lines[0] and "(fix: " in lines[0], (what, lines)
+            assert secret not in lines[0], (what, lines)
+            print(f"{what}: {lines[0]}")
+    finally:
+        cleanup(base)
