@@ -97,17 +97,20 @@ class PostgreSQLStore:
         when another writer took it); the position moves once it has committed."""
         with self._session() as conn:
             with conn.transaction():
-                # first: the row lock orders every writer behind this one
-                row = conn.execute("UPDATE secretvault.feed SET seq = seq + 1 WHERE id = 1 "
-                                   "RETURNING seq").fetchone()
+                # first, and in one round trip: the counter row's lock orders
+                # every writer behind this one; the change row; the wake-up
+                # (NOTIFY is delivered at commit, and not at all on rollback)
+                row = conn.execute(
+                    "WITH s AS (UPDATE secretvault.feed SET seq = seq + 1 WHERE id = 1 "
+                    "RETURNING seq), c AS (INSERT INTO secretvault.changes (seq, kind, name, "
+                    "version, at) SELECT seq, %s::text, %s::text, %s::bigint, %s::float8 FROM s "
+                    "RETURNING seq) "
+                    "SELECT seq, pg_notify(%s, seq::text) FROM c",
+                    (kind, name, version, time.time(), CHANNEL)).fetchone()
                 seq = int(row[0]) if row else 0
                 if seq != self.position + 1:
                     raise StaleFeed(seq - 1)
-                conn.execute("INSERT INTO secretvault.changes (seq, kind, name, version, at) "
-                             "VALUES (%s, %s, %s, %s, %s)",
-                             (seq, kind, name, version, time.time()))
                 yield conn
-                conn.execute(f"NOTIFY {CHANNEL}, '{seq}'")
             self.position = seq
 
     # --- the Store protocol ------------------------------------------------------------
