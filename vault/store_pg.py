@@ -41,7 +41,14 @@ from secretvault.vault.store_pg_session import (
     is_connection,
     is_postgresql,
 )
-from secretvault.vault.store_protocol import AlreadyInitialised, Change, ChangeKind, StaleFeed
+from secretvault.vault.store_protocol import (
+    FEED_RETAIN,
+    PRUNE_EVERY,
+    AlreadyInitialised,
+    Change,
+    ChangeKind,
+    StaleFeed,
+)
 
 __all__ = ["SCHEMA_VERSION", "PostgreSQLStore", "describe", "is_postgresql"]
 
@@ -53,6 +60,7 @@ class PostgreSQLStore:
         self._pg = Connector(store)
         self._name = self._pg.name
         self.position = 0
+        self.feed_retain = FEED_RETAIN
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         with self._lock:
@@ -110,6 +118,9 @@ class PostgreSQLStore:
                 seq = int(row[0]) if row else 0
                 if seq != self.position + 1:
                     raise StaleFeed(seq - 1)
+                if seq % min(PRUNE_EVERY, self.feed_retain) == 0:
+                    conn.execute("DELETE FROM secretvault.changes WHERE seq <= %s",
+                                 (seq - self.feed_retain,))
                 yield conn
             self.position = seq
 
