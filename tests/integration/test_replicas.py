@@ -36,7 +36,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from secretvault.api._proto.secretvault.v1 import keys_pb2
 from tests import _pg
-from tests.integration._support import HMAC, Child, Stubs, cleanup, code_of, short_dir, stubs
+from tests.integration._support import (
+    HMAC,
+    REPO,
+    Child,
+    Stubs,
+    cleanup,
+    code_of,
+    short_dir,
+    stubs,
+)
 
 BOUND = 1.0
 KEY_SERVICE = "secretvault.v1.KeyService"
@@ -383,3 +392,47 @@ def test_each_start_failure_is_one_clear_line(pg_server: _pg.PgServer, pg_url: s
             print(f"{what}: {lines[0]}")
     finally:
         cleanup(base)
+
+
+def test_an_embedded_keyring_over_postgresql_follows_the_replicas(
+        pg_server: _pg.PgServer, cluster: Callable[[int], list[Replica]]) -> None:
+    """open_keyring(store=URL) in another process is one more replica: it serves what
+    the servers create, and they serve what it creates."""
+    import subprocess
+    import sys
+
+    (a,) = cluster(1)
+    a.stubs.create("from-server")
+    key_file = os.path.join(a.base, "data", "unseal.key")
+    store = a.child.proc.args[a.child.proc.args.index("--store") + 1]  # type: ignore[union-attr]
+    data = os.path.join(a.base, "embedded-data")
+    code = (
+        "import sys, time\n"
+        "from secretvault.embedded import open_keyring, KeyNotFound\n"
+        f"with open_keyring({data!r}, unseal_key_file={key_file!r}, store={store!r},\n"
+        f"                  backend={a.child.proc.args[a.child.proc.args.index('--backend') + 1]!r}"  # type: ignore[union-attr]
+        ") as r:\n"
+        "    assert r.sign('from-server', b'm')\n"
+        "    r.create_key('from-embedded', 'hmac-sha256')\n"
+        "    print('created', flush=True)\n"
+        "    deadline = time.monotonic() + 1\n"
+        "    while True:\n"
+        "        try:\n"
+        "            r.get_key('after-embedded'); break\n"
+        "        except KeyNotFound:\n"
+        "            assert time.monotonic() < deadline, 'not followed within 1 s'\n"
+        "            time.sleep(0.005)\n"
+        "    print('followed', flush=True)\n")
+    env = {**os.environ, **pg_server.env(), "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         env=env, cwd=str(REPO))
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "created\n"
+        _until(lambda: a.has("from-embedded"))
+        a.stubs.create("after-embedded")
+        assert p.stdout.readline() == "followed\n"
+        assert p.wait(timeout=30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
