@@ -35,7 +35,7 @@ from secretvault.vault._rwlock import RWLock
 from secretvault.vault.keys import Key, Version
 from secretvault.vault.listing import NameIndex
 from secretvault.vault.quotas import Quotas, cost
-from secretvault.vault.store_protocol import Change, FeedWaiter, Store
+from secretvault.vault.store_protocol import Change, FeedWaiter, KeyRecord, Store
 from secretvault.vault.unsealing import Unsealed, reload_key
 
 _log = logging.getLogger("secretvault.feed")
@@ -72,6 +72,11 @@ class Applier:
         done = 0
         while True:
             batch = self._store.changes(self._store.position, BATCH)
+            if batch and batch[0].seq != self._store.position + 1:
+                # pruned past this process's position (it was away longer than
+                # the feed keeps): every key is brought to its stored state
+                self._reload_all()
+                continue
             for change in batch:
                 self._refresh(change.name)
                 self._store.position = change.seq
@@ -81,9 +86,20 @@ class Applier:
             if len(batch) < BATCH:
                 return done
 
+    def _reload_all(self) -> None:
+        head = self._store.feed_head()  # before the reads: what commits after is applied again
+        _log.warning("the feed no longer holds the changes after %d: reloading every key "
+                     "of %s (at change %d)", self._store.position, self._store.describe, head)
+        stored = {rec.name: rec for rec in self._store.load()}
+        for name in sorted(set(stored) | set(self._keys)):
+            self._apply(name, stored.get(name))
+        self._store.position = head
+
     def _refresh(self, name: str) -> None:
         """Bring key ``name`` to its stored state (gone: zeroed and forgotten)."""
-        rec = self._store.load_key(name)
+        self._apply(name, self._store.load_key(name))
+
+    def _apply(self, name: str, rec: KeyRecord | None) -> None:
         old = self._keys.get(name)
         if rec is None:
             if old is not None:

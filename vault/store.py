@@ -38,7 +38,14 @@ from secretvault.vault.records import (
     is_version,
     parse_key_row,
 )
-from secretvault.vault.store_protocol import Change, ChangeKind, StaleFeed, Store
+from secretvault.vault.store_protocol import (
+    FEED_RETAIN,
+    PRUNE_EVERY,
+    Change,
+    ChangeKind,
+    StaleFeed,
+    Store,
+)
 from secretvault.vault.store_wal import scrub_wal
 
 __all__ = ["KeyRecord", "SQLiteStore", "Store", "VersionRecord"]
@@ -93,6 +100,7 @@ class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self.position = 0
+        self.feed_retain = FEED_RETAIN
         fresh = not os.path.exists(path)
         if fresh:
             # create it 0600 before SQLite opens it: sealed or not, it is
@@ -171,6 +179,8 @@ class SQLiteStore:
             db.execute("UPDATE feed SET seq = ? WHERE id = 1", (seq,))
             db.execute("INSERT INTO changes (seq, kind, name, version, at) "
                        "VALUES (?, ?, ?, ?, ?)", (seq, kind, name, version, time.time()))
+            if seq % min(PRUNE_EVERY, self.feed_retain) == 0:
+                db.execute("DELETE FROM changes WHERE seq <= ?", (seq - self.feed_retain,))
             yield db
         self.position = seq
 

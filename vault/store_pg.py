@@ -41,7 +41,14 @@ from secretvault.vault.store_pg_session import (
     is_connection,
     is_postgresql,
 )
-from secretvault.vault.store_protocol import AlreadyInitialised, Change, ChangeKind, StaleFeed
+from secretvault.vault.store_protocol import (
+    FEED_RETAIN,
+    PRUNE_EVERY,
+    AlreadyInitialised,
+    Change,
+    ChangeKind,
+    StaleFeed,
+)
 
 __all__ = ["SCHEMA_VERSION", "PostgreSQLStore", "describe", "is_postgresql"]
 
@@ -53,6 +60,7 @@ class PostgreSQLStore:
         self._pg = Connector(store)
         self._name = self._pg.name
         self.position = 0
+        self.feed_retain = FEED_RETAIN
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         with self._lock:
@@ -97,17 +105,23 @@ class PostgreSQLStore:
         when another writer took it); the position moves once it has committed."""
         with self._session() as conn:
             with conn.transaction():
-                # first: the row lock orders every writer behind this one
-                row = conn.execute("UPDATE secretvault.feed SET seq = seq + 1 WHERE id = 1 "
-                                   "RETURNING seq").fetchone()
+                # first, and in one round trip: the counter row's lock orders
+                # every writer behind this one; the change row; the wake-up
+                # (NOTIFY is delivered at commit, and not at all on rollback)
+                row = conn.execute(
+                    "WITH s AS (UPDATE secretvault.feed SET seq = seq + 1 WHERE id = 1 "
+                    "RETURNING seq), c AS (INSERT INTO secretvault.changes (seq, kind, name, "
+                    "version, at) SELECT seq, %s::text, %s::text, %s::bigint, %s::float8 FROM s "
+                    "RETURNING seq) "
+                    "SELECT seq, pg_notify(%s, seq::text) FROM c",
+                    (kind, name, version, time.time(), CHANNEL)).fetchone()
                 seq = int(row[0]) if row else 0
                 if seq != self.position + 1:
                     raise StaleFeed(seq - 1)
-                conn.execute("INSERT INTO secretvault.changes (seq, kind, name, version, at) "
-                             "VALUES (%s, %s, %s, %s, %s)",
-                             (seq, kind, name, version, time.time()))
+                if seq % min(PRUNE_EVERY, self.feed_retain) == 0:
+                    conn.execute("DELETE FROM secretvault.changes WHERE seq <= %s",
+                                 (seq - self.feed_retain,))
                 yield conn
-                conn.execute(f"NOTIFY {CHANNEL}, '{seq}'")
             self.position = seq
 
     # --- the Store protocol ------------------------------------------------------------

@@ -28,6 +28,11 @@ from secretvault.vault.records import KeyRecord, VersionRecord
 __all__ = ["AlreadyInitialised", "Change", "ChangeKind", "FeedWaiter", "KeyRecord",
            "StaleFeed", "Store", "VersionRecord"]
 
+#: changes the feed keeps: older ones are deleted every :data:`PRUNE_EVERY` changes (a
+#: process further behind than this reloads every key instead: ``feed.Applier``)
+FEED_RETAIN = 100_000
+PRUNE_EVERY = 1_000
+
 ChangeKind = Literal["create", "import", "rotate", "min_decryption_version",
                      "delete_version", "delete_key"]
 
@@ -79,6 +84,8 @@ class Store(Protocol):
     #: the last change of the feed this process has applied (set by the
     #: keyring's follower; a mutation advances it)
     position: int
+    #: how many changes the feed keeps (:data:`FEED_RETAIN`)
+    feed_retain: int
 
     @property
     def describe(self) -> str:
@@ -137,7 +144,8 @@ class Store(Protocol):
         ...
 
     def changes(self, after: int, limit: int) -> list[Change]:
-        """Up to ``limit`` changes numbered above ``after``, in order."""
+        """Up to ``limit`` changes numbered above ``after``, in order (the first is
+        above ``after + 1`` when the feed has been pruned past it)."""
         ...
 
     def waiter(self) -> FeedWaiter:

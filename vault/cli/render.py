@@ -263,6 +263,19 @@ def _quotas(s: Stats) -> Table | None:
     return t
 
 
+def _feed(s: Stats) -> Table | None:
+    f = s.feed
+    if f is None:
+        return None
+    return _kv("Store and change feed", [
+        ("store", f.store),
+        ("reachable", "yes" if f.store_reachable else f"NO: {f.error}"),
+        ("position", f"{f.position:,}"),
+        ("applied from others", f"{f.applied:,}"),
+        ("last lag", f"{f.last_lag_seconds * 1000:.1f} ms" if f.applied else "-"),
+    ])
+
+
 def _extra(s: Stats) -> Table | None:
     if not s.extra:
         return None
@@ -272,7 +285,7 @@ def _extra(s: Stats) -> Table | None:
 #: the sections of the stats view, in order; a section with nothing to show is left out
 SECTIONS: tuple[Callable[[Stats], Table | None], ...] = (
     _secret_memory, _memlock, _process, _memcg, _direct_map, _size_classes, _quotas,
-    _operations, _extra,
+    _feed, _operations, _extra,
 )
 
 

@@ -108,3 +108,26 @@ def test_a_follower_without_wake_ups_still_looks_at_the_backstop(
         follower.close()
     finally:
         store.waiter = real  # type: ignore[method-assign]
+
+
+def test_the_feed_is_in_stats_metrics_and_the_client_record(pair: tuple[Vault, Vault]) -> None:
+    from secretvault.clients._stats import stats_from_wire
+    from secretvault.vault.metrics import families
+    from secretvault.vault.stats import OperationCounters, StatsSource, to_proto
+
+    one, two = pair
+    one.keyring.create("m", "hmac-sha256")
+    _until(lambda: _has(two, "m"))
+    assert two.feed is not None
+    source = StatsSource(two.allocator.statistics, two.keyring.counts_by_type,
+                         OperationCounters(), feed=two.feed.statistics)
+    snap = source.snapshot()
+    record = stats_from_wire(to_proto(snap)).feed
+    assert record is not None
+    assert (record.store, record.position, record.applied, record.store_reachable) == (
+        two.store.describe, 1, 1, True)
+    gauges = {m.name: m.samples[0].value for m in families(snap) if m.name.startswith(
+        ("secretvault_store_up", "secretvault_feed"))}
+    assert gauges == {"secretvault_store_up": 1.0, "secretvault_feed_position": 1.0,
+                      "secretvault_feed_applied": 1.0,
+                      "secretvault_feed_last_lag_seconds": record.last_lag_seconds}

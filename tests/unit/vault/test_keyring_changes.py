@@ -94,3 +94,26 @@ def test_a_delete_zeroes_the_other_keyrings_slots(ring: Keyring, other: Keyring)
     with pytest.raises(KeyNotFound):
         other.get("k")
     assert raw(address, length) == bytes(length), "the deleted key's slot was not zeroed"
+
+
+def test_a_keyring_behind_a_pruned_feed_reloads_every_key(ring: Keyring, other: Keyring,
+                                                          store: SQLiteStore) -> None:
+    """The feed keeps ``feed_retain`` changes: a process further behind than that
+    brings every key to its stored state instead, and misses nothing."""
+    ring.create("old", "hmac-sha256")
+    other.follow()
+    v = other._keys["old"].versions[1]
+    assert v.slot is not None
+    address, length = v.slot.address, v.length
+    store.feed_retain = 3  # ring's handle prunes every 3 changes, keeping 3
+    for i in range(10):
+        ring.create(f"new{i}", "ed25519")
+    ring.delete("old")
+    first = store.changes(0, 100)[0].seq
+    assert first > other._store.position + 1, "the feed was not pruned past other"
+    other.follow()
+    assert sorted(k.name for k in other.list()) == [f"new{i}" for i in range(10)]
+    assert raw(address, length) == bytes(length), "the deleted key's slot was not zeroed"
+    assert other._store.position == store.position
+    _, sig = other.sign("new3", b"m")
+    assert ring.verify("new3", b"m", sig)

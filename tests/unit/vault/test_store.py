@@ -223,3 +223,10 @@ def test_data_version_wakes_the_follower(store: SQLiteStore, store_path: str) ->
     finally:
         waiter.close()
         other.close()
+
+
+def test_the_feed_keeps_only_its_retention(store: SQLiteStore) -> None:
+    store.feed_retain = 2
+    for i in range(5):
+        store.create_key(_k(f"k{i}"), _v(1))
+    assert [c.seq for c in store.changes(0, 100)] == [3, 4, 5]

@@ -190,3 +190,15 @@ def test_another_schema_version_is_refused(pg_server: _pg.PgServer, pg_url: str)
         conn.execute("UPDATE secretvault.schema_version SET version = 99")
     with pytest.raises(StoreRefused, match="newer than"):
         PostgreSQLStore(pg_url)
+
+
+def test_the_feed_keeps_only_its_retention(pg_url: str) -> None:
+    store = PostgreSQLStore(pg_url)
+    try:
+        store.feed_retain = 2
+        for i in range(5):
+            store.create_key(_k(f"k{i}"), _v(1))
+        # pruned at change 4 (every 2, keeping 2): 3, 4 and the later 5 are left
+        assert [c.seq for c in store.changes(0, 100)] == [3, 4, 5]
+    finally:
+        store.close()
