@@ -13,6 +13,9 @@ SIGKILL, with changes made while it is down (a rotation, a create, a
 delete), serves exactly the new state once started again; a change made
 through it then reaches the others.  The clients are the real client library
 on the host, on each replica's owner socket.
+In Kubernetes PostgreSQL then stops: the replicas keep signing and their
+probes stay green (KeyService alone is NOT_SERVING; a change is UNAVAILABLE);
+once it is back a change reaches every replica.
 PostgreSQL counts two sessions per replica (the store's and the feed's
 LISTEN: the figure deploy/README.md gives), refuses a wrong password and
 plain-text TCP.  And the image holds every dependency of the project
@@ -145,6 +148,34 @@ def poll(what: str, attempt: Callable[[], T | None], since: float) -> tuple[T, f
         time.sleep(0.02)
 
 
+def poll_each(what: str, attempts: dict[str, Callable[[], T | None]],
+              since: float) -> dict[str, tuple[T, float]]:
+    """:func:`poll` on several replicas at once, in turn, so each one's lag is
+    its own (not the sum of those polled before it)."""
+    from secretvault.api.errors import NotFound
+
+    deadline = time.monotonic() + LAG_POLL_S
+    done: dict[str, tuple[T, float]] = {}
+    seen: dict[str, str] = {}
+    while len(done) < len(attempts):
+        for name, attempt in attempts.items():
+            if name in done:
+                continue
+            try:
+                value = attempt()
+            except NotFound as e:
+                value, seen[name] = None, f"{e.status}: {e}"
+            if value is not None:
+                done[name] = (value, time.monotonic() - since)
+        if len(done) < len(attempts):
+            if time.monotonic() > deadline:
+                late = sorted(set(attempts) - set(done))
+                raise AssertionError(f"{what}: not served by {late} after {LAG_POLL_S}s "
+                                     f"(last: {seen})")
+            time.sleep(0.02)
+    return done
+
+
 def check_replication(replicas: list[Replica]) -> dict[str, float]:
     """A key made through the first replica signs through every other; one of
     them killed, changes made meanwhile, started again: it serves them, and a
@@ -162,12 +193,13 @@ def check_replication(replicas: list[Replica]) -> dict[str, float]:
         token = c1.sign("app/signer", MESSAGE)
         public = c1.public_key("app/signer").raw
         verify_independently(public, MESSAGE, token)
-        for r in (victim, *rest):
-            c = clients[r.name]
+        served = poll_each("app/signer", {
+            r.name: (lambda c=clients[r.name]: c.sign("app/signer", MESSAGE))
+            for r in (victim, *rest)}, acked)
+        for name, (got, lag) in served.items():
             # Ed25519 is deterministic: the same token means the same key and version
-            got, lags[f"create {first.name} -> {r.name}"] = poll(
-                f"app/signer on {r.name}", lambda c=c: c.sign("app/signer", MESSAGE), acked)
-            assert got == token, r.name
+            assert got == token, name
+            lags[f"create {first.name} -> {name}"] = lag
         c1.create_key("app/doomed", "x25519")
         acked = time.monotonic()
         poll("app/doomed on the victim",
@@ -184,11 +216,13 @@ def check_replication(replicas: list[Replica]) -> dict[str, float]:
         changed = time.monotonic()
 
         # replicas that stayed up follow at once
+        followed = poll_each("app/signer v2", {
+            r.name: (lambda c=clients[r.name]: True if c.sign("app/signer", MESSAGE) == token2
+                     else None)
+            for r in rest}, changed)
+        lags.update({f"rotate {first.name} -> {n}": lag for n, (_, lag) in followed.items()})
         for r in rest:
             c = clients[r.name]
-            _, lags[f"rotate {first.name} -> {r.name}"] = poll(
-                f"app/signer v2 on {r.name}",
-                lambda c=c: True if c.sign("app/signer", MESSAGE) == token2 else None, changed)
 
             def gone(c: VaultClient = c) -> bool | None:
                 try:
@@ -212,17 +246,96 @@ def check_replication(replicas: list[Replica]) -> dict[str, float]:
             # and what it acknowledges reaches the others
             c.create_key("app/from-restarted", "ed25519")
             acked = time.monotonic()
-        for r in (first, *rest):
-            c = clients[r.name]
-            _, lags[f"create {victim.name} (restarted) -> {r.name}"] = poll(
-                f"app/from-restarted on {r.name}",
-                lambda c=c: c.public_key("app/from-restarted"), acked)
+        reached = poll_each("app/from-restarted", {
+            r.name: (lambda c=clients[r.name]: c.public_key("app/from-restarted"))
+            for r in (first, *rest)}, acked)
+        lags.update({f"create {victim.name} (restarted) -> {n}": lag
+                     for n, (_, lag) in reached.items()})
     finally:
         for c in clients.values():
             c.close()
     for what, seconds in lags.items():
         print(f"lag {what}: {seconds * 1000:.0f} ms")
     return lags
+
+
+KEY_SERVICE = "secretvault.v1.KeyService"
+#: the replicas' reconnection once PostgreSQL is reachable (they retry every 0.5 s)
+STORE_BACK_S = 30.0
+
+
+def check_outage(replicas: list[Replica], pg_container: str, probed: list[str]) -> None:
+    """PostgreSQL becomes unreachable (a partition: the vault's sessions are
+    cut and its port rejects connections): every replica goes on signing from
+    secret memory, the probes (the server as a whole, the image's health
+    check that Kubernetes execs) stay green, so nothing is restarted, while
+    KeyService says NOT_SERVING and a change fails UNAVAILABLE naming the
+    store.  It is reachable again: a change made through one replica reaches
+    every other, and the one refused during the outage exists nowhere.
+
+    (Not ``podman stop``: podman stops a played pod with its last container
+    and gives it a new address at start, where Kubernetes keeps the pod's.)"""
+    from secretvault.api.errors import KeyExists, KeyNotFound, Unavailable
+    from secretvault.clients import VaultClient
+
+    pod = podman("inspect", "--format", "{{.Pod}}", pg_container).stdout.strip()
+    infra = json.loads(podman("pod", "inspect", pod).stdout)["InfraContainerID"]
+    pid = podman("inspect", "--format", "{{.State.Pid}}", infra).stdout.strip()
+    netns = f"/proc/{pid}/ns/net"  # the pod's network namespace: its address stays
+    rule = ["INPUT", "-p", "tcp", "--dport", "5432", "-j", "REJECT", "--reject-with", "tcp-reset"]
+    subprocess.run(["nsenter", f"--net={netns}", "iptables", "-I", *rule], check=True)
+    cut = podman("exec", pg_container, "psql", "-X", "-At", "-h", "/run/postgresql", "-U",
+                 "postgres", "-d", "postgres", "-c", "SELECT count(pg_terminate_backend(pid)) "
+                 "FROM pg_stat_activity WHERE usename = 'secretvault'").stdout
+    assert int(cut) == SESSIONS_PER_REPLICA * len(replicas), cut
+    tokens = set()
+    for r in replicas:
+        poll(f"{r.name} noticing the outage",
+                    lambda r=r: True if not healthcheck.check(r.socket, KEY_SERVICE)[0] else None,
+                    time.monotonic())
+        assert healthcheck.check(r.socket)[0], r.name
+        with VaultClient(r.socket) as c:
+            tokens.add(c.sign("app/signer", MESSAGE))
+    assert len(tokens) == 1, "the replicas sign with different keys"
+    for container in probed:
+        probe = podman("healthcheck", "run", container, check=False)
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+    # StoreUnavailable; or, when the store's session broke under the call,
+    # the client's OutcomeUnknown around it: both UNAVAILABLE, naming the store
+    with VaultClient(replicas[0].socket) as c, pytest.raises(Unavailable) as refused:
+        c.create_key("app/during-outage", "ed25519")
+    assert "postgresql://secretvault@" in str(refused.value), refused.value
+
+    subprocess.run(["nsenter", f"--net={netns}", "iptables", "-D", *rule], check=True)
+    last, made = replicas[-1], None
+    deadline = time.monotonic() + STORE_BACK_S
+    with VaultClient(last.socket) as c:
+        while made is None:
+            try:
+                c.create_key("app/after-outage", "ed25519")
+                made = time.monotonic()
+            except KeyExists:  # an earlier try committed as the connection broke
+                made = time.monotonic()
+            except Unavailable as e:
+                assert time.monotonic() < deadline, (
+                    f"the store is not back after {STORE_BACK_S}s: {e}")
+                time.sleep(0.25)
+    clients = {r.name: VaultClient(r.socket) for r in replicas}
+    try:
+        reached = poll_each("app/after-outage", {
+            name: (lambda c=c: c.public_key("app/after-outage")) for name, c in clients.items()
+            if name != last.name}, made)
+        for name, (_, lag) in reached.items():
+            print(f"lag create {last.name} -> {name} after the outage: {lag * 1000:.0f} ms")
+        for c in clients.values():
+            with pytest.raises(KeyNotFound):
+                c.public_key("app/during-outage")
+    finally:
+        for c in clients.values():
+            c.close()
+    for r in replicas:
+        ok, why = healthcheck.check(r.socket, KEY_SERVICE)
+        assert ok, why
 
 
 # --- compose, profile `replicated`, under podman-compose --------------------------------
@@ -371,7 +484,8 @@ def template_as_pod(template: dict[str, Any], *, pod: str, image: str, play: Pla
     made the way kubelet makes it (podman's is 0755, owned by the pod's
     user); ``secretKeyRef`` names a podman secret holding the Secret's data,
     which is what podman reads it from; the Localhost seccomp profile goes
-    through the older pod annotation, which podman reads; a Service's name
+    through the older pod annotation, which podman reads; ``ports`` go (podman
+    would publish them on the host); a Service's name
     resolves through ``hostAliases`` (podman has no Services); a claim
     template becomes a claim of its own.
     """
@@ -379,6 +493,8 @@ def template_as_pod(template: dict[str, Any], *, pod: str, image: str, play: Pla
     fs_group = spec.get("securityContext", {}).get("fsGroup")
     for container in spec["containers"]:
         container["image"] = image
+        # podman 4.3 publishes a containerPort on the host; Kubernetes never does
+        container.pop("ports", None)
         for env in container.get("env", []):
             ref = env.get("valueFrom", {}).get("secretKeyRef")
             if ref is not None:
@@ -465,6 +581,10 @@ def test_kubernetes_three_replicas_over_postgres(
     image_build: Build, pg_image_build: Build, kube_root: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    absent = [tool for tool in ("iptables", "nsenter") if shutil.which(tool) is None]
+    if absent:
+        pytest.skip(f"the store outage needs {' and '.join(absent)} "
+                    "(installed by scripts/install-container-deps)")
     yaml = _yaml()
     docs = _docs(KUBE / "replicated.yaml")
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
@@ -544,6 +664,7 @@ def test_kubernetes_three_replicas_over_postgres(
         lags = check_replication(replicas)
         assert len(lags) == 2 + 1 + 2, lags
         assert vault_sessions(pg_container) == SESSIONS_PER_REPLICA * len(replicas)
+        check_outage(replicas, pg_container, [f"{pod}-vault" for pod in pods])
 
         # and the application beside pod 2's vault signs, as uid 10002 on its
         # own socket, with the key made through pod 0
