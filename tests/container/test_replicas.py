@@ -13,16 +13,18 @@ SIGKILL, with changes made while it is down (a rotation, a create, a
 delete), serves exactly the new state once started again; a change made
 through it then reaches the others.  The clients are the real client library
 on the host, on each replica's owner socket.
-In Kubernetes PostgreSQL then stops: the replicas keep signing and their
-probes stay green (KeyService alone is NOT_SERVING; a change is UNAVAILABLE);
-once it is back a change reaches every replica.
-PostgreSQL counts two sessions per replica (the store's and the feed's
+
+In Kubernetes PostgreSQL then becomes unreachable: the replicas keep signing
+and their probes stay green (KeyService alone is NOT_SERVING; a change is
+UNAVAILABLE); once it is back a change reaches every replica.  PostgreSQL
+counts two sessions per replica (the store's and the feed's
 LISTEN: the figure deploy/README.md gives), refuses a wrong password and
 plain-text TCP.  And the image holds every dependency of the project
 (psycopg among them) however warm the build's wheel cache is.
 
-Skipped, naming what is missing, without podman, runc or root (``conftest.py``)
-or podman-compose (the compose test).
+Skipped, naming what is missing, without podman, runc or root (``conftest.py``),
+podman-compose or container name resolution (the compose test), iptables or
+nsenter (the Kubernetes test's outage).
 """
 
 from __future__ import annotations
