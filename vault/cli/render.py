@@ -147,6 +147,13 @@ def _heading(s: Stats) -> list[Any]:
                            (s.protection, style))]
     if s.protection != "secretmem":
         lines.append(Text("keys are NOT in secret memory: this backend is a model", "red"))
+    f = s.feed
+    if f is not None:  # one line: the sections below must still fit a terminal
+        lag = f", last lag {f.last_lag_seconds * 1000:.1f} ms" if f.applied else ""
+        lines.append(Text.assemble(
+            f"store {f.store}: ", ("reachable", "green") if f.store_reachable else
+            (f"UNREACHABLE ({f.error})", "bold red"),
+            f"; feed at change {f.position:,}, {f.applied:,} applied from others{lag}"))
     lines.append(Text(""))
     return lines
 
@@ -263,19 +270,6 @@ def _quotas(s: Stats) -> Table | None:
     return t
 
 
-def _feed(s: Stats) -> Table | None:
-    f = s.feed
-    if f is None:
-        return None
-    return _kv("Store and change feed", [
-        ("store", f.store),
-        ("reachable", "yes" if f.store_reachable else f"NO: {f.error}"),
-        ("position", f"{f.position:,}"),
-        ("applied from others", f"{f.applied:,}"),
-        ("last lag", f"{f.last_lag_seconds * 1000:.1f} ms" if f.applied else "-"),
-    ])
-
-
 def _extra(s: Stats) -> Table | None:
     if not s.extra:
         return None
@@ -285,7 +279,7 @@ def _extra(s: Stats) -> Table | None:
 #: the sections of the stats view, in order; a section with nothing to show is left out
 SECTIONS: tuple[Callable[[Stats], Table | None], ...] = (
     _secret_memory, _memlock, _process, _memcg, _direct_map, _size_classes, _quotas,
-    _feed, _operations, _extra,
+    _operations, _extra,
 )
 
 

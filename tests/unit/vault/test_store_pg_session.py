@@ -32,3 +32,10 @@ def test_a_bad_string_is_one_line_that_does_not_quote_it(bad: str) -> None:
 
 def test_a_path_is_not_postgresql() -> None:
     assert not is_postgresql("/var/lib/secretvault/keys.sqlite3")
+
+
+def test_tcp_keepalives_unless_the_url_says_otherwise() -> None:
+    mine = Connector("postgresql://db.example/keys")._params
+    assert mine["keepalives"] == 1 and mine["keepalives_idle"] == 5
+    theirs = Connector("postgresql://db.example/keys?keepalives_idle=30")._params
+    assert theirs["keepalives_idle"] == "30"
