@@ -161,8 +161,19 @@ class VersionBelowMinimum(FailedPrecondition):
 
 
 class StoreInUse(FailedPrecondition):
-    """The key store is open in another process: a store serves one process
-    at a time, so two keyrings over it cannot drift apart."""
+    """The key store is held by another process in a way this one cannot
+    share: a first start or a migration needs it alone, and serving
+    processes wait for those to finish (``storelock``)."""
+
+
+class StoreRefused(FailedPrecondition):
+    """The key store refused this vault at start: its server rejected the
+    user's authentication, the database does not exist, or its schema is of
+    another version.  ``fix`` says what to change."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 class UnsafeSocketPath(FailedPrecondition):
@@ -203,6 +214,12 @@ class ShuttingDown(Unavailable):
 
 class StoreBusy(Unavailable):
     """The key store is locked by another process: nothing was written; retry."""
+
+
+class StoreUnavailable(Unavailable):
+    """The key store (a PostgreSQL server) cannot be reached: the change was
+    not made, or, when the connection broke during the commit, its outcome is
+    unknown until the change feed says.  Keys already loaded keep serving."""
 
 
 class AuditUnavailable(Unavailable):

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from secretvault.clients._options import NO_RETRY, RetryPolicy, TlsConfig
     from secretvault.clients._stats import (
         DirectMap,
+        Feed,
         IdentityQuota,
         Memcg,
         Memlock,
@@ -79,7 +80,7 @@ _LAZY = {
     "AsyncVaultClient": "secretvault.clients.aio",
     **{
         name: "secretvault.clients._stats"
-        for name in ("DirectMap", "IdentityQuota", "Memcg", "Memlock", "OperationCount",
+        for name in ("DirectMap", "Feed", "IdentityQuota", "Memcg", "Memlock", "OperationCount",
                      "Process", "SizeClass", "Stats")
     },
     **{name: "secretvault.clients._types" for name in ("Key", "KeyVersion", "PublicKey")},
@@ -113,6 +114,7 @@ __all__ = [
     "DirectMap",
     "Encrypt",
     "FailedPrecondition",
+    "Feed",
     "IdentityQuota",
     "IntegrityError",
     "InvalidArgument",

@@ -137,6 +137,24 @@ class IdentityQuota:
 
 
 @dataclass(frozen=True, slots=True)
+class Feed:
+    """Where the process is in its store's change feed (the others' changes, applied)."""
+
+    #: the store, as messages name it (a path, or a URL without its password)
+    store: str
+    #: the last change of the feed this process has
+    position: int
+    #: changes applied from the feed since start (made by other processes)
+    applied: int
+    #: the last applied change: its commit to its application here, in seconds
+    last_lag_seconds: float
+    #: False while the store cannot be reached (changes fail; crypto goes on)
+    store_reachable: bool
+    #: why not, while it is not ("" otherwise)
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """What secret memory costs right now, as the vault reported it."""
 
@@ -167,6 +185,8 @@ class Stats:
     max_versions_per_key: int = 0
     #: every policy identity, and any other holding secret memory, by name
     identity_quotas: tuple[IdentityQuota, ...] = ()
+    #: the store's change feed, as this process follows it; None from an older server
+    feed: Feed | None = None
 
 
 def _optional(msg: Message, field: str) -> int | None:
@@ -252,4 +272,8 @@ def stats_from_wire(msg: stats_pb2.Stats) -> Stats:
                           budget_bytes=_optional(q, "budget_bytes"))
             for q in msg.identity_quotas
         ),
+        feed=Feed(store=msg.feed.store, position=msg.feed.position, applied=msg.feed.applied,
+                  last_lag_seconds=msg.feed.last_lag_seconds,
+                  store_reachable=msg.feed.store_reachable, error=msg.feed.error)
+        if msg.HasField("feed") else None,
     )

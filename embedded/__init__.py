@@ -13,8 +13,10 @@
   into secret memory; :class:`Keyring` serves it on the caller's threads,
   with the client library's methods, records and errors.
 * The same store a server opens: a store made by ``secretvault serve``
-  opens here with the same unseal material, and the other way round; one
-  process at a time (:class:`StoreInUse`).
+  opens here with the same unseal material, and the other way round, and
+  both may serve it at once: each process follows the store's change feed
+  and serves what the others created (only a first start or a migration
+  needs it alone: :class:`StoreInUse`).
 
 Embedding puts the keys in the application's own process: anything that
 runs in it, a compromised dependency included, can *use* them (never read

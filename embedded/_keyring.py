@@ -60,6 +60,8 @@ class _Gone:
 
 
 _CLOSED = "this keyring is closed: its secret memory was zeroed and unmapped"
+#: a forked child's inherited vaults: kept alive, never closed (see Keyring._forked)
+_INHERITED: list[Vault] = []
 _FORKED = ("this process is a fork of the one that opened the keyring: its secret "
            "memory is not mapped here (MADV_DONTFORK); open a keyring of its own")
 
@@ -293,13 +295,17 @@ class Keyring:
 
         Its secret regions are not mapped here, so nothing may zero or free
         them; the store lock's descriptor is closed (only closed: an unlock
-        would release the parent's hold, which shares the open file).
+        would release the parent's hold, which shares the open file).  The
+        store's connections are the parent's too (a PostgreSQL session shares
+        its socket): the vault is kept, never freed here, so that no
+        goodbye is sent over them in the parent's name.
         """
         vault, self._vault = self._vault, None
         self._gone(_FORKED)
         self._close_lock = threading.Lock()
         if vault is not None:
             vault.lock.release()
+            _INHERITED.append(vault)
 
 
 def open_keyring(
@@ -309,6 +315,7 @@ def open_keyring(
     passphrase_file: str | os.PathLike[str] | None = None,
     unseal_key_file: str | os.PathLike[str] | None = None,
     backend: Backend = "memfd_secret",
+    store: str | None = None,
 ) -> Keyring:
     """Open (or, the first time, create) the sealed store in ``data_dir`` in this process.
 
@@ -317,18 +324,22 @@ def open_keyring(
     ``$SECRETVAULT_PASSPHRASE``; with none of them and no store yet, a new
     key file ``data_dir/unseal.key`` is made (keep it apart from the store
     in production).  A store a server made opens here with the same
-    material, and the other way round, but never both at once
-    (:class:`StoreInUse`).
+    material, and the other way round, and both may have it open at once:
+    each follows the store's change feed (a first start or a migration needs
+    it alone, :class:`StoreInUse`).
 
     ``backend`` is ``memfd_secret`` unless a model is asked for; without
     memfd_secret this raises :class:`SecretMemoryUnavailable` and says why,
-    never falling back to ordinary memory.
+    never falling back to ordinary memory.  ``store`` is what ``serve
+    --store`` takes: a PostgreSQL URL or conninfo string shared with the
+    server's replicas (None: the SQLite file in ``data_dir``).
     """
     def path(p: str | os.PathLike[str] | None) -> str | None:
         return None if p is None else os.fspath(p)
     config = VaultConfig(
         data_dir=os.fspath(data_dir), socket="", backend=backend, passphrase=passphrase,
         passphrase_file=path(passphrase_file), unseal_key_file=path(unseal_key_file),
+        store=store,
     )
     holder = f"an embedded keyring in {os.path.basename(sys.argv[0] or 'python')}"
     return Keyring(open_vault(config, holder=holder))

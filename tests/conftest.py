@@ -15,13 +15,38 @@ saying so, as it would be on a machine without memfd_secret.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests import _lane
+from tests import _lane, _pg
 
 INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[_pg.PgServer]:
+    """A private PostgreSQL server for the session (``tests/_pg.py``); skipped,
+    naming what is missing, where none can run."""
+    why = _pg.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    server = _pg.PgServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: _pg.PgServer, request: pytest.FixtureRequest,
+           monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty database on the session's server; PGPASSWORD set for libpq."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
+    for k, v in pg_server.env().items():
+        monkeypatch.setenv(k, v)
+    return pg_server.create_database(name)
 
 
 def is_root() -> bool:

@@ -7,10 +7,11 @@ other module receives them.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from secretvault.api.errors import InvalidArgument
+from secretvault.api.errors import InvalidArgument, StoreInUse
 from secretvault.api.paths import default_socket_path
 from secretvault.backends import (
     MemfdSecretBackend,
@@ -18,11 +19,12 @@ from secretvault.backends import (
     SlotAllocator,
     harden_process,
 )
+from secretvault.vault.feed import FeedFollower
 from secretvault.vault.keyring import Keyring
 from secretvault.vault.sealing import Argon2Params, UnsealSource, create_key_file
 from secretvault.vault.store import SQLiteStore, Store
 from secretvault.vault.storelock import StoreLock
-from secretvault.vault.unsealing import Progress
+from secretvault.vault.unsealing import STORE_FORMAT, Progress
 
 BackendName = Literal["memfd_secret", "page-model", "pooled-pmd-model"]
 BACKENDS: tuple[BackendName, ...] = ("memfd_secret", "page-model", "pooled-pmd-model")
@@ -52,6 +54,10 @@ class VaultConfig:
     model_cma_bytes: int = 256 << 20
     model_fallback: bool = False
     harden: bool = True
+    #: where the sealed keys are: None, the data directory's SQLite file; or a
+    #: PostgreSQL URL or conninfo string, shared by every replica (its password
+    #: only in the URL or libpq's PGPASSWORD / PGPASSFILE; never in a message)
+    store: str | None = field(default=None, repr=False)
 
     @property
     def store_path(self) -> str:
@@ -69,11 +75,15 @@ class Vault:
     keyring: Keyring
     lock: StoreLock
     created_key_file: str | None = None
+    #: keeps the keyring in step with the store's change feed (other processes' changes)
+    feed: FeedFollower | None = None
 
     def close(self) -> None:
         """Zero and unmap secret memory even if closing the keyring or the
         store fails part-way; the store is let go last."""
         try:
+            if self.feed is not None:
+                self.feed.close()
             self.keyring.close()
         finally:
             try:
@@ -103,8 +113,21 @@ def make_backend(config: VaultConfig) -> SecretMemoryBackend:
     raise InvalidArgument(f"unknown backend {config.backend!r}; use one of {', '.join(BACKENDS)}")
 
 
+def make_store(config: VaultConfig) -> Store:
+    """The configured store, opened (the one place a store is chosen)."""
+    if config.store is None:
+        return SQLiteStore(config.store_path)
+    from secretvault.vault.store_pg import PostgreSQLStore, is_postgresql
+
+    if not is_postgresql(config.store):
+        raise InvalidArgument("--store takes a PostgreSQL URL (postgresql://USER@HOST:PORT/DB) "
+                              "or conninfo string; without it the store is the data "
+                              "directory's SQLite file")
+    return PostgreSQLStore(config.store)
+
+
 def _unseal_source(
-    config: VaultConfig, allocator: SlotAllocator
+    config: VaultConfig, allocator: SlotAllocator, store: Store
 ) -> tuple[UnsealSource, str | None]:
     """The configured unseal material; on a first start with none, a new key file."""
     if config.unseal_key_file:
@@ -123,14 +146,36 @@ def _unseal_source(
     key_file = os.path.join(config.data_dir, KEY_FILE_NAME)
     created = None
     if not os.path.exists(key_file):
-        if os.path.exists(config.store_path):
+        if store.get_meta("store_id") is not None:
             raise InvalidArgument(
-                f"the store {config.store_path} exists but no unseal material was given: set "
+                f"the store {store.describe} exists but no unseal material was given: set "
                 f"{PASSPHRASE_ENV}, or pass --passphrase-file or --unseal-key-file"
             )
         create_key_file(key_file, allocator)
         created = key_file
     return UnsealSource(key_file=key_file), created
+
+
+def _needs_sole_access(store: Store) -> bool:
+    """A first start (no metadata yet) or a store whose format is migrated on unseal."""
+    return store.get_meta("store_id") is None or store.get_meta("format") != STORE_FORMAT
+
+
+#: how long a process waits for another's first start or migration to finish
+SOLE_ACCESS_WAIT_SECONDS = 30.0
+
+
+def _hold(store_path: str, holder: str, *, sole: bool) -> StoreLock:
+    """The store's lock, exclusive when ``sole``; a serving process waits (up to
+    :data:`SOLE_ACCESS_WAIT_SECONDS`) while another holds it alone."""
+    deadline = time.monotonic() + SOLE_ACCESS_WAIT_SECONDS
+    while True:
+        try:
+            return StoreLock(store_path, holder, shared=not sole)
+        except StoreInUse:
+            if sole or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 #: what a refused second opener is told holds the store (``StoreLock``)
@@ -149,25 +194,30 @@ def open_vault(config: VaultConfig, *, progress: Progress | None = None,
     backend = make_backend(config)
     allocator = SlotAllocator(backend)
     lock: StoreLock | None = None
+    store: Store | None = None
     try:
         os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
-        # held before anything is read or created, so two first starts
-        # cannot both make a key file
-        lock = StoreLock(config.store_path, holder)
-        source, created = _unseal_source(config, allocator)
-        store = SQLiteStore(config.store_path)
-        try:
-            keyring = Keyring.open(allocator, store, source, kdf=config.kdf, progress=progress)
-        except BaseException:
-            store.close()
-            raise
+        store = make_store(config)
+        # held before anything is unsealed or created: a first start (the
+        # key file, the metadata) and a migration need the store alone, so
+        # two first starts cannot both make a key file; serving shares it
+        lock = _hold(config.store_path, holder, sole=_needs_sole_access(store))
+        source, created = _unseal_source(config, allocator, store)
+        keyring = Keyring.open(allocator, store, source, kdf=config.kdf, progress=progress)
+        lock.share()
+        # from here on, what another process changes in the store is applied here
+        feed = FeedFollower(store, keyring.follow, keyring.applier).start()
     except BaseException:
         try:
-            allocator.close()
+            if store is not None:
+                store.close()
         finally:
-            if lock is not None:
-                lock.release()
+            try:
+                allocator.close()
+            finally:
+                if lock is not None:
+                    lock.release()
         raise
-    return Vault(config, backend, allocator, store, keyring, lock, created)
+    return Vault(config, backend, allocator, store, keyring, lock, created, feed)
 
 

@@ -1,48 +1,42 @@
 """The keyring: named keys with versions, served from secret memory.
 
-Life of a key version: generated (or opened from a wrapped import) straight
-into a slot; sealed under the KEK; committed to the store; only then
-published and acknowledged.  Deletion removes the sealed record first,
-then zeroes the slot.  Opening a store and unsealing every version into a
-slot is :mod:`secretvault.vault.unsealing`; the records themselves are
+The changes (create, import, rotate, delete) and how they meet other
+processes' through the store's change feed are
+:mod:`secretvault.vault.keyring_changes`; applying the feed is
+:mod:`secretvault.vault.feed`.  Opening a store and unsealing every version
+into a slot is :mod:`secretvault.vault.unsealing`; the records themselves are
 :mod:`secretvault.vault.keys`.
 
-Locking: ``_mutate`` serialises mutations (so a name is created once and
-versions are numbered without gaps); ``_rw`` lets any number of operations
-read slots while a mutation publishes or frees them.
+Locking: ``_mutate`` serialises mutations and the feed's follower (so a name
+is created once and versions are numbered without gaps); ``_rw`` lets any
+number of operations read slots while a mutation publishes or frees them.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import replace
+from collections.abc import Callable
 
 from secretvault.api import framing
 from secretvault.api.errors import (
-    FailedPrecondition,
-    ImportKeyUnavailable,
-    IntegrityError,
     InvalidArgument,
-    KeyExists,
-    KeyNotFound,
     StoreSealed,
-    VersionNotFound,
     WrongKeyType,
 )
 from secretvault.api.framing import Kind
 from secretvault.api.pubkeys import encode_public_key
-from secretvault.backends import Slot, SlotAllocator
+from secretvault.backends import SlotAllocator
 from secretvault.vault import crypto
 from secretvault.vault._rwlock import RWLock
 from secretvault.vault.crypto import KeyType
-from secretvault.vault.keys import Key, KeyInfo, Version, validate_labels, validate_name
+from secretvault.vault.feed import Applier
+from secretvault.vault.keyring_changes import KeyChanges
+from secretvault.vault.keys import KeyInfo, Version
 from secretvault.vault.listing import NameIndex
 from secretvault.vault.quotas import Quotas
 from secretvault.vault.scratch import HmacStates
 from secretvault.vault.sealing import Argon2Params, UnsealSource
-from secretvault.vault.store import KeyRecord, Store, VersionRecord
+from secretvault.vault.store_protocol import Store
 from secretvault.vault.unsealing import Progress, Unsealed, unseal
 
 _SEALED_BOX_MAGIC = framing.MAGIC + Kind.SEALED_BOX.value
@@ -53,11 +47,9 @@ _XCHACHA, _HMAC = KeyType.XCHACHA20_POLY1305, KeyType.HMAC_SHA256
 
 #: one page of a listing: the keys, and whether more follow
 Page = tuple[list[KeyInfo], bool]
-#: makes a new version's key: (its slot, filled; public key; length in the slot)
-Fill = Callable[[], tuple[Slot, bytes | None, int]]
 
 
-class Keyring:
+class Keyring(KeyChanges):
     """Keys by name, versions by number; all key material in slots."""
 
     def __init__(self, allocator: SlotAllocator, store: Store, unsealed: Unsealed) -> None:
@@ -74,6 +66,8 @@ class Keyring:
         # the read side, entered by every operation (held here: one lookup
         # less on the hot path than ``self._rw.read()``)
         self._reading = self._rw.read()
+        #: applies the store's feed (the changes of other processes) to this keyring
+        self._applier = Applier(allocator, store, unsealed, self._names, self.quotas, self._rw)
         # HMAC state, reserved now: an operation on an existing key never
         # needs secret memory the keys may have taken since
         try:
@@ -101,14 +95,12 @@ class Keyring:
         """
         return cls(allocator, store, unseal(allocator, store, source, kdf=kdf, progress=progress))
 
-    # --- lookups --------------------------------------------------------------
+    @property
+    def applier(self) -> Applier:
+        """What applies the store's change feed here (its follower's, and stats')."""
+        return self._applier
 
-    def _get(self, name: str) -> Key:
-        key = self._keys.get(name)
-        if key is None:
-            validate_name(name)
-            raise KeyNotFound(f"no key named {name!r}")
-        return key
+    # --- lookups --------------------------------------------------------------
 
     def _use(
         self, name: str, wanted: KeyType, op: str, version: int | None = None,
@@ -193,174 +185,11 @@ class Keyring:
         """Why wrapped import is unavailable (None: it works)."""
         return self._import.damaged
 
-    def _import_unavailable(self) -> ImportKeyUnavailable:
-        return ImportKeyUnavailable(
-            f"wrapped import is unavailable: {self._import.damaged}. Every other operation "
-            "works; restore the store from a backup to import keys again")
-
     def damaged_keys(self) -> dict[str, str]:
         """Keys that cannot be used in full, each with its first damage."""
         with self._reading:
             return {name: why for name, k in sorted(self._keys.items())
                     if (why := k.first_damage()) is not None}
-
-    # --- mutations ------------------------------------------------------------
-
-    def _require_open(self) -> None:
-        """Mutations after close would reach a freed KEK slot: refuse them."""
-        if self._closed:
-            raise StoreSealed("the keyring is closed")
-
-    @contextmanager
-    def _changing(self, name: str, *, intact: bool = True) -> Iterator[Key]:
-        """Hold the mutation lock over the existing key ``name``.
-
-        Refused once the keyring is closed, and, unless ``intact`` is False,
-        when the key is damaged: a key whose stored row does not parse or
-        fails its MAC may be deleted, not changed (a new version would be
-        sealed under a type read from that row, and a new MAC over it would
-        vouch for whatever was changed).
-        """
-        with self._mutate:
-            self._require_open()
-            key = self._get(name)
-            if intact and key.damaged is not None:
-                raise IntegrityError(
-                    f"key {key.name!r}: {key.damaged}; delete it, or restore the store from "
-                    "a backup")
-            yield key
-
-    @contextmanager
-    def _new_version(self, key: Key | None, kt: KeyType, name: str, n: int, size: int,
-                     fill: Fill, by: str | None) -> Iterator[tuple[Version, VersionRecord]]:
-        """Version ``n`` of ``name`` (``key``; None: new), made by ``by``,
-        filled and sealed, for the body to commit to the store; if the body
-        raises, its slot is zeroed and freed, else ``by`` is charged for it."""
-        charge = self.quotas.admit(key, by, size)
-        slot, public, length = fill()
-        try:
-            rec = replace(self._unsealed.seal(kt, name, n, slot, length, public), created_by=by)
-            yield Version.of(rec, slot, length), rec
-        except BaseException:
-            slot.free()
-            raise
-        self.quotas.charge(by, charge)
-
-    def create(
-        self, name: str, key_type: KeyType | str, labels: Mapping[str, str] | None = None,
-        *, by: str | None = None,
-    ) -> KeyInfo:
-        """A new key with a fresh version 1, made by identity ``by`` (None: no
-        identity, charged to nobody).  Returns once it is durable."""
-        kt = KeyType.parse(key_type) if isinstance(key_type, str) else key_type
-        return self._add_key(validate_name(name), kt, validate_labels(labels or {}),
-                             crypto.SLOT_BYTES[kt], lambda: self._generate(kt), by)
-
-    def _generate(self, kt: KeyType) -> tuple[Slot, bytes | None, int]:
-        length = crypto.SLOT_BYTES[kt]
-        slot = self._alloc.allocate(length)
-        try:
-            return slot, crypto.generate(kt, slot), length
-        except BaseException:
-            slot.free()
-            raise
-
-    def import_wrapped(
-        self, name: str, key_type: KeyType | str, wrapped: bytes,
-        labels: Mapping[str, str] | None = None, *, by: str | None = None,
-    ) -> KeyInfo:
-        """A new key whose version 1 is opened from a sealed box, into a slot.
-
-        ``wrapped`` is ``crypto_box_seal(material, import_public_key)``: the
-        material never exists outside the client and the vault's slot.
-        """
-        kt = KeyType.parse(key_type) if isinstance(key_type, str) else key_type
-        validate_name(name)
-        labels = validate_labels(labels or {})
-        if self._import.damaged is not None:
-            raise self._import_unavailable()
-        size, fill = self._import.opener(self._alloc, kt, wrapped)
-        return self._add_key(name, kt, labels, size, fill, by)
-
-    def adopt(self, name: str, slot: Slot, public: bytes, labels: Mapping[str, str], *,
-              by: str | None = None) -> KeyInfo:
-        """A new Ed25519 key whose version 1 is ``slot`` (filled, e.g. by the SSH
-        agent from its socket); the slot is the keyring's now, freed on failure."""
-        return self._add_key(validate_name(name), _ED25519, validate_labels(labels), 64,
-                             lambda: (slot, public, 64), by)
-
-    def _add_key(self, name: str, kt: KeyType, labels: dict[str, str], size: int, fill: Fill,
-                 by: str | None) -> KeyInfo:
-        with self._mutate:
-            self._require_open()
-            if name in self._keys:
-                raise KeyExists(f"a key named {name!r} already exists")
-            with self._new_version(None, kt, name, 1, size, fill, by) as (v, rec):
-                key = Key(name, kt, rec.created, 1, 1, labels, {1: v})
-                row = KeyRecord(name, kt.value, key.created, 1, 1, labels,
-                                row_mac=self._unsealed.row_mac(key))
-                self._store.create_key(row, rec)
-            with self._rw.write():
-                self._keys[name] = key
-                self._names.add(name)
-            return key.info()
-
-    def rotate(self, name: str, *, by: str | None = None) -> KeyInfo:
-        """A new primary version, made by ``by``; older ones stay for decrypt and verify."""
-        with self._changing(name) as key:
-            n = max(key.versions, default=0) + 1
-            kt = key.type
-            with self._new_version(key, kt, name, n, crypto.SLOT_BYTES[kt],
-                                   lambda: self._generate(kt), by) as (v, rec):
-                mac = self._unsealed.row_mac(key, primary=n,
-                                             digests=[*key.digests(), (n, v.digest)])
-                self._store.add_version(name, rec, row_mac=mac)
-            with self._rw.write():
-                key.versions[n] = v
-                key.primary = n
-            return key.info()
-
-    def set_min_decryption_version(self, name: str, version: int) -> KeyInfo:
-        with self._changing(name) as key:
-            if not 1 <= version <= key.primary:
-                raise InvalidArgument(
-                    f"the minimum decryption version of {name!r} must be between 1 and its "
-                    f"primary version {key.primary}; got {version}"
-                )
-            mac = self._unsealed.row_mac(key, min_decryption=version)
-            self._store.set_min_decryption_version(name, version, row_mac=mac)
-            with self._rw.write():
-                key.min_decryption = version
-            return key.info()
-
-    def delete_version(self, name: str, version: int) -> KeyInfo:
-        """Remove a version's sealed record, then zero its slot."""
-        with self._changing(name) as key:
-            v = key.versions.get(version)
-            if v is None:
-                raise VersionNotFound(f"key {name!r} has no version {version}")
-            if version == key.primary:
-                raise FailedPrecondition(
-                    f"version {version} is the primary version of {name!r}: rotate first, "
-                    "or delete the whole key"
-                )
-            mac = self._unsealed.row_mac(key, digests=[d for d in key.digests() if d[0] != version])
-            self._store.delete_version(name, version, row_mac=mac)
-            with self._rw.write():
-                del key.versions[version]
-                self.quotas.release((v,))
-                v.free()
-            return key.info()
-
-    def delete(self, name: str) -> None:
-        """Remove every sealed record of the key, then zero every slot."""
-        with self._changing(name, intact=False) as key:
-            self._store.delete_key(name)
-            with self._rw.write():
-                del self._keys[name]
-                self._names.remove(name)
-                self.quotas.release(key.versions.values())
-                key.free()
 
     # --- public keys ------------------------------------------------------------
 

@@ -196,6 +196,21 @@ def families(s: VaultStats) -> Iterator[Metric]:
         keys.add_metric([key_type], n)
     yield keys
 
+    if s.feed is not None:
+        f = s.feed
+        for gauge_name, doc, reading in (
+                ("store_up", "1 while the key store can be reached (changes work), else 0.",
+                 float(f.store_reachable)),
+                ("feed_position", "The last change of the store's feed this process has.",
+                 float(f.position)),
+                ("feed_applied", "Changes applied from the feed since start (made by other "
+                 "processes).", float(f.applied)),
+                ("feed_last_lag_seconds", "The last applied change: from its commit to its "
+                 "application here.", f.last_lag_seconds)):
+            gauge = _gauge(gauge_name, doc)
+            gauge.add_metric([], reading)
+            yield gauge
+
     ops = CounterMetricFamily(f"{PREFIX}_operations", "Operations served (batch and stream "
                               "operations counted one by one).", labels=["operation", "result"])
     for o in s.operations:

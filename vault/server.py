@@ -40,6 +40,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from secretvault.api._proto.secretvault.v1 import keys_pb2
 from secretvault.api.errors import FailedPrecondition, InvalidArgument
 from secretvault.backends import tracer_pid
 from secretvault.vault.agent.serving import AgentServer, agent_bindings
@@ -56,6 +57,8 @@ from secretvault.vault.servicers import CryptoServicer, KeyServicer, StatsServic
 from secretvault.vault.stats import OperationCounters, StatsSource
 from secretvault.vault.unsealing import Progress
 
+#: the service whose health follows the store's (every other serves from secret memory)
+KEY_SERVICE = keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 #: the exit status of a server stopped by ``stop_on_tracer``
 EXIT_TRACED = 3
 #: with ``stop_on_tracer``, every thread's TracerPid is read every this many checks
@@ -86,7 +89,8 @@ class VaultServer:
                          identities=(OWNER, *self.policy.identities))
         self.stats = StatsSource(vault.allocator.statistics, vault.keyring.counts_by_type,
                                  self.counters, quotas, stop_on_tracer=config.stop_on_tracer,
-                                 tracer_check_seconds=config.tracer_check_seconds)
+                                 tracer_check_seconds=config.tracer_check_seconds,
+                                 feed=None if vault.feed is None else vault.feed.statistics)
         self.metrics = Metrics(self.stats) if config.metrics else None
         self.metrics_address: tuple[str, int] | None = None
         self.audit = AuditLog(config.audit_log, fail_open=config.audit_fail_open)
@@ -186,6 +190,10 @@ class VaultServer:
                 self.agent.start()
             for name in ("", *SERVICE_NAMES):
                 self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if self.vault.feed is not None:
+                # KeyService serves only while the store can be reached; the
+                # crypto and stats services serve from secret memory regardless
+                self.vault.feed.on_reachability(self._store_health)
             if self.config.stop_on_tracer:
                 threading.Thread(target=self._watch_tracer, name="secretvault-tracer",
                                  daemon=True).start()
@@ -193,6 +201,12 @@ class VaultServer:
             self.stop(0)
             raise
         return self
+
+    def _store_health(self, reachable: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if reachable
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        if not self.stopping.is_set():
+            self.health.set(KEY_SERVICE, status)
 
     def _start_tcp(self) -> None:
         c = self.config

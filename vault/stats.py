@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from secretvault.api._proto.secretvault.v1 import stats_pb2
 from secretvault.backends import Exposure, SecretMemoryStats, exposure
+from secretvault.vault.feed import FeedStatistics
 from secretvault.vault.quotas import IdentityUse, Quotas
 
 
@@ -98,6 +99,8 @@ class VaultStats:
     max_versions_per_key: int | None = None
     #: each identity's secret memory and quota
     identity_quotas: tuple[IdentityUse, ...] = ()
+    #: where this process is in its store's change feed
+    feed: FeedStatistics | None = None
 
 
 class StatsSource:
@@ -112,7 +115,9 @@ class StatsSource:
         *,
         stop_on_tracer: bool = False,
         tracer_check_seconds: float = 0.0,
+        feed: Callable[[], FeedStatistics] | None = None,
     ) -> None:
+        self._feed = feed
         self._memory = memory
         self._key_counts = key_counts
         self.counters = counters
@@ -128,6 +133,7 @@ class StatsSource:
             process=ProcessStats(exposure(), self._stop_on_tracer, self._tracer_check_seconds),
             max_versions_per_key=None if self._quotas is None else self._quotas.max_versions,
             identity_quotas=() if self._quotas is None else self._quotas.snapshot(),
+            feed=None if self._feed is None else self._feed(),
         )
 
 
@@ -192,6 +198,12 @@ def to_proto(s: VaultStats) -> stats_pb2.Stats:
     )
     if s.process is not None:
         out.process.CopyFrom(_process(s.process))
+    if s.feed is not None:
+        f = s.feed
+        out.feed.CopyFrom(stats_pb2.Feed(
+            store=f.store, position=f.position, applied=f.applied,
+            last_lag_seconds=f.last_lag_seconds, store_reachable=f.store_reachable,
+            error=f.error or ""))
     if m.memcg is not None:
         cg = m.memcg
         memcg = stats_pb2.Memcg(version=cg.version, path=cg.path)

@@ -1,13 +1,13 @@
-"""Where sealed key versions persist: a small interface and its SQLite store.
+"""The SQLite store: the embedded default, one file beside the data directory.
 
-A store never sees a plaintext key: every version arrives sealed (AEAD under
-the key-encryption key, see ``sealing.py``).  Every mutating call is one
-transaction, and returns only after it has committed durably — the keyring
-acknowledges a key to a client only after that.
+The interface and the change feed are :mod:`secretvault.vault.store_protocol`.
 
 SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk (WAL
 fsynced) before ``COMMIT`` returns, so ``kill -9`` at any point loses at most
-the transaction in flight, which was never acknowledged.
+the transaction in flight, which was never acknowledged.  ``BEGIN IMMEDIATE``
+serialises writers, processes included, so the feed's counter row needs no
+more; a follower's wake-up is ``PRAGMA data_version``, which changes on a
+connection when another connection (in any process) commits to the file.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any
 
 from secretvault.api.errors import (
     KeyExists,
@@ -37,63 +38,21 @@ from secretvault.vault.records import (
     is_version,
     parse_key_row,
 )
+from secretvault.vault.store_protocol import (
+    FEED_RETAIN,
+    PRUNE_EVERY,
+    Change,
+    ChangeKind,
+    StaleFeed,
+    Store,
+)
 from secretvault.vault.store_wal import scrub_wal
 
 __all__ = ["KeyRecord", "SQLiteStore", "Store", "VersionRecord"]
 
+#: how often a follower's wake-up reads ``PRAGMA data_version`` (seconds)
+POLL_SECONDS = 0.01
 
-
-class Store(Protocol):
-    """What the keyring needs from persistence."""
-
-    def get_meta(self, key: str) -> bytes | None: ...
-
-    def init_meta(self, items: Mapping[str, bytes]) -> None:
-        """Write the store's metadata once, on first start."""
-        ...
-
-    # Every call that changes a key writes the key's new row MAC (computed by
-    # the keyring over the state after the change) in the same transaction:
-    # a crash leaves the old row and its old MAC, or the new and the new.
-
-    def create_key(self, key: KeyRecord, version: VersionRecord) -> None:
-        """Insert the key row (with ``key.row_mac``) and its first version."""
-        ...
-
-    def add_version(self, name: str, version: VersionRecord, *, row_mac: bytes) -> None:
-        """Add a version and make it primary."""
-        ...
-
-    def set_min_decryption_version(self, name: str, version: int, *, row_mac: bytes) -> None: ...
-
-    def delete_version(self, name: str, version: int, *, row_mac: bytes) -> None: ...
-
-    def migrate_row_macs(self, macs: Mapping[str, bytes], meta: Mapping[str, bytes]) -> None:
-        """One transaction: set the row MAC of each named key that has none,
-        and write ``meta`` (insert or replace)."""
-        ...
-
-    def delete_key(self, name: str) -> None:
-        """Delete the key and its versions; a key loaded under a name its row
-        does not hold (NULL, not UTF-8, a blob) is deleted by its row."""
-        ...
-
-    def load(self) -> Iterator[KeyRecord]:
-        """Every key with its versions, by name.
-
-        A row that does not parse (corruption, an edit by hand) must not stop
-        the load: it comes back with ``damaged`` saying what is wrong, so the
-        keyring serves every other key.
-        """
-        ...
-
-    def count(self) -> int: ...
-
-    def integrity_check(self) -> list[str]:
-        """Problems found (empty: sound)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 _SCHEMA = """
@@ -120,6 +79,18 @@ CREATE TABLE IF NOT EXISTS key_versions (
     created_by TEXT,
     PRIMARY KEY (name, version)
 );
+CREATE TABLE IF NOT EXISTS feed (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO feed (id, seq) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS changes (
+    seq     INTEGER PRIMARY KEY,
+    kind    TEXT NOT NULL,
+    name    TEXT NOT NULL,
+    version INTEGER,
+    at      REAL NOT NULL
+);
 """
 
 
@@ -128,6 +99,8 @@ class SQLiteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.position = 0
+        self.feed_retain = FEED_RETAIN
         fresh = not os.path.exists(path)
         if fresh:
             # create it 0600 before SQLite opens it: sealed or not, it is
@@ -161,6 +134,10 @@ class SQLiteStore:
         #: text) by the name they are served under: (rowid, the stored bytes)
         self._by_row: dict[str, tuple[int, bytes | None]] = {}
 
+    @property
+    def describe(self) -> str:
+        return self.path
+
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         """The connection, for reads: a damaged file is a typed error, not a traceback."""
@@ -189,6 +166,24 @@ class SQLiteStore:
             except sqlite3.DatabaseError as e:
                 raise _store_error(e) from None
 
+    @contextmanager
+    def _changing(self, kind: ChangeKind, name: str,
+                  version: int | None = None) -> Iterator[sqlite3.Connection]:
+        """:meth:`_tx`, numbered ``position + 1`` in the feed (:class:`StaleFeed`
+        when another writer took that number); the position moves on commit."""
+        with self._tx() as db:
+            (head,) = db.execute("SELECT seq FROM feed WHERE id = 1").fetchone()
+            if head != self.position:
+                raise StaleFeed(int(head))
+            seq = head + 1
+            db.execute("UPDATE feed SET seq = ? WHERE id = 1", (seq,))
+            db.execute("INSERT INTO changes (seq, kind, name, version, at) "
+                       "VALUES (?, ?, ?, ?, ?)", (seq, kind, name, version, time.time()))
+            if seq % min(PRUNE_EVERY, self.feed_retain) == 0:
+                db.execute("DELETE FROM changes WHERE seq <= ?", (seq - self.feed_retain,))
+            yield db
+        self.position = seq
+
     def get_meta(self, key: str) -> bytes | None:
         with self._reading() as db:
             row = db.execute(
@@ -203,9 +198,10 @@ class SQLiteStore:
             db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", items.items())
         self._has_row_mac = True
 
-    def create_key(self, key: KeyRecord, version: VersionRecord) -> None:
+    def create_key(self, key: KeyRecord, version: VersionRecord, *,
+                   kind: ChangeKind = "create") -> None:
         try:
-            with self._tx() as db:
+            with self._changing(kind, key.name, version.version) as db:
                 db.execute(
                     "INSERT INTO keys (name, type, created, labels, primary_version, "
                     "min_decryption_version, row_mac) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -234,7 +230,7 @@ class SQLiteStore:
         )
 
     def add_version(self, name: str, version: VersionRecord, *, row_mac: bytes) -> None:
-        with self._tx() as db:
+        with self._changing("rotate", name, version.version) as db:
             cur = db.execute(
                 "UPDATE keys SET primary_version = ?, row_mac = ? WHERE name = ?",
                 (version.version, row_mac, name),
@@ -245,7 +241,7 @@ class SQLiteStore:
         self._has_created_by = True
 
     def set_min_decryption_version(self, name: str, version: int, *, row_mac: bytes) -> None:
-        with self._tx() as db:
+        with self._changing("min_decryption_version", name, version) as db:
             cur = db.execute(
                 "UPDATE keys SET min_decryption_version = ?, row_mac = ? WHERE name = ?",
                 (version, row_mac, name),
@@ -254,7 +250,7 @@ class SQLiteStore:
                 raise KeyNotFound(f"no key named {name!r}")
 
     def delete_version(self, name: str, version: int, *, row_mac: bytes) -> None:
-        with self._tx() as db:
+        with self._changing("delete_version", name, version) as db:
             cur = db.execute(
                 "DELETE FROM key_versions WHERE name = ? AND version = ?", (name, version)
             )
@@ -275,7 +271,7 @@ class SQLiteStore:
 
     def delete_key(self, name: str) -> None:
         row = self._by_row.get(name)
-        with self._tx() as db:
+        with self._changing("delete_key", name) as db:
             if row is None:
                 db.execute("DELETE FROM key_versions WHERE name = ?", (name,))
                 cur = db.execute("DELETE FROM keys WHERE name = ?", (name,))
@@ -294,46 +290,8 @@ class SQLiteStore:
 
     def load(self) -> Iterator[KeyRecord]:
         with self._reading() as db:
-            # CAST: a blob rewritten as TEXT, or text that is not UTF-8
-            # (corruption, or an edit by hand), must reach the parsers below
-            # as bytes, not fail the whole load with a decoding error in
-            # fetchall(); SQLite's column affinity does not stop a value of
-            # another type from being stored, so every value is checked
-            keys = db.execute(
-                "SELECT rowid, typeof(name), CAST(name AS BLOB), CAST(type AS BLOB), created, "
-                "CAST(labels AS BLOB), "
-                "primary_version, min_decryption_version, "
-                + ("CAST(row_mac AS BLOB) " if self._has_row_mac else "NULL ")
-                + "FROM keys ORDER BY name"
-            ).fetchall()
-            versions: dict[bytes, list[VersionRecord]] = {}
-            bad_numbers: dict[bytes, list[str]] = {}
-            for name, version, created, public, nonce, sealed, by in db.execute(
-                "SELECT CAST(name AS BLOB), version, created, CAST(public_key AS BLOB), "
-                "CAST(nonce AS BLOB), CAST(sealed AS BLOB), "
-                + ("created_by " if self._has_created_by else "NULL ")
-                + "FROM key_versions ORDER BY name, version"
-            ):
-                key = bytes(name)
-                if not is_version(version):
-                    # without its number the record cannot be placed: the
-                    # key as a whole is reported damaged
-                    bad_numbers.setdefault(key, []).append(
-                        f"a version record's number {version!r} is not a version number")
-                    continue
-                damaged = None if is_number(created) else (
-                    f"its created time {created!r} is not a number")
-                versions.setdefault(key, []).append(
-                    VersionRecord(
-                        version,
-                        float(created) if is_number(created) else 0.0,
-                        None if public is None else bytes(public),
-                        bytes(nonce),
-                        bytes(sealed),
-                        damaged,
-                        by if isinstance(by, str) else None,
-                    )
-                )
+            keys, versions, bad_numbers = _read_keys(db, self._has_row_mac,
+                                                     self._has_created_by, None)
         self._by_row = {}
         for rowid, kind, *row in keys:
             # (a TEXT PRIMARY KEY may hold NULL in SQLite: named by its rowid)
@@ -343,6 +301,32 @@ class SQLiteStore:
             if kind != "text" or rec.name.encode() != raw:
                 self._by_row[rec.name] = (rowid, raw)
             yield rec
+
+    def load_key(self, name: str) -> KeyRecord | None:
+        with self._reading() as db:
+            keys, versions, bad_numbers = _read_keys(db, self._has_row_mac,
+                                                     self._has_created_by, name)
+        for rowid, kind, *row in keys:
+            raw = row[0]
+            if kind == "text" and isinstance(raw, bytes) and raw == name.encode():
+                return parse_key_row(row, tuple(versions.get(raw, ())),
+                                     bad_numbers.get(raw, []), rowid)
+        return None
+
+    def feed_head(self) -> int:
+        with self._reading() as db:
+            (head,) = db.execute("SELECT seq FROM feed WHERE id = 1").fetchone()
+        return int(head)
+
+    def changes(self, after: int, limit: int) -> list[Change]:
+        with self._reading() as db:
+            rows = db.execute("SELECT seq, kind, name, version, at FROM changes WHERE seq > ? "
+                              "ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+        return [Change(int(seq), str(kind), str(name), version, float(at))
+                for seq, kind, name, version, at in rows]
+
+    def waiter(self) -> DataVersionWaiter:
+        return DataVersionWaiter(self.path)
 
     def count(self) -> int:
         with self._reading() as db:
@@ -372,6 +356,76 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _read_keys(db: sqlite3.Connection, has_row_mac: bool, has_created_by: bool,
+               name: str | None) -> tuple[list[Any], dict[bytes, list[VersionRecord]],
+                                          dict[bytes, list[str]]]:
+    """The key rows (every one, or the one named ``name``) and their versions."""
+    # CAST: a blob rewritten as TEXT, or text that is not UTF-8 (corruption,
+    # or an edit by hand), must reach the parsers as bytes, not fail the whole
+    # load with a decoding error in fetchall(); SQLite's column affinity does
+    # not stop a value of another type from being stored, so every value is
+    # checked
+    where, params = ("WHERE name = ? ", (name,)) if name is not None else ("", ())
+    keys = db.execute(
+        "SELECT rowid, typeof(name), CAST(name AS BLOB), CAST(type AS BLOB), created, "
+        "CAST(labels AS BLOB), primary_version, min_decryption_version, "
+        + ("CAST(row_mac AS BLOB) " if has_row_mac else "NULL ")
+        + "FROM keys " + where + "ORDER BY name", params).fetchall()
+    versions: dict[bytes, list[VersionRecord]] = {}
+    bad_numbers: dict[bytes, list[str]] = {}
+    for raw_name, version, created, public, nonce, sealed, by in db.execute(
+        "SELECT CAST(name AS BLOB), version, created, CAST(public_key AS BLOB), "
+        "CAST(nonce AS BLOB), CAST(sealed AS BLOB), "
+        + ("created_by " if has_created_by else "NULL ")
+        + "FROM key_versions " + where + "ORDER BY name, version", params
+    ):
+        key = bytes(raw_name)
+        if not is_version(version):
+            # without its number the record cannot be placed: the key as a
+            # whole is reported damaged
+            bad_numbers.setdefault(key, []).append(
+                f"a version record's number {version!r} is not a version number")
+            continue
+        damaged = None if is_number(created) else (
+            f"its created time {created!r} is not a number")
+        versions.setdefault(key, []).append(VersionRecord(
+            version, float(created) if is_number(created) else 0.0,
+            None if public is None else bytes(public), bytes(nonce), bytes(sealed),
+            damaged, by if isinstance(by, str) else None))
+    return keys, versions, bad_numbers
+
+
+class DataVersionWaiter:
+    """The SQLite follower's wake-up: ``PRAGMA data_version`` on its own connection,
+    read every :data:`POLL_SECONDS`; it changes when any other connection commits."""
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._seen = self._version()
+
+    def _version(self) -> int:
+        (v,) = self._db.execute("PRAGMA data_version").fetchone()
+        return int(v)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                v = self._version()
+            except sqlite3.DatabaseError as e:
+                raise _store_error(e, "cannot read the key store's feed") from None
+            if v != self._seen:
+                self._seen = v
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(POLL_SECONDS, left))
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def _store_error(e: sqlite3.DatabaseError, what: str = "the key store failed") -> VaultError:

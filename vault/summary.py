@@ -79,7 +79,7 @@ def summary(server: VaultServer) -> str:
                 else "on a tracer: keep serving (--stop-on-tracer stops)")
         lines.append(f"  !!! WARNING  root can read every key with a debugger "
                      f"(kernel.yama.ptrace_scope=3 forbids it); {stop}")
-    lines.append(f"  store        {v.config.store_path}")
+    lines.append(f"  store        {v.store.describe}")
     for item in server.listeners:
         lines.append(f"  listening    {item.name} (identity: {item.identity})")
     for agent in server.agent.listeners if server.agent is not None else ():

@@ -16,7 +16,7 @@ is what seals new versions and MACs changed rows while the keyring serves.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from secretvault.api.errors import IntegrityError, WrongPassphrase
@@ -32,7 +32,7 @@ from secretvault.vault.sealing import (
     row_mac_message,
     version_ad,
 )
-from secretvault.vault.store import KeyRecord, Store, VersionRecord
+from secretvault.vault.store_protocol import AlreadyInitialised, KeyRecord, Store, VersionRecord
 
 #: 2: key rows carry a row MAC (a store of format 1 is migrated on unseal)
 STORE_FORMAT = b"2"
@@ -149,9 +149,15 @@ def unseal(
     nothing.  Records that fail to open are kept (reported as damaged)
     and the rest of the keyring is served.
     """
+    # read before the keys: a change committed while they load is applied
+    # again by the follower (applying is idempotent), none is missed
+    store.position = store.feed_head()
     store_id = store.get_meta("store_id")
     if store_id is None:
-        return _initialise(allocator, store, source, kdf or Argon2Params())
+        try:
+            return _initialise(allocator, store, source, kdf or Argon2Params())
+        except AlreadyInitialised:  # another replica's first start won
+            return unseal(allocator, store, source, kdf=kdf, progress=progress)
     kind = (store.get_meta("kek_source") or b"").decode(errors="backslashreplace")
     if kind != source.kind:
         raise WrongPassphrase(
@@ -188,6 +194,47 @@ def unseal(
         unsealed.close()
         raise
     return unsealed
+
+
+def reload_key(allocator: SlotAllocator, store: Store, unsealed: Unsealed, rec: KeyRecord,
+               keep: Mapping[int, Version]) -> tuple[Key, str | None]:
+    """Key ``rec`` as it is stored now, for the change feed's follower.
+
+    A version in ``keep`` (the copy being served) whose stored record is the
+    same (its digest) is reused, slot and all; every other version is
+    unsealed into a new slot.  Returns the key and why its row cannot be
+    trusted (None: its row MAC verifies): the caller damages it under the
+    keyring's write lock, since reused slots may be in use until then.
+    """
+    loader = _Loader(allocator, store, unsealed)
+    key_type = KeyType.lookup(rec.type)
+    key = Key(rec.name, key_type or KeyType.HMAC_SHA256, rec.created, rec.primary_version,
+              rec.min_decryption_version, dict(rec.labels),
+              damaged=None if rec.damaged is None else (
+                  f"its stored record does not parse ({rec.damaged})"))
+    try:
+        for v in rec.versions:
+            fresh = Version.of(v)
+            old = keep.get(v.version)
+            if (old is not None and old.digest == fresh.digest and old.slot is not None
+                    and key.damaged is None):
+                key.versions[v.version] = old
+                continue
+            key.versions[v.version] = fresh
+            why = key.damaged or loader._unseal_into(fresh, rec, v, key_type)
+            if why is not None:
+                fresh.damage(why)
+    except BaseException:
+        for n, made in key.versions.items():
+            if keep.get(n) is not made:
+                made.free()
+        raise
+    if key.damaged is not None:
+        return key, None
+    if rec.row_mac is None:
+        return key, ROW_UNAUTHENTICATED
+    mac = unsealed.row_mac(key, type_name=rec.type)
+    return key, None if crypto.constant_time_equal(mac, rec.row_mac) else ROW_TAMPERED
 
 
 def _initialise(

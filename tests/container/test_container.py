@@ -22,12 +22,12 @@ the socket on a bind-mounted directory with the real client library and CLI.
   refused key management, other keys and the vault's own socket.
 
 ``.ci/run`` installs podman and runc first (``scripts/install-container-deps``);
-elsewhere the tests skip, naming what is missing.
+elsewhere the tests skip, naming what is missing (``conftest.py``).  The
+replicated deployments are tested in ``test_replicas.py``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -41,99 +41,26 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGE = os.environ.get("SECRETVAULT_TEST_IMAGE", "localhost/secretvault:test")
-IMAGE_UID = 10001
+from tests.container._podman import (
+    IMAGE_UID,
+    REPO,
+    START_TIMEOUT_S,
+    Build,
+    healthcheck,
+    podman,
+    ulimit_args,
+    verify_independently,
+)
+
 PAGE = 4096
 SOCKET_NAME = "secretvault.sock"
 RUNTIME_DEFAULT_PROFILE = Path("/usr/share/containers/seccomp.json")
-START_TIMEOUT_S = 60.0
-
-
-def _missing() -> str | None:
-    """What this machine lacks for the container tests, or None."""
-    absent = [tool for tool in ("podman", "runc") if shutil.which(tool) is None]
-    if absent:
-        return (
-            f"{' and '.join(absent)} not installed "
-            "(run scripts/install-container-deps as root)"
-        )
-    if os.geteuid() != 0:
-        return f"rootful podman needed (running as euid {os.geteuid()})"
-    proc = subprocess.run(
-        ["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )
-    if proc.returncode != 0:
-        return f"podman does not work here: {proc.stderr.strip()[-300:]}"
-    if proc.stdout.strip() != "runc":
-        return (
-            f"podman uses {proc.stdout.strip()}, not runc "
-            "(crun fails here; run scripts/install-container-deps)"
-        )
-    return None
-
 
 pytestmark = [pytest.mark.container]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _container_runtime() -> None:
-    """Probe podman only when a container test runs, not at collection
-    (``podman info`` is slow, and ``-m 'not container'`` should not pay it)."""
-    missing = _missing()
-    if missing is not None:
-        pytest.skip(f"container tests need podman with runc: {missing}")
-
-
-# --- podman helpers ---------------------------------------------------------------
-
-
-def podman(
-    *args: str, timeout: float = 120, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        ["podman", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"podman {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-2000:]}"
-        )
-    return proc
-
-
-def ulimit_args(memlock: int | None = None) -> list[str]:
-    """Explicit ulimits: any ``--ulimit`` replaces podman's defaults, whose
-    nofile (1048576) is above this root's hard limit; without
-    CAP_SYS_RESOURCE runc then fails with "error setting rlimit type 7"."""
-    import resource
-
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
-    nofile = 1048576 if nofile == resource.RLIM_INFINITY else min(nofile, 1048576)
-    nproc = 32768 if nproc == resource.RLIM_INFINITY else min(nproc, 32768)
-    args = ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
-    if memlock is not None:
-        args += ["--ulimit", f"memlock={memlock}:{memlock}"]
-    return args
-
-
-def _load_healthcheck() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "secretvault_deploy_healthcheck", REPO / "deploy" / "healthcheck.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-healthcheck = _load_healthcheck()
 
 
 @dataclass
@@ -235,28 +162,6 @@ class Vaults:
 # --- fixtures -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Build:
-    image: str
-    seconds: float
-    log: str
-
-
-@pytest.fixture(scope="session")
-def image_build() -> Build:
-    """Build the image with scripts/build-image (incremental: cached base
-    and wheelhouse, the project wheel rebuilt every time)."""
-    env = dict(os.environ, SECRETVAULT_IMAGE=IMAGE, PYTHON=sys.executable)
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        [str(REPO / "scripts" / "build-image")],
-        capture_output=True, text=True, env=env, timeout=900, check=False,
-    )
-    seconds = time.monotonic() - t0
-    if proc.returncode != 0:
-        pytest.fail(f"scripts/build-image exited {proc.returncode}:\n{proc.stderr[-4000:]}")
-    print(f"\nscripts/build-image: {seconds:.1f} s\n{proc.stderr}")
-    return Build(IMAGE, seconds, proc.stderr)
 
 
 @pytest.fixture
@@ -348,16 +253,6 @@ def cli(*args: str, socket: str, stdin: bytes | None = None) -> subprocess.Compl
         [*cmd, *args], input=stdin, capture_output=True, timeout=60, check=False,
         env=dict(os.environ, SECRETVAULT_SOCKET=socket),
     )
-
-
-def verify_independently(public_raw: bytes, message: bytes, token: bytes) -> None:
-    """Ed25519 verification with ``cryptography``, not through the vault."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    from secretvault.clients.local import signature_payload
-
-    _, raw = signature_payload(token)
-    Ed25519PublicKey.from_public_bytes(public_raw).verify(raw, message)  # raises if bad
 
 
 @pytest.mark.memfd_secret

@@ -5,8 +5,10 @@ core-dump limit, opens the keyring in ``DATA_DIR`` (with the unseal key file
 there, as the server makes it, or making one on a new store), signs with
 ``app/signer`` (created on first use), and prints one JSON line: the
 process's dumpable flag and core limit before and after opening, the keys it
-sees and its signature.  It then holds the store until a line arrives on
-stdin, closes the keyring, prints ``{"closed": true}`` and exits.  Opening
+sees and its signature.  It then serves the store (following its change feed,
+as every process over a store does): each ``list`` line on stdin is answered
+with ``{"keys": [...]}``, the keys it sees now; an empty line closes the
+keyring, prints ``{"closed": true}`` and exits.  Opening
 errors are printed as ``{"error": CLASS, "message": TEXT}`` (exit 3).
 """
 
@@ -58,7 +60,8 @@ def main() -> int:
             "signature": ring.sign("app/signer", b"from the application").hex(),
             "stats_backend": ring.stats().backend,
         })
-        sys.stdin.readline()
+        while sys.stdin.readline().strip() == "list":
+            _say({"keys": [k.name for k in ring.list_keys()]})
     _say({"closed": True})
     return 0
 

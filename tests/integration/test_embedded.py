@@ -3,9 +3,10 @@
 Real processes on a real store: ``secretvault serve`` (:class:`Child`) and
 ``tests/integration/embedding_app.py``, an application that opens the
 keyring through ``secretvault.embedded`` only, both on the lane's backend.
-A store one of them made opens in the other with the same unseal key file;
-while one holds it, the other is refused with one clear line naming the
-holder, and a holder killed with ``kill -9`` leaves the store free.  The
+A store one of them made opens in the other with the same unseal key file,
+and both may serve it at once, each following the other's changes through
+the store's change feed; only sole-access work (a first start) refuses the
+other with one clear line naming the holder.  The
 embedding process is hardened exactly as the server is (not dumpable, no
 core dumps), checked in that process itself.
 """
@@ -17,13 +18,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from secretvault.clients import KeyNotFound, VaultClient, local
-from secretvault.embedded import StoreInUse, open_keyring
+from secretvault.embedded import open_keyring
 from secretvault.vault import app
+from secretvault.vault.storelock import StoreLock
 from tests.integration._support import REPO, SERVER_BACKEND, Child, cleanup, short_dir
 
 APP = "tests.integration.embedding_app"
@@ -58,6 +61,14 @@ class App:
         self.proc.stdin.flush()
         assert json.loads(self.proc.stdout.readline()) == {"closed": True}
         assert self.proc.wait(timeout=30) == 0
+
+    def keys(self) -> list[str]:
+        """The keys the application sees now."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("list\n")
+        self.proc.stdin.flush()
+        keys: list[str] = json.loads(self.proc.stdout.readline())["keys"]
+        return keys
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -125,9 +136,33 @@ def test_a_store_moves_between_the_server_and_an_application(base: str) -> None:
         _stop(server)
 
 
-def test_the_server_refuses_a_store_an_application_holds(base: str) -> None:
+def test_the_server_and_an_application_share_a_store(base: str) -> None:
+    """Contract change (the change feed): the server no longer refuses a store an
+    application holds; both serve it, and each serves what the other created."""
     data = os.path.join(base, "data")
     application = App(data)
+    try:
+        server = _serve(base)
+        try:
+            with VaultClient(server.socket) as c:
+                assert c.get_key("app/signer").type == "ed25519"
+                c.create_key("served/while-shared", "hmac-sha256")
+            deadline = time.monotonic() + 1.0
+            while "served/while-shared" not in application.keys():
+                assert time.monotonic() < deadline, "the application did not follow in 1 s"
+                time.sleep(0.01)
+        finally:
+            _stop(server)
+    finally:
+        application.stop()
+
+
+def test_a_first_start_refuses_with_one_line_naming_the_holder(base: str) -> None:
+    """What still needs the store alone (a first start: the key file and the
+    metadata) is refused while another holds it, in one line naming the holder."""
+    data = os.path.join(base, "data")
+    os.makedirs(data, mode=0o700)
+    holder = StoreLock(os.path.join(data, app.STORE_FILE_NAME), "a migration in this test")
     try:
         server = Child(base)
         try:
@@ -135,39 +170,15 @@ def test_the_server_refuses_a_store_an_application_holds(base: str) -> None:
             lines = server.stderr().strip().splitlines()
         finally:
             server.close()
-        assert len(lines) == 1, lines
-        line = lines[0]
-        assert line.startswith("secretvault: error: ") and "(fix: " in line, line
-        assert "StoreInUse" in line and "open in another process" in line, line
-        assert f"pid {application.proc.pid}: an embedded keyring in " in line, line
     finally:
-        application.kill()
-    # kill -9 let go of the store: the server starts on it now, keys intact
-    server = _serve(base)
-    try:
-        with VaultClient(server.socket) as c:
-            assert c.get_key("app/signer").type == "ed25519"
-    finally:
-        _stop(server)
-
-
-def test_an_application_is_refused_a_store_the_server_serves(base: str) -> None:
-    data = os.path.join(base, "data")
-    server = _serve(base)
-    try:
-        application = App(data)
-        try:
-            assert application.proc.wait(timeout=30) == 3
-            report = application.report
-        finally:
-            application.kill()
-        assert report["error"] == StoreInUse.__name__
-        assert f"pid {server.proc.pid}: the secretvault server" in str(report["message"])
-        # the refusal changed nothing: the server serves on
-        with VaultClient(server.socket) as c:
-            c.create_key("still/serving", "hmac-sha256")
-    finally:
-        _stop(server)
+        holder.release()
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith("secretvault: error: ") and "(fix: " in line, line
+    assert "StoreInUse" in line and "needs it alone" in line, line
+    assert f"pid {os.getpid()}: a migration in this test" in line, line
+    # let go: the server starts on it now
+    _stop(_serve(base))
 
 
 def test_the_application_is_hardened_like_the_server(base: str) -> None:

@@ -161,10 +161,11 @@ class Changes:
             self.keyring.adopt(name, key.slot, key.public, {"ssh-comment": comment},
                                by=session.caller.identity)
         except (VaultError, Refused) as e:
-            if not key.slot.freed:
-                key.slot.free()
             self.record.result(session, "ssh_add", name, e.status)
             return wire.FAILURE_MESSAGE
+        finally:
+            # the keyring expanded the seed into a slot of its own
+            key.slot.free()
         self.record.result(session, "ssh_add", name, "ok", version=1)
         return wire.SUCCESS_MESSAGE
 

@@ -36,6 +36,7 @@ from secretvault.api.errors import (
     StoreFull,
     StoreInUse,
     StoreSealed,
+    StoreUnavailable,
     TooManyCalls,
     TooManyVersions,
     Unavailable,
@@ -105,8 +106,10 @@ FIXES: dict[type[VaultError], str] = {
     "'secretvault keys show NAME' lists them), or ask the operator to raise "
     "--max-versions-per-key",
     StoreFull: "free space on the vault's data directory, then retry",
-    StoreInUse: "stop the process the message names first, or, if it is a server, reach "
-    "the keys through it (a client, or secretvault.clients)",
+    StoreInUse: "let the process the message names finish its first start or migration, or "
+    "stop it, then start again",
+    StoreUnavailable: "check that the PostgreSQL server the message names is up and "
+    "reachable; keys already loaded keep serving, changes work again once it is back",
     StoreBusy: "another process holds the store: run one vault per data directory, then retry",
     TooManyCalls: "close idle streams or watches, or ask the operator to raise the limits "
     "(--max-concurrent-rpcs, --max-streams-per-identity)",

@@ -68,6 +68,11 @@ in production keep the unseal material on another machine or medium.
                         f"{default_socket_path()})")
     parser.add_argument("--data-dir", metavar="DIR",
                         help=f"where the sealed key store lives (default: {default_data_dir()})")
+    parser.add_argument("--store", metavar="URL", default=_default(VaultConfig, "store"),
+                        help="keep the sealed keys in PostgreSQL: a libpq URL "
+                        "(postgresql://USER@HOST:PORT/DATABASE) or conninfo string, shared by "
+                        "every replica; the password only in the URL or libpq's PGPASSWORD "
+                        "or PGPASSFILE (default: the data directory's SQLite file)")
     backend = _default(VaultConfig, "backend")
     parser.add_argument("--backend", choices=BACKENDS, default=backend,
                         help=f"where keys live: {backend} (real secret memory, the default), "

@@ -147,6 +147,13 @@ def _heading(s: Stats) -> list[Any]:
                            (s.protection, style))]
     if s.protection != "secretmem":
         lines.append(Text("keys are NOT in secret memory: this backend is a model", "red"))
+    f = s.feed
+    if f is not None:  # one line: the sections below must still fit a terminal
+        lag = f", last lag {f.last_lag_seconds * 1000:.1f} ms" if f.applied else ""
+        lines.append(Text.assemble(
+            f"store {f.store}: ", ("reachable", "green") if f.store_reachable else
+            (f"UNREACHABLE ({f.error})", "bold red"),
+            f"; feed at change {f.position:,}, {f.applied:,} applied from others{lag}"))
     lines.append(Text(""))
     return lines
 

@@ -41,6 +41,8 @@ def _vault_config(args: argparse.Namespace) -> VaultConfig:
         changes["socket"] = os.path.abspath(args.socket)
     if args.data_dir:
         changes["data_dir"] = os.path.abspath(args.data_dir)
+    if args.store:
+        changes["store"] = args.store
     if args.unseal_key_file:
         changes["unseal_key_file"] = os.path.abspath(args.unseal_key_file)
     if args.passphrase_file:

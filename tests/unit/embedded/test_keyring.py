@@ -31,6 +31,7 @@ from secretvault.embedded import (
     open_keyring,
 )
 from secretvault.vault import app
+from secretvault.vault.storelock import StoreLock
 
 BACKENDS = [pytest.param("memfd_secret", marks=pytest.mark.memfd_secret),
             pytest.param("page-model")]
@@ -168,12 +169,23 @@ def test_close_zeroes_and_refuses_later_calls(ring: Keyring) -> None:
         ring.stats()
 
 
-def test_one_process_at_a_time(tmp_path: Path, hardened: list[int]) -> None:
-    with open_keyring(tmp_path / "data", backend="page-model"):
-        with pytest.raises(StoreInUse, match=rf"pid {os.getpid()}: an embedded keyring"):
-            open_keyring(tmp_path / "data", backend="page-model")
-    # let go on close: it opens again
-    open_keyring(tmp_path / "data", backend="page-model").close()
+def test_keyrings_share_a_store_but_a_first_start_is_alone(tmp_path: Path,
+                                                          hardened: list[int]) -> None:
+    """Contract change (the change feed): a store is no longer open in one
+    process at a time.  Serving keyrings share it; only a first start (which
+    makes the key file and the metadata) holds it alone."""
+    with open_keyring(tmp_path / "data", backend="page-model") as one:
+        one.create_key("k", "ed25519")
+        with open_keyring(tmp_path / "data", backend="page-model") as two:
+            assert two.sign("k", b"m")
+    (tmp_path / "new").mkdir()
+    first = StoreLock(str(tmp_path / "new" / "keys.sqlite3"), "a first start")
+    try:
+        with pytest.raises(StoreInUse, match=rf"pid {os.getpid()}: a first start"):
+            open_keyring(tmp_path / "new", backend="page-model")
+    finally:
+        first.release()
+    open_keyring(tmp_path / "new", backend="page-model").close()
 
 
 def test_a_store_needs_its_unseal_material(tmp_path: Path, hardened: list[int]) -> None:

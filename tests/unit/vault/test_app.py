@@ -143,9 +143,18 @@ def test_a_failing_part_cannot_skip_zeroing_and_unmapping(vault: Vault, part: st
     assert not vault.lock.held
 
 
-def test_a_second_vault_on_the_store_is_refused_until_the_first_closes(
+def test_a_second_vault_shares_the_store_but_a_migration_waits_for_the_first(
         vault: Vault) -> None:
-    with pytest.raises(StoreInUse, match="the secretvault server"):
+    """Contract change (the change feed): serving vaults share a store; only
+    what needs it alone (here a format migration) is refused while one serves."""
+    second = open_vault(vault.config)
+    assert second.lock.held and second.lock.shared and vault.lock.shared
+    second.close()
+    db = sqlite3.connect(vault.config.store_path)
+    db.execute("UPDATE meta SET value = CAST('1' AS BLOB) WHERE key = 'format'")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreInUse, match="needs it alone"):
         open_vault(vault.config)
     vault.close()
     open_vault(vault.config).close()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import time
 
 import pytest
 
 from secretvault.api.errors import KeyExists, KeyNotFound, StoreError, VersionNotFound
 from secretvault.vault.store import KeyRecord, SQLiteStore, VersionRecord
+from secretvault.vault.store_protocol import StaleFeed
 
 
 def _v(n: int, created: float = 1.0) -> VersionRecord:
@@ -59,6 +61,9 @@ def test_key_lifecycle(store: SQLiteStore, store_path: str) -> None:
     assert store.count() == 3
 
     reopened = SQLiteStore(store_path)
+    # a new handle is at the feed's start until the keyring says where it is
+    assert reopened.position == 0 and reopened.feed_head() == store.position == 6
+    reopened.position = reopened.feed_head()
     a, b = list(reopened.load())
     assert (a.name, a.type) == ("a", "hmac-sha256")
     assert (a.primary_version, a.min_decryption_version) == (3, 2)
@@ -172,3 +177,56 @@ def test_a_locked_store_is_store_busy_and_changes_nothing(
         other.execute("ROLLBACK")
         other.close()
     assert [k.name for k in store.load()] == []
+
+
+def test_the_feed_numbers_every_change_without_a_gap(store: SQLiteStore, store_path: str) -> None:
+    store.create_key(_k("a"), _v(1))
+    with pytest.raises(KeyExists):
+        store.create_key(_k("a"), _v(1))
+    store.create_key(_k("b"), _v(1), kind="import")
+    store.add_version("a", _v(2), row_mac=b"m")
+    store.set_min_decryption_version("a", 2, row_mac=b"m")
+    store.delete_version("a", 1, row_mac=b"m")
+    store.delete_key("b")
+    assert [(c.seq, c.kind, c.name, c.version) for c in store.changes(0, 100)] == [
+        (1, "create", "a", 1), (2, "import", "b", 1), (3, "rotate", "a", 2),
+        (4, "min_decryption_version", "a", 2), (5, "delete_version", "a", 1),
+        (6, "delete_key", "b", None)]
+    assert store.feed_head() == store.position == 6
+    a = store.load_key("a")
+    assert a is not None and [v.version for v in a.versions] == [2]
+    assert store.load_key("b") is None
+
+
+def test_a_stale_writer_changes_nothing(store: SQLiteStore, store_path: str) -> None:
+    other = SQLiteStore(store_path)
+    try:
+        store.create_key(_k("a"), _v(1))
+        with pytest.raises(StaleFeed) as e:
+            other.create_key(_k("b"), _v(1))
+        assert e.value.head == 1 and other.load_key("b") is None and other.feed_head() == 1
+    finally:
+        other.close()
+
+
+def test_data_version_wakes_the_follower(store: SQLiteStore, store_path: str) -> None:
+    waiter = store.waiter()
+    other = SQLiteStore(store_path)
+    try:
+        start = time.monotonic()
+        waiter.wait(0.05)  # nothing committed: the whole timeout
+        assert time.monotonic() - start >= 0.05
+        other.create_key(_k("a"), _v(1))
+        start = time.monotonic()
+        waiter.wait(10)
+        assert time.monotonic() - start < 1, "a commit by another connection did not wake it"
+    finally:
+        waiter.close()
+        other.close()
+
+
+def test_the_feed_keeps_only_its_retention(store: SQLiteStore) -> None:
+    store.feed_retain = 2
+    for i in range(5):
+        store.create_key(_k(f"k{i}"), _v(1))
+    assert [c.seq for c in store.changes(0, 100)] == [3, 4, 5]

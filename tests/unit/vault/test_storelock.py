@@ -1,4 +1,10 @@
-"""StoreLock: one process per store, released by close or by death, never by a fork."""
+"""StoreLock: exclusive for sole access, shared to serve; released by close or by
+death, never by a fork.
+
+Until the change feed, a store was open in one process at a time: the
+exclusive-hold tests below still hold for a first start or a migration (an
+exclusive hold), and the shared-hold tests at the end are the serving case.
+"""
 
 from __future__ import annotations
 
@@ -105,3 +111,56 @@ def test_a_symlink_in_place_of_the_lock_is_not_followed(store: str, tmp_path: Pa
     with pytest.raises(OSError):
         StoreLock(store, "x")
     assert target.read_text() == "untouched"
+
+
+# --- shared holds: the serving processes of one store (the change feed keeps
+# their keyrings in step); exclusive only for a first start or a migration
+
+
+def test_serving_processes_share_the_store(store: str) -> None:
+    one = StoreLock(store, "replica one", shared=True)
+    two = StoreLock(store, "replica two", shared=True)
+    try:
+        assert one.held and two.held and one.shared and two.shared
+        # a shared holder does not write the line: it would overwrite another's
+        assert not Path(store + ".lock").read_text()
+        with pytest.raises(StoreInUse, match=r"this one needs it alone.*stop the other vault"):
+            StoreLock(store, "a migration")
+    finally:
+        one.release()
+        two.release()
+    StoreLock(store, "alone now").release()
+
+
+def test_a_first_start_keeps_servers_out_until_it_shares(store: str) -> None:
+    first = StoreLock(store, "the secretvault server")
+    try:
+        with pytest.raises(StoreInUse,
+                           match=rf"pid {os.getpid()}: the secretvault server.*needs it alone"):
+            StoreLock(store, "a replica", shared=True)
+        first.share()
+        first.share()  # idempotent
+        assert first.shared
+        StoreLock(store, "a replica", shared=True).release()
+    finally:
+        first.release()
+
+
+def test_a_shared_holder_in_another_process_blocks_sole_access(store: str) -> None:
+    code = textwrap.dedent(f"""
+        import time
+        from secretvault.vault.storelock import StoreLock
+        lock = StoreLock({store!r}, "a replica", shared=True)
+        print("held", flush=True)
+        time.sleep(60)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "held\n"
+        StoreLock(store, "another replica", shared=True).release()
+        with pytest.raises(StoreInUse):
+            StoreLock(store, "a migration")
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    StoreLock(store, "me").release()

@@ -130,8 +130,24 @@ class IdentityQuota(_message.Message):
     budget_bytes: int
     def __init__(self, identity: _Optional[str] = ..., secret_bytes: _Optional[int] = ..., budget_bytes: _Optional[int] = ...) -> None: ...
 
+class Feed(_message.Message):
+    __slots__ = ("store", "position", "applied", "last_lag_seconds", "store_reachable", "error")
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    LAST_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STORE_REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    store: str
+    position: int
+    applied: int
+    last_lag_seconds: float
+    store_reachable: bool
+    error: str
+    def __init__(self, store: _Optional[str] = ..., position: _Optional[int] = ..., applied: _Optional[int] = ..., last_lag_seconds: _Optional[float] = ..., store_reachable: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
 class Stats(_message.Message):
-    __slots__ = ("backend", "protection", "regions", "pages_mapped", "pages_resident", "bytes_locked", "key_bytes", "size_classes", "memlock", "memcg", "hibernation_inhibited", "direct_map", "extra", "keys_by_type", "operations", "process", "max_versions_per_key", "identity_quotas")
+    __slots__ = ("backend", "protection", "regions", "pages_mapped", "pages_resident", "bytes_locked", "key_bytes", "size_classes", "memlock", "memcg", "hibernation_inhibited", "direct_map", "extra", "keys_by_type", "operations", "process", "max_versions_per_key", "identity_quotas", "feed")
     class ExtraEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +180,7 @@ class Stats(_message.Message):
     PROCESS_FIELD_NUMBER: _ClassVar[int]
     MAX_VERSIONS_PER_KEY_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    FEED_FIELD_NUMBER: _ClassVar[int]
     backend: str
     protection: str
     regions: int
@@ -182,7 +199,8 @@ class Stats(_message.Message):
     process: Process
     max_versions_per_key: int
     identity_quotas: _containers.RepeatedCompositeFieldContainer[IdentityQuota]
-    def __init__(self, backend: _Optional[str] = ..., protection: _Optional[str] = ..., regions: _Optional[int] = ..., pages_mapped: _Optional[int] = ..., pages_resident: _Optional[int] = ..., bytes_locked: _Optional[int] = ..., key_bytes: _Optional[int] = ..., size_classes: _Optional[_Iterable[_Union[SizeClass, _Mapping]]] = ..., memlock: _Optional[_Union[Memlock, _Mapping]] = ..., memcg: _Optional[_Union[Memcg, _Mapping]] = ..., hibernation_inhibited: _Optional[bool] = ..., direct_map: _Optional[_Union[DirectMap, _Mapping]] = ..., extra: _Optional[_Mapping[str, float]] = ..., keys_by_type: _Optional[_Mapping[str, int]] = ..., operations: _Optional[_Iterable[_Union[OperationCount, _Mapping]]] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., max_versions_per_key: _Optional[int] = ..., identity_quotas: _Optional[_Iterable[_Union[IdentityQuota, _Mapping]]] = ...) -> None: ...
+    feed: Feed
+    def __init__(self, backend: _Optional[str] = ..., protection: _Optional[str] = ..., regions: _Optional[int] = ..., pages_mapped: _Optional[int] = ..., pages_resident: _Optional[int] = ..., bytes_locked: _Optional[int] = ..., key_bytes: _Optional[int] = ..., size_classes: _Optional[_Iterable[_Union[SizeClass, _Mapping]]] = ..., memlock: _Optional[_Union[Memlock, _Mapping]] = ..., memcg: _Optional[_Union[Memcg, _Mapping]] = ..., hibernation_inhibited: _Optional[bool] = ..., direct_map: _Optional[_Union[DirectMap, _Mapping]] = ..., extra: _Optional[_Mapping[str, float]] = ..., keys_by_type: _Optional[_Mapping[str, int]] = ..., operations: _Optional[_Iterable[_Union[OperationCount, _Mapping]]] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., max_versions_per_key: _Optional[int] = ..., identity_quotas: _Optional[_Iterable[_Union[IdentityQuota, _Mapping]]] = ..., feed: _Optional[_Union[Feed, _Mapping]] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

@@ -27,7 +27,7 @@ from secretvault.vault.sizes import format_exact_bytes
 REPO = Path(__file__).resolve().parents[4]
 SERVER_FIELDS = {f.name: f for f in fields(ServerConfig)}
 #: serve's options that make the VaultConfig, not a ServerConfig field
-VAULT_OPTIONS = {"socket", "data_dir", "backend", "passphrase_file", "unseal_key_file",
+VAULT_OPTIONS = {"socket", "data_dir", "store", "backend", "passphrase_file", "unseal_key_file",
                  "argon2_ops", "argon2_mem", "model_memory", "model_cma", "model_fallback"}
 
 

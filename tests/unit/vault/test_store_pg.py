@@ -1,0 +1,204 @@
+"""PostgreSQLStore against a real PostgreSQL server (``tests/_pg.py``).
+
+The rules of the SQLite store (one transaction per change, KeyExists, the
+feed's numbering) on PostgreSQL, what every session is checked for
+(synchronous_commit on), and the one line each start failure gets, none of
+which ever shows the password.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+
+from secretvault.api.errors import (
+    InvalidArgument,
+    KeyExists,
+    KeyNotFound,
+    StoreRefused,
+    StoreUnavailable,
+    VersionNotFound,
+)
+from secretvault.vault.store_pg import SCHEMA_VERSION, PostgreSQLStore, describe, is_postgresql
+from secretvault.vault.store_protocol import AlreadyInitialised, KeyRecord, StaleFeed, VersionRecord
+from tests import _pg
+
+
+def _v(n: int) -> VersionRecord:
+    return VersionRecord(n, 1.0, None, bytes([n]) * 24, bytes([n]) * 48, created_by="alice")
+
+
+def _k(name: str) -> KeyRecord:
+    return KeyRecord(name, "hmac-sha256", 1.0, 1, 1, {"l": "v"}, row_mac=b"m1")
+
+
+def test_every_session_commits_durably(pg_url: str) -> None:
+    store = PostgreSQLStore(pg_url)
+    try:
+        conn = store.connect()
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        assert conn.execute("SHOW fsync").fetchone() == ("on",)
+        conn.close()
+        assert store.describe == describe(pg_url)
+    finally:
+        store.close()
+
+
+def test_key_lifecycle_and_the_feed(pg_url: str) -> None:
+    store = PostgreSQLStore(pg_url)
+    try:
+        assert store.feed_head() == 0 and store.get_meta("store_id") is None
+        store.init_meta({"store_id": b"x" * 16})
+        with pytest.raises(AlreadyInitialised):
+            store.init_meta({"store_id": b"y" * 16})
+        assert store.get_meta("store_id") == b"x" * 16
+        store.create_key(_k("a"), _v(1))
+        with pytest.raises(KeyExists):
+            store.create_key(_k("a"), _v(1))
+        store.create_key(_k("b"), _v(1), kind="import")
+        store.add_version("a", _v(2), row_mac=b"m2")
+        with pytest.raises(KeyNotFound):
+            store.add_version("zz", _v(2), row_mac=b"m")
+        store.set_min_decryption_version("a", 2, row_mac=b"m3")
+        store.delete_version("a", 1, row_mac=b"m4")
+        with pytest.raises(VersionNotFound):
+            store.delete_version("a", 1, row_mac=b"m")
+        store.delete_key("b")
+        a = store.load_key("a")
+        assert a is not None and a.damaged is None
+        assert (a.primary_version, a.min_decryption_version, a.row_mac) == (2, 2, b"m4")
+        assert [v.version for v in a.versions] == [2]
+        assert a.versions[0].created_by == "alice"
+        assert store.load_key("b") is None
+        assert [k.name for k in store.load()] == ["a"]
+        # refused changes took no number: the feed has no gap
+        changes = store.changes(0, 100)
+        assert [(c.seq, c.kind, c.name, c.version) for c in changes] == [
+            (1, "create", "a", 1), (2, "import", "b", 1), (3, "rotate", "a", 2),
+            (4, "min_decryption_version", "a", 2), (5, "delete_version", "a", 1),
+            (6, "delete_key", "b", None)]
+        assert store.position == store.feed_head() == 6
+        assert [c.seq for c in store.changes(4, 1)] == [5]
+        assert store.integrity_check() == []
+    finally:
+        store.close()
+
+
+def test_a_stale_writer_changes_nothing(pg_url: str) -> None:
+    one, two = PostgreSQLStore(pg_url), PostgreSQLStore(pg_url)
+    try:
+        one.create_key(_k("a"), _v(1))
+        with pytest.raises(StaleFeed) as e:
+            two.create_key(_k("b"), _v(1))
+        assert e.value.head == 1
+        assert two.load_key("b") is None and two.feed_head() == 1
+        two.position = 1
+        two.add_version("a", _v(2), row_mac=b"m")
+        assert two.position == 2
+    finally:
+        one.close()
+        two.close()
+
+
+def test_writers_serialise_on_the_counter(pg_url: str) -> None:
+    """Eight writers at once: every change gets the next number, none twice, none skipped."""
+    stores = [PostgreSQLStore(pg_url) for _ in range(8)]
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def writer(i: int, store: PostgreSQLStore) -> None:
+        for j in range(10):
+            while True:
+                store.position = store.feed_head()
+                try:
+                    store.create_key(_k(f"k{i}-{j}"), _v(1))
+                except StaleFeed:
+                    continue
+                with lock:
+                    done.append(store.position)
+                break
+
+    threads = [threading.Thread(target=writer, args=(i, s)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert sorted(done) == list(range(1, 81))
+        assert [c.seq for c in stores[0].changes(0, 1000)] == list(range(1, 81))
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_wake_up_comes_with_each_commit(pg_url: str) -> None:
+    store, other = PostgreSQLStore(pg_url), PostgreSQLStore(pg_url)
+    waiter = store.waiter()
+    try:
+        waiter.wait(0.01)  # connects and listens
+        woke = threading.Event()
+
+        def wait() -> None:
+            waiter.wait(10)
+            woke.set()
+
+        t = threading.Thread(target=wait)
+        t.start()
+        other.create_key(_k("a"), _v(1))
+        assert woke.wait(5), "no NOTIFY reached the waiter"
+        t.join()
+    finally:
+        waiter.close()
+        store.close()
+        other.close()
+
+
+def test_start_failures_are_one_line_without_the_password(pg_server: _pg.PgServer,
+                                                          pg_url: str) -> None:
+    secret = _pg.PASSWORD
+    with_password = pg_server.conninfo("nodb", password=True)
+    with pytest.raises(StoreRefused, match="the database nodb does not exist") as e:
+        PostgreSQLStore(with_password)
+    assert secret not in str(e.value) and "createdb nodb" in e.value.fix
+    wrong = pg_url.replace("vault@", "vault:not-the-password@")
+    with pytest.raises(StoreRefused, match="authentication failed") as e:
+        PostgreSQLStore(wrong)
+    assert "not-the-password" not in str(e.value) and "PGPASSWORD" in e.value.fix
+    for bad in ("host=a password", "nonsense words", f"password={secret} x"):
+        with pytest.raises(InvalidArgument, match="not a PostgreSQL connection string") as ei:
+            PostgreSQLStore(bad)
+        assert secret not in str(ei.value)
+    with pytest.raises(StoreUnavailable, match="cannot reach the key store") as eu:
+        PostgreSQLStore(f"postgresql://vault:{secret}@/x?host=/nonexistent-dir")
+    assert secret not in str(eu.value)
+    assert "\n" not in str(eu.value)
+    assert describe(with_password) == pg_server.conninfo("nodb")
+    assert is_postgresql(pg_url) and is_postgresql("host=x") and not is_postgresql("/a/b")
+
+
+def test_another_schema_version_is_refused(pg_server: _pg.PgServer, pg_url: str) -> None:
+    PostgreSQLStore(pg_url).close()
+    with psycopg.connect(pg_url, password=_pg.PASSWORD, autocommit=True) as conn:
+        conn.execute("UPDATE secretvault.schema_version SET version = 0")
+    with pytest.raises(StoreRefused, match=f"version 0, older than this vault's "
+                       f"{SCHEMA_VERSION}") as e:
+        PostgreSQLStore(pg_url)
+    assert "restore" in e.value.fix
+    with psycopg.connect(pg_url, password=_pg.PASSWORD, autocommit=True) as conn:
+        conn.execute("UPDATE secretvault.schema_version SET version = 99")
+    with pytest.raises(StoreRefused, match="newer than"):
+        PostgreSQLStore(pg_url)
+
+
+def test_the_feed_keeps_only_its_retention(pg_url: str) -> None:
+    store = PostgreSQLStore(pg_url)
+    try:
+        store.feed_retain = 2
+        for i in range(5):
+            store.create_key(_k(f"k{i}"), _v(1))
+        # pruned at change 4 (every 2, keeping 2): 3, 4 and the later 5 are left
+        assert [c.seq for c in store.changes(0, 100)] == [3, 4, 5]
+    finally:
+        store.close()

@@ -1,0 +1,215 @@
+"""Connecting to the PostgreSQL store: the connection string, the checked session,
+the schema, and what each failure says (never the password).
+
+:class:`Connector` makes every session of :class:`~secretvault.vault.store_pg.PostgreSQLStore`
+and of its follower's wake-up: ``synchronous_commit`` set on the session and
+checked, with the server's ``fsync``; the start failures each get one line
+(:class:`StoreRefused` with its fix, or :class:`StoreUnavailable`), and
+:func:`describe` is the store as every message names it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from secretvault.api.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    StoreError,
+    StoreRefused,
+    StoreUnavailable,
+    VaultError,
+)
+
+__all__ = ["CHANNEL", "SCHEMA_LOCK", "SCHEMA_VERSION", "Connector", "describe", "is_postgresql"]
+
+SCHEMA_VERSION = 1
+CHANNEL = "secretvault_feed"
+#: seconds to wait for a connection (libpq's connect_timeout, unless the URL sets one)
+CONNECT_TIMEOUT = 5
+#: libpq's TCP keepalive settings, unless the URL sets its own (ignored on a Unix socket)
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+              "keepalives_count": 3}
+#: the advisory lock that makes creating the schema one process's job
+SCHEMA_LOCK = 0x5EC12E7
+_SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS secretvault;
+CREATE TABLE IF NOT EXISTS secretvault.schema_version (
+    id      integer PRIMARY KEY CHECK (id = 1),
+    version integer NOT NULL
+);
+CREATE TABLE IF NOT EXISTS secretvault.meta (key text PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS secretvault.keys (
+    name                   text PRIMARY KEY,
+    type                   text NOT NULL,
+    created                double precision NOT NULL,
+    labels                 text NOT NULL,
+    primary_version        bigint NOT NULL,
+    min_decryption_version bigint NOT NULL,
+    row_mac                bytea
+);
+CREATE TABLE IF NOT EXISTS secretvault.key_versions (
+    name       text NOT NULL REFERENCES secretvault.keys(name) ON DELETE CASCADE,
+    version    bigint NOT NULL,
+    created    double precision NOT NULL,
+    public_key bytea,
+    nonce      bytea NOT NULL,
+    sealed     bytea NOT NULL,
+    created_by text,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS secretvault.feed (
+    id  integer PRIMARY KEY CHECK (id = 1),
+    seq bigint NOT NULL
+);
+INSERT INTO secretvault.feed (id, seq) VALUES (1, 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS secretvault.changes (
+    seq     bigint PRIMARY KEY,
+    kind    text NOT NULL,
+    name    text NOT NULL,
+    version bigint,
+    at      double precision NOT NULL
+);
+"""
+
+
+def is_postgresql(store: str) -> bool:
+    """Whether a ``--store`` value names PostgreSQL (a URL, or a conninfo string)."""
+    return store.startswith(("postgresql://", "postgres://")) or "=" in store
+
+
+def _params(store: str) -> dict[str, Any]:
+    try:
+        return conninfo_to_dict(store)
+    except psycopg.ProgrammingError:
+        # libpq's message quotes part of the string, which may be the password
+        raise InvalidArgument(
+            "--store is not a PostgreSQL connection string: give a URL "
+            "(postgresql://USER@HOST:PORT/DATABASE) or libpq's key=value form "
+            "('host=HOST dbname=DATABASE user=USER')") from None
+
+
+def describe(store: str) -> str:
+    """The store as messages name it: a URL with no password (nor any other secret)."""
+    p = _params(store)
+    host = str(p.get("host") or p.get("hostaddr") or "")
+    user = f"{p['user']}@" if p.get("user") else ""
+    port = f":{p['port']}" if p.get("port") else ""
+    db = str(p.get("dbname") or "")
+    if host.startswith("/"):  # a Unix socket directory
+        return f"postgresql://{user}/{db}?host={host}" + (f"&port={p['port']}" if port else "")
+    return f"postgresql://{user}{host}{port}/{db}"
+
+
+class Connector:
+    """Makes checked sessions to one store; names it without its password."""
+
+    def __init__(self, store: str) -> None:
+        self._params = _params(store)
+        self._params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+        # over TCP, a server that vanished without a reset (a partition, a
+        # failover) is noticed in about 11 s instead of the kernel's hours,
+        # by the follower's LISTEN session as much as by the writer's
+        for key, value in KEEPALIVES.items():
+            self._params.setdefault(key, value)
+        self._secret = str(self._params.get("password") or "")
+        self.name = describe(store)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new session, checked: synchronous_commit on, fsync on."""
+        try:
+            conn = psycopg.connect(**self._params, autocommit=True)
+        except psycopg.OperationalError as e:
+            raise self._connect_error(e) from None
+        try:
+            conn.execute("SET synchronous_commit = on")
+            (sync,) = _one(conn.execute("SHOW synchronous_commit"))
+            (fsync,) = _one(conn.execute("SHOW fsync"))
+        except psycopg.Error as e:
+            conn.close()
+            raise self.unavailable(e) from None
+        if sync != "on" or fsync != "on":
+            conn.close()
+            raise FailedPrecondition(
+                f"the key store {self.name} does not commit durably (synchronous_commit="
+                f"{sync}, fsync={fsync}): a change could be acknowledged and then lost; "
+                "turn fsync on in the server's configuration")
+        return conn
+
+    def _clean(self, text: str) -> str:
+        text = " ".join(text.split())
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _connect_error(self, e: psycopg.OperationalError) -> VaultError:
+        text = self._clean(str(e))
+        user = self._params.get("user") or "(libpq's default user)"
+        error: VaultError
+        if "authentication failed" in text or "no password supplied" in text:
+            error = StoreRefused(
+                f"the key store {self.name} refused user {user}: authentication failed",
+                "give the right password with PGPASSWORD or a PGPASSFILE (or in the URL), "
+                "or the user the server expects")
+        elif "does not exist" in text and "database" in text:
+            db = self._params.get("dbname") or user
+            error = StoreRefused(
+                f"the key store {self.name}: the database {db} does not exist",
+                f"create it (createdb {db}, or CREATE DATABASE), owned by the vault's user")
+        else:
+            error = StoreUnavailable(f"cannot reach the key store {self.name}: {text}")
+        return error
+
+    def unavailable(self, e: psycopg.Error) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the key store {self.name} is unavailable ({self._clean(str(e))[:300]}); "
+            "keys already loaded keep serving")
+
+    def ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            with conn.transaction():
+                # one process creates the tables; the others find them made
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                row = conn.execute(
+                    "SELECT to_regclass('secretvault.schema_version') IS NOT NULL, "
+                    "to_regclass('secretvault.keys') IS NOT NULL").fetchone()
+                has_version, has_keys = row if row else (False, False)
+                version = None
+                if has_version:
+                    got = conn.execute(
+                        "SELECT version FROM secretvault.schema_version").fetchone()
+                    version = None if got is None else int(got[0])
+                if version is None and not has_keys:
+                    conn.execute(_SCHEMA)
+                    conn.execute("INSERT INTO secretvault.schema_version VALUES (1, %s) "
+                                 "ON CONFLICT (id) DO NOTHING", (SCHEMA_VERSION,))
+                    version = SCHEMA_VERSION
+        except psycopg.Error as e:
+            raise self.unavailable(e) if is_connection(e) else StoreError(
+                f"cannot create the key store's tables in {self.name}: "
+                f"{self._clean(str(e))}") from None
+        if version == SCHEMA_VERSION:
+            return
+        older = (version or 0) < SCHEMA_VERSION
+        shown = "none" if version is None else str(version)
+        raise StoreRefused(
+            f"the key store {self.name} has schema version {shown}, "
+            + ("older than" if older else "newer than") + f" this vault's {SCHEMA_VERSION}",
+            "no migration from it exists: restore the database from a backup made by this "
+            "version, or point --store at a new database" if older else
+            "start a vault of the version that wrote it, or point --store at a new database")
+
+
+
+def _one(cur: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    row = cur.fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def is_connection(e: psycopg.Error) -> bool:
+    """A lost or refused connection (rather than a statement the server refused)."""
+    return isinstance(e, psycopg.OperationalError | psycopg.InterfaceError) or (
+        e.sqlstate is not None and e.sqlstate[:2] in ("08", "57"))
+
