@@ -138,11 +138,12 @@ SERVER_HOLDER = "the secretvault server"
 
 
 def open_vault(config: VaultConfig, *, progress: Progress | None = None,
-               holder: str = SERVER_HOLDER) -> Vault:
+               holder: str = SERVER_HOLDER, shared: bool = False) -> Vault:
     """Harden the process, pick the backend, hold the store, unseal it.
 
     ``holder`` says what this process is, to anyone refused the store while
-    it is open here (:class:`StoreInUse`).
+    it is open here (:class:`StoreInUse`).  ``shared``: the store is held
+    with the other workers of one ``serve --workers`` (:class:`StoreLock`).
     """
     if config.harden:
         harden_process()
@@ -153,7 +154,7 @@ def open_vault(config: VaultConfig, *, progress: Progress | None = None,
         os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
         # held before anything is read or created, so two first starts
         # cannot both make a key file
-        lock = StoreLock(config.store_path, holder)
+        lock = StoreLock(config.store_path, holder, shared=shared)
         source, created = _unseal_source(config, allocator)
         store = SQLiteStore(config.store_path)
         try:

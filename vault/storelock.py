@@ -30,23 +30,32 @@ _HOLDER_MAX = 512
 
 
 class StoreLock:
-    """An exclusive hold on ``store_path`` for this process, until :meth:`release`."""
+    """A hold on ``store_path`` for this process, until :meth:`release`.
 
-    def __init__(self, store_path: str, holder: str) -> None:
+    Exclusive by default.  ``shared=True`` is for the workers of one
+    ``serve --workers N``: they hold it together (``LOCK_SH``), and an
+    exclusive opener (a plain server, an embedded keyring) is refused while
+    any of them does, as they are refused while it holds the store.
+    """
+
+    def __init__(self, store_path: str, holder: str, *, shared: bool = False) -> None:
         self.path = store_path + LOCK_SUFFIX
+        self.shared = shared
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             other = _read_holder(fd)
             os.close(fd)
             raise StoreInUse(
                 f"the key store {store_path} is open in another process ({other}), and a "
-                "store is open in one process at a time") from None
+                "store is open in one process at a time (or in the workers of one "
+                "'serve --workers')") from None
         except BaseException:
             os.close(fd)
             raise
         line = f"{os.getpid()} {holder}\n".encode()[:_HOLDER_MAX]
+        # shared holders each write theirs: the last one is named (a hint)
         os.ftruncate(fd, 0)
         os.pwrite(fd, line, 0)
         self._fd: int | None = fd

@@ -105,3 +105,25 @@ def test_a_symlink_in_place_of_the_lock_is_not_followed(store: str, tmp_path: Pa
     with pytest.raises(OSError):
         StoreLock(store, "x")
     assert target.read_text() == "untouched"
+
+
+def test_shared_holders_hold_together_and_keep_an_exclusive_one_out(store: str) -> None:
+    """The workers of one ``serve --workers`` share the store; nobody else gets it."""
+    first = StoreLock(store, "worker 0", shared=True)
+    second = StoreLock(store, "worker 1", shared=True)
+    try:
+        assert first.held and second.held and first.shared
+        with pytest.raises(StoreInUse, match="serve --workers"):
+            StoreLock(store, "a plain server")
+        first.release()
+        with pytest.raises(StoreInUse):
+            StoreLock(store, "a plain server")
+    finally:
+        first.release()
+        second.release()
+    exclusive = StoreLock(store, "a plain server")
+    try:
+        with pytest.raises(StoreInUse):
+            StoreLock(store, "worker 0", shared=True)
+    finally:
+        exclusive.release()
