@@ -2,7 +2,7 @@
 
 :class:`Stats` (with :class:`SizeClass`, :class:`Memlock`, :class:`Memcg`,
 :class:`DirectMap`, :class:`OperationCount`, :class:`Process` and
-:class:`IdentityQuota` for its sections) carries the fields of the wire
+:class:`IdentityQuota` and :class:`Worker` for its sections) carries the fields of the wire
 ``Stats`` message under the same names, in Python types:
 ``int``, ``str``, ``bool``, tuples for repeated fields, mappings for map
 fields, and ``None`` exactly where the message leaves an optional field
@@ -137,6 +137,18 @@ class IdentityQuota:
 
 
 @dataclass(frozen=True, slots=True)
+class Worker:
+    """Which worker of ``secretvault serve --workers N`` answered."""
+
+    #: 0 .. count-1 (a restarted worker keeps its index)
+    index: int
+    #: N; each worker holds its own copy of every key: these stats are one worker's
+    count: int
+    #: the supervisor that started it
+    supervisor_pid: int
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """What secret memory costs right now, as the vault reported it."""
 
@@ -167,6 +179,11 @@ class Stats:
     max_versions_per_key: int = 0
     #: every policy identity, and any other holding secret memory, by name
     identity_quotas: tuple[IdentityQuota, ...] = ()
+    #: the pid of the process that answered (every figure is its own); 0 from an
+    #: older server
+    pid: int = 0
+    #: which worker it is; None when the server is one process
+    worker: Worker | None = None
 
 
 def _optional(msg: Message, field: str) -> int | None:
@@ -252,4 +269,8 @@ def stats_from_wire(msg: stats_pb2.Stats) -> Stats:
                           budget_bytes=_optional(q, "budget_bytes"))
             for q in msg.identity_quotas
         ),
+        pid=msg.pid,
+        worker=Worker(index=msg.worker.index, count=msg.worker.count,
+                      supervisor_pid=msg.worker.supervisor_pid)
+        if msg.HasField("worker") else None,
     )

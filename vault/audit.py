@@ -2,7 +2,8 @@
 
 Each line carries the time, the identity (as the listener or the client
 certificate established it), the listener, the operation, the key name, the
-key version and the result (``ok`` or the gRPC status code name).  Never a
+key version and the result (``ok`` or the gRPC status code name); a worker of
+``serve --workers N`` adds its ``pid`` and ``worker`` index after the listener.  Never a
 message, a plaintext, a ciphertext, a signature, a MAC or any key material:
 the record type below has no field that could hold them.
 
@@ -101,9 +102,14 @@ class AuditLog:
     time's seconds are formatted once a second.
     """
 
-    def __init__(self, path: str | None = None, *, fail_open: bool = False) -> None:
+    def __init__(self, path: str | None = None, *, fail_open: bool = False,
+                 worker: int | None = None) -> None:
         self.path = path
         self.fail_open = fail_open
+        #: a worker of ``serve --workers`` names itself in every line: after the
+        #: listener come ``"pid":P,"worker":I`` (N workers append to one log)
+        self._process = "" if worker is None else f',"pid":{os.getpid()},"worker":{int(worker)}'
+
         self._lock = threading.Lock()
         self._owned = False
         self._quoted: dict[str, tuple[str, bool]] = {}
@@ -146,7 +152,8 @@ class AuditLog:
             ident, cut = _clip(identity, _MAX_FIELD)
             where, cut_too = _clip(listener, _MAX_FIELD)
             who = self._callers[(identity, listener)] = (
-                f',"identity":{ident},"listener":{where},"operation":', cut or cut_too)
+                f',"identity":{ident},"listener":{where}{self._process},"operation":',
+                cut or cut_too)
         return who
 
     def _stamp(self, now: float) -> str:

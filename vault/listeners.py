@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Callable
 
 import grpc
 
@@ -202,20 +203,58 @@ def clear_stale_socket(path: str) -> None:
 def bind_unix(server: grpc.Server, listener: SocketBinding) -> None:
     """Add ``listener``'s socket to ``server``: its directory checked, a stale socket
     cleared, the file created 0600 and then given its group and mode."""
+
+    def add(path: str) -> None:
+        try:
+            port = server.add_insecure_port(f"unix:{path}")
+        except RuntimeError as e:
+            raise FailedPrecondition(f"cannot listen on {path}: {e}") from None
+        if port == 0:
+            raise FailedPrecondition(f"cannot listen on {path}")
+
+    _bind_guarded(listener, add)
+
+
+#: connections a relayed public socket lets wait to be accepted (the kernel caps
+#: it at net.core.somaxconn)
+LISTEN_BACKLOG = 4096
+
+
+def listen_unix(listener: SocketBinding) -> socket.socket:
+    """A listening socket of our own at ``listener``'s path, guarded as :func:`bind_unix`
+    guards grpc's (``serve --workers``: the supervisor's public sockets)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+
+    def add(path: str) -> None:
+        try:
+            sock.bind(path)
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as e:
+            raise FailedPrecondition(f"cannot listen on {path}: {e.strerror}") from None
+
+    try:
+        _bind_guarded(listener, add)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_guarded(listener: SocketBinding, add: Callable[[str], None]) -> None:
+    """Check the directory, clear a stale socket, ``add(path)`` under a 0177 umask,
+    then give the file its group and mode."""
     path = listener.path
     prepare_socket_dir(path, listener.mode, listener.group)
     clear_stale_socket(path)
-    # grpc creates the socket file when the port is added; the umask makes it
-    # 0600 from its first instant (the mode is then widened, never narrowed,
-    # and the directory already keeps strangers out)
+    # the socket file is created when it is bound; the umask makes it 0600
+    # from its first instant (the mode is then widened, never narrowed, and
+    # the directory already keeps strangers out)
     old = os.umask(0o177)
     try:
-        port = server.add_insecure_port(f"unix:{path}")
-    except RuntimeError as e:
-        raise FailedPrecondition(f"cannot listen on {path}: {e}") from None
+        add(path)
     finally:
         os.umask(old)
-    if port == 0 or not os.path.exists(path):
+    if not os.path.exists(path):
         raise FailedPrecondition(f"cannot listen on {path}")
     try:
         if listener.group is not None:

@@ -9,6 +9,7 @@ built from it, so they can never disagree about what they describe.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -89,6 +90,15 @@ class ProcessStats:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """Which worker of ``serve --workers N`` this process is."""
+
+    index: int
+    count: int
+    supervisor_pid: int
+
+
+@dataclass(frozen=True, slots=True)
 class VaultStats:
     memory: SecretMemoryStats
     keys_by_type: tuple[tuple[str, int], ...]
@@ -98,6 +108,9 @@ class VaultStats:
     max_versions_per_key: int | None = None
     #: each identity's secret memory and quota
     identity_quotas: tuple[IdentityUse, ...] = ()
+    #: the process these figures are of (each worker holds its own copy of the keys)
+    pid: int = 0
+    worker: WorkerInfo | None = None
 
 
 class StatsSource:
@@ -112,6 +125,7 @@ class StatsSource:
         *,
         stop_on_tracer: bool = False,
         tracer_check_seconds: float = 0.0,
+        worker: WorkerInfo | None = None,
     ) -> None:
         self._memory = memory
         self._key_counts = key_counts
@@ -119,6 +133,7 @@ class StatsSource:
         self._stop_on_tracer = stop_on_tracer
         self._tracer_check_seconds = tracer_check_seconds if stop_on_tracer else 0.0
         self._quotas = quotas
+        self.worker = worker
 
     def snapshot(self) -> VaultStats:
         return VaultStats(
@@ -128,6 +143,9 @@ class StatsSource:
             process=ProcessStats(exposure(), self._stop_on_tracer, self._tracer_check_seconds),
             max_versions_per_key=None if self._quotas is None else self._quotas.max_versions,
             identity_quotas=() if self._quotas is None else self._quotas.snapshot(),
+            # read each time: a worker's pid is its own, even in a forked test child
+            pid=os.getpid(),
+            worker=self.worker,
         )
 
 
@@ -190,6 +208,10 @@ def to_proto(s: VaultStats) -> stats_pb2.Stats:
             for q in s.identity_quotas
         ],
     )
+    out.pid = s.pid
+    if s.worker is not None:
+        out.worker.CopyFrom(stats_pb2.Worker(index=s.worker.index, count=s.worker.count,
+                                             supervisor_pid=s.worker.supervisor_pid))
     if s.process is not None:
         out.process.CopyFrom(_process(s.process))
     if m.memcg is not None:

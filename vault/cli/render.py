@@ -147,6 +147,11 @@ def _heading(s: Stats) -> list[Any]:
                            (s.protection, style))]
     if s.protection != "secretmem":
         lines.append(Text("keys are NOT in secret memory: this backend is a model", "red"))
+    if s.worker is not None:
+        w = s.worker
+        lines.append(Text(f"worker {w.index} of {w.count}, pid {s.pid} (supervisor pid "
+                          f"{w.supervisor_pid}): every figure is this worker's own; each "
+                          "worker holds its own copy of the keys"))
     lines.append(Text(""))
     return lines
 

@@ -30,3 +30,17 @@ def test_every_line_is_bounded_and_a_clipped_one_says_so(tmp_path: object) -> No
     # a line with nothing to clip is exactly as before
     assert lines[5]["key"] == "ci/k" and list(lines[5]) == [
         "time", "identity", "listener", "operation", "key", "version", "result"]
+
+
+def test_a_worker_names_its_process_in_every_line(tmp_path: object) -> None:
+    path = os.path.join(str(tmp_path), "audit.log")
+    log = AuditLog(path, worker=3)
+    log.write_one("ci", "unix:/s", "sign", "ci/k", 1, "ok")
+    log.write_entries("ci", "unix:/s", [("sign", "ci/k", 1, "ok")])
+    log.write_summary("ci", "unix:/s", "batch", None, "PERMISSION_DENIED", 2)
+    log.close()
+    with open(path, "rb") as f:
+        lines = [json.loads(x) for x in f.read().splitlines()]
+    assert [(x["pid"], x["worker"]) for x in lines] == [(os.getpid(), 3)] * 3
+    assert list(lines[0]) == ["time", "identity", "listener", "pid", "worker", "operation",
+                              "key", "version", "result"]
