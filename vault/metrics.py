@@ -225,7 +225,9 @@ class Metrics:
     def __init__(self, source: StatsSource | Collector) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         own = isinstance(source, StatsSource)
-        self.registry.register(_StatsCollector(source) if own else source)
+        collector: Collector = _StatsCollector(source) if isinstance(source, StatsSource) \
+            else source
+        self.registry.register(collector)
         self._observers: dict[str, Callable[[float], None]] = {}
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None

@@ -55,6 +55,7 @@ def test_every_serve_option_is_a_config_field_or_a_vault_option() -> None:
         "keep_capabilities", "stop_on_tracer", "tracer_check_seconds",
         "max_versions_per_key",
         "max_connections", "connection_idle_seconds", "reserved_descriptors",
+        "worker_processes",
     }
 
 
