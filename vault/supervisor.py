@@ -28,7 +28,9 @@ has unsealed and is listening.  Each worker gets SIGTERM when the
 supervisor dies (PR_SET_PDEATHSIG, set by the worker itself), so none
 outlives it.  A worker that exits is restarted, at most
 ``worker_restart_burst`` times within ``worker_restart_window_seconds``;
-beyond that the whole server stops (exit 1).  SIGTERM or SIGINT stops
+beyond that the whole server stops (exit 1).  A worker that stopped for a
+tracer (``--stop-on-tracer``, status 3) is not restarted: every worker
+stops, and the server exits 3.  SIGTERM or SIGINT stops
 accepting on the public sockets, passes SIGTERM to every worker (each drains
 its calls for ``grace_seconds``, then zeroes and unmaps its secret memory),
 keeps relaying until the last has exited, and returns 0 when each did so.
@@ -68,6 +70,9 @@ log = logging.getLogger("secretvault.supervisor")
 WORKER_MODULE = "secretvault.vault.cli.worker"
 #: seconds a worker has to unseal and listen before the start fails
 READY_SECONDS = 300.0
+#: the status of a worker (and of the server) stopped by --stop-on-tracer
+#: (secretvault.vault.server.EXIT_TRACED; that module loads grpc, this one does not)
+EXIT_TRACED = 3
 #: seconds beyond the grace period a stopping worker has before it is killed
 STOP_MARGIN_SECONDS = 10.0
 
@@ -215,25 +220,32 @@ class Supervisor:
                 for w in self.workers]
 
     def run(self, stop: threading.Event) -> int:
-        """Restart workers that exit until ``stop`` is set (or one restarts too often),
-        then stop.  0 when every worker stopped cleanly."""
-        failed = False
+        """Restart workers that exit until ``stop`` is set (or one restarts too often,
+        or saw a tracer), then stop.  0 when every worker stopped cleanly."""
+        failed = 0
         while not stop.wait(0.2):
-            if not self._watch():
-                failed = True
+            failed = self._watch(stop)
+            if failed:
                 break
         codes = self.stop()
-        return 1 if failed or any(codes) else 0
+        return failed or (1 if any(codes) else 0)
 
-    def _watch(self) -> bool:
-        """Restart any worker that exited; False when one exits too often."""
+    def _watch(self, stop: threading.Event) -> int:
+        """Restart any worker that exited; else the server's exit status: 1 when one
+        exits too often, EXIT_TRACED when one stopped for a tracer."""
         c = self.config
         for w in self.workers:
             assert w.proc is not None
             code = w.proc.poll()
-            if code is None:
+            if code is None or stop.is_set():
                 continue
             self.relay.set_up(w.index, False)
+            if code == EXIT_TRACED:
+                # it zeroed its keys because a tracer attached: restarting it would
+                # unseal them again under the same tracer's eyes; the others stop too
+                self._out(f"secretvault: error: worker {w.index} (pid {w.pid}) stopped for a "
+                          "tracer; stopping every worker")
+                return EXIT_TRACED
             now = time.monotonic()
             while w.started and now - w.started[0] > c.worker_restart_window_seconds:
                 w.started.popleft()
@@ -241,12 +253,12 @@ class Supervisor:
                 self._out(f"secretvault: error: worker {w.index} exited (status {code}) "
                           f"{len(w.started)} times within {c.worker_restart_window_seconds:g} "
                           "s; stopping every worker")
-                return False
+                return 1
             self._out(f"secretvault: worker {w.index} (pid {w.pid}) exited with status "
                       f"{code}; restarting it")
             w.restarts += 1
             self._spawn(w)
-        return True
+        return 0
 
     def stop(self) -> list[int]:
         """Stop accepting, SIGTERM every worker, relay until they exit; their statuses."""

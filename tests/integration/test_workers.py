@@ -119,7 +119,7 @@ def _make_key(base: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
-def _start(base: str, pki: Pki) -> Child:
+def _start(base: str, pki: Pki, extra: tuple[str, ...] = ()) -> Child:
     server = pki.issue("server", cn="localhost", server=True)
     policy = os.path.join(base, "policy.toml")
     with open(policy, "w") as f:
@@ -129,7 +129,7 @@ def _start(base: str, pki: Pki) -> Child:
         "--workers", str(WORKERS), "--policy", policy,
         "--tcp", "127.0.0.1:0", "--tls-cert", server[0], "--tls-key", server[1],
         "--client-ca", pki.ca_path, "--audit-log", os.path.join(base, "audit.log"),
-        "--metrics", "127.0.0.1:0", "--grace", "2",
+        "--metrics", "127.0.0.1:0", "--grace", "2", *extra,
     ], env={"TMPDIR": os.path.join(base, "tmp")})
     child.wait_ready(120)
     return child
@@ -315,6 +315,32 @@ def test_a_worker_that_keeps_failing_stops_the_server() -> None:
         assert "worker 0 exited (status 2) 6 times within 60 s; stopping every worker" in err
         assert not os.path.exists(child.socket)
     finally:
+        if child is not None:
+            child.close()
+        cleanup(base)
+
+
+@pytest.mark.root
+def test_a_tracer_on_one_worker_stops_every_worker() -> None:
+    """Restarting it would unseal the keys again under the tracer's eyes."""
+    from tests.security.test_tracer import _seize
+
+    base = short_dir()
+    child = tracer = None
+    try:
+        _make_key(base)
+        child = _start(base, Pki(base), ("--stop-on-tracer",))
+        pids = _pids(child)
+        tracer = _seize(pids[1])
+        assert child.proc.wait(timeout=60) == 3, child.stderr()
+        err = child.stderr()
+        assert f"worker 1 (pid {pids[1]}) stopped for a tracer; stopping every worker" in err
+        assert "restarting" not in err
+        assert "secretvault worker 0: stopped; secret memory zeroed and unmapped" in err
+    finally:
+        if tracer is not None:
+            tracer.kill()
+            tracer.wait()
         if child is not None:
             child.close()
         cleanup(base)

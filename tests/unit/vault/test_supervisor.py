@@ -77,3 +77,9 @@ def test_the_summary_names_every_worker(tmp_path: Path) -> None:
         assert "2 processes (pids 0, 0; supervisor" in text.splitlines()[1]
     finally:
         sup.stop()
+
+
+def test_the_tracer_exit_status_is_the_servers() -> None:
+    from secretvault.vault import server, supervisor
+
+    assert supervisor.EXIT_TRACED == server.EXIT_TRACED
