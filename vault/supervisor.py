@@ -59,6 +59,7 @@ from dataclasses import dataclass, field, replace
 
 from secretvault.api.errors import FailedPrecondition
 from secretvault.vault.config import ServerConfig, WorkerSlot
+from secretvault.vault.connections import plan
 from secretvault.vault.listeners import listen_unix, remove_socket, unix_bindings
 from secretvault.vault.metrics import Metrics, WorkersCollector, WorkerState, split_host_port
 from secretvault.vault.policy import Policy
@@ -145,6 +146,9 @@ class Supervisor:
             self.public.append((u.path, u.identity))
             self.relay.add_listener(sock, f"unix:{u.path}",
                                     [replace(slot, index=i).socket(k) for i in range(self.count)])
+        if self.public:
+            # each relayed connection holds two of the supervisor's descriptors
+            self.relay.max_connections = plan(c, 2 * len(self.public)).per_listener
         if c.metrics:
             self._metrics = Metrics(WorkersCollector(self.states, self.count))
             self.metrics_address = self._metrics.bind(c.metrics)

@@ -83,3 +83,19 @@ def test_the_tracer_exit_status_is_the_servers() -> None:
     from secretvault.vault import server, supervisor
 
     assert supervisor.EXIT_TRACED == server.EXIT_TRACED
+
+
+def test_the_public_socket_is_guarded_and_its_relay_capped(tmp_path: Path) -> None:
+    import stat
+
+    sup = Supervisor(_config(tmp_path, max_connections=10))
+    try:
+        sup._bind()
+        path = tmp_path / "run" / "s"
+        assert stat.S_ISSOCK(path.stat().st_mode) and path.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "run").stat().st_mode & 0o777 == 0o700
+        assert sup.relay.max_connections == 10
+        assert sup.relay.connections() == {f"unix:{path}": [0, 0]}
+    finally:
+        sup.stop()
+    assert not path.exists()
