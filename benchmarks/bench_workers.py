@@ -22,8 +22,10 @@ Figures are medians over rounds, ratios medians of per-round ratios.  The
 targets: batches from 2 workers >= 1.5x one worker, and >= 0.9x of one
 core's in-process libsodium rate.  Unary figures are reported only: this
 process, the client, shares the two cores with the servers.  CPU/op is the
-whole server's (the supervisor and every worker).  Before the rounds, each
-connection asks GetStats which worker it reached, and the spread is printed.
+whole server's (the supervisor and every worker); the supervisor's own share
+(its relay, on the Unix-socket forms) is printed under the table.  Before the
+rounds, each connection asks GetStats which worker it reached, and the
+spread is printed.
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ from typing import Any
 
 import grpc
 
-from benchmarks._measure import Measure, PeerMissing, Rate
+from benchmarks._measure import Measure, PeerMissing, Rate, median
 from benchmarks._report import Report, Row, Target, loadavg, machine
 from benchmarks._rounds import (
     Bench,
     add_round_options,
     loop_form,
+    process_cpu,
     process_tree_cpu,
     rounds_and_seconds,
 )
@@ -107,6 +110,24 @@ def _spread(channels: list[grpc.Channel]) -> str:
     return ", ".join(f"pid {pid}: {n}" for pid, n in sorted(pids.items()))
 
 
+#: the supervisor's own CPU per operation (its relay), per Unix-socket form, per round
+RELAY_CPU: dict[str, list[float]] = {}
+
+
+def _relay_measured(key: str, rate: Rate, supervisor: Callable[[], float]) -> Rate:
+    """``rate``, also noting the supervisor's CPU per operation (the relay's cost)."""
+
+    def measured(seconds: float) -> float:
+        c0, t0 = supervisor(), time.perf_counter()
+        value = rate(seconds)
+        ops = value * (time.perf_counter() - t0)
+        if ops > 0:
+            RELAY_CPU.setdefault(key, []).append((supervisor() - c0) / ops * 1e6)
+        return value
+
+    return measured
+
+
 def _add_servers(bench: Bench, stack: contextlib.ExitStack, connections: int,
                  log: Callable[[str], None]) -> None:
     from benchmarks import vault_target
@@ -124,6 +145,7 @@ def _add_servers(bench: Bench, stack: contextlib.ExitStack, connections: int,
                     bench.missing(f"{key}.{t}.{fkey}", f"{label}, {flabel}, {tname}", str(e))
             continue
         cpu = process_tree_cpu(server.pid)
+        supervisor = process_cpu(server.pid)
         for t, tname in TRANSPORTS:
             channels = _channels(server, t, tls, connections, stack)
             log(f"{label}, {tname}: {connections} connections reach {_spread(channels)}")
@@ -134,9 +156,14 @@ def _add_servers(bench: Bench, stack: contextlib.ExitStack, connections: int,
                 else:
                     call, request = Spread([s.batch for s in stubs]), stubs[0].batch_request
 
+                relayed = workers > 0 and t == "unix"
+
                 def make(latencies: list[int], call: Any = call, request: Any = request,
-                         ops: int = ops) -> Rate:
-                    return inflight_rate(call, request, WINDOW, latencies, ops_per_call=ops)
+                         ops: int = ops, form: str = f"{key}.{t}.{fkey}",
+                         relayed: bool = relayed,
+                         supervisor: Callable[[], float] = supervisor) -> Rate:
+                    rate = inflight_rate(call, request, WINDOW, latencies, ops_per_call=ops)
+                    return _relay_measured(form, rate, supervisor) if relayed else rate
 
                 bench.add(f"{key}.{t}.{fkey}", f"{label}, {flabel}, {tname}", make, cpu)
 
@@ -201,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{len(bench.measures)} forms x {rounds} rounds x {seconds} s")
         bench.run(rounds, seconds)
     mach["loadavg_end"] = loadavg()
+    relay = {k: median(v) for k, v in RELAY_CPU.items()}
     config = {"rounds": rounds, "seconds": seconds, "quick": args.quick, "batch": BATCH,
               "window": WINDOW, "connections": args.connections,
-              "elapsed_s": time.monotonic() - started}
+              "elapsed_s": time.monotonic() - started, "relay_cpu_us_per_op": relay}
     report = Report(mach, config, bench.measures, build_rows(bench.measures),
                     title="secretvault serve --workers: 1 worker against 2")
     if args.json:
@@ -211,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         report.print(sys.stderr)
     else:
         report.print()
+    for form, us in relay.items():
+        print(f"  the supervisor's relay, {form}: {us:.1f} µs of CPU per operation (median "
+              "over rounds; included in CPU/op above)", file=sys.stderr if args.json else None)
     return 1 if all(m.missing for m in bench.measures.values()) else 0
 
 
