@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import stat
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -265,8 +266,45 @@ def test_sigterm_drains_every_worker_then_stops() -> None:
         _make_key(base)
         child = _start(base, Pki(base))
         pids = _pids(child)
+        # batches keep arriving through the relay, on one connection per worker
+        calls: list[tuple[float, float, str]] = []
+        stop = threading.Event()
+        batch = crypto_pb2.BatchRequest(operations=[
+            crypto_pb2.Operation(id=i, sign=crypto_pb2.SignRequest(key=KEY, message=b"m"))
+            for i in range(500)])
+
+        def load() -> None:
+            with grpc.insecure_channel(f"unix:{child.socket}", options=FRESH) as ch:
+                stub = crypto_pb2_grpc.CryptoServiceStub(ch)
+                while not stop.is_set():
+                    t0 = time.monotonic()
+                    try:
+                        r = stub.Batch(batch, timeout=30)
+                        ok = all(x.WhichOneof("result") == "sign" for x in r.results)
+                        outcome = "ok" if ok and len(r.results) == 500 else "partial"
+                    except grpc.RpcError as e:
+                        outcome = e.code().name
+                    calls.append((t0, time.monotonic(), outcome))
+                    if outcome != "ok":
+                        return
+
+        threads = [threading.Thread(target=load) for _ in range(WORKERS)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        signalled = time.monotonic()
         child.terminate()
         assert child.proc.wait(timeout=60) == 0, child.stderr()
+        stop.set()
+        for t in threads:
+            t.join(30)
+        # every call made before the signal was answered whole, one in flight at the
+        # signal among them; a later one may be refused (never acknowledged)
+        told = [(round(t0 - signalled, 3), round(t1 - signalled, 3), r) for t0, t1, r in calls]
+        assert any(t0 < 0 < t1 and r == "ok" for t0, t1, r in told), told[-6:]
+        assert all(r == "ok" for t0, _, r in told if t0 < 0), told[-6:]
+        assert {r for t0, _, r in told if t0 >= 0} <= {"ok", "UNAVAILABLE", "CANCELLED"}, \
+            told[-6:]
         err = child.stderr()
         for i in range(WORKERS):
             assert f"secretvault worker {i}: stopped; secret memory zeroed and unmapped" in err
