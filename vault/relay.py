@@ -21,7 +21,7 @@ One thread, one ``epoll`` set, level-triggered.  Bytes are read into one
 scratch buffer and written on at once; what the other side cannot take yet
 is kept (at most one read, per direction) and that side is not read again
 until it is written.  So a slow reader holds at most :data:`CHUNK` bytes per
-direction here, and the kernel's socket buffers do the rest.  Each listener
+direction here (64 KiB), and the kernel's socket buffers do the rest.  Each listener
 holds at most ``max_connections`` relayed connections; one beyond is closed
 as it is accepted, as grpc's own listeners do.  A connection idle for long
 is closed by the worker (``connection_idle_seconds``), and the relay closes
@@ -42,8 +42,10 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("secretvault.relay")
 
-#: bytes read at once (and the most kept for a side that cannot take them yet)
-CHUNK = 1 << 18
+#: bytes read at once, and the most kept for a side that cannot take them yet: a
+#: listener's callers can make the relay hold at most 2 x CHUNK per connection,
+#: 128 MiB at the default 1,024 connections (the kernel's socket buffers hold the rest)
+CHUNK = 1 << 16
 
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _BAD = select.EPOLLHUP | select.EPOLLERR
