@@ -111,12 +111,15 @@ class Supervisor:
         self._tcp: socket.socket | None = None
         self._metrics: Metrics | None = None
         self._stopping = threading.Event()
+        self._start_stop: threading.Event | None = None
         self._worker_config = config
 
     # --- start ----------------------------------------------------------------------
 
-    def start(self) -> Supervisor:
-        """Bind every public listener, start every worker, wait until each is ready."""
+    def start(self, stop: threading.Event | None = None) -> Supervisor:
+        """Bind every public listener, start every worker, wait until each is ready
+        (or ``stop`` is set: then :class:`FailedPrecondition`, every worker stopped)."""
+        self._start_stop = stop
         try:
             self._bind()
             if self._after_bind is not None:
@@ -214,6 +217,8 @@ class Supervisor:
                 if time.monotonic() > deadline:
                     raise FailedPrecondition(f"worker {w.index} was not ready within "
                                              f"{READY_SECONDS:g} s")
+                if self._start_stop is not None and self._start_stop.is_set():
+                    raise FailedPrecondition("stopped while the workers were starting")
 
     # --- serving --------------------------------------------------------------------
 

@@ -401,3 +401,37 @@ def _found(pattern: str, text: str) -> str:
 def _pids(child: Child) -> list[int]:
     """The workers' pids, as the supervisor's summary names them."""
     return [int(p) for p in _found(r"\(pids ([\d, ]+);", child.stderr()).split(", ")]
+
+
+def test_sigterm_while_the_workers_start_stops_them_all() -> None:
+    base = short_dir()
+    try:
+        _make_key(base)
+        os.makedirs(os.path.join(base, "tmp"), mode=0o700)
+        child = Child(base, ["--workers", str(WORKERS), "--grace", "1"],
+                      env={"TMPDIR": os.path.join(base, "tmp")})
+        try:
+            # as soon as worker 0 is on its way, before anything is ready
+            deadline = time.monotonic() + 30
+            while not _children(child.proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            started = _children(child.proc.pid)
+            assert started, child.stderr()
+            child.terminate()
+            assert child.proc.wait(timeout=60) != 0
+            assert "stopped while the workers were starting" in child.stderr()
+            assert "secretvault is serving" not in child.stderr()
+            assert not [p for p in started if _alive(p)]
+            assert not os.path.exists(child.socket)
+        finally:
+            child.close()
+    finally:
+        cleanup(base)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []

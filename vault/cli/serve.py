@@ -204,7 +204,7 @@ def _supervise(config: ServerConfig) -> int:
             def after_bind() -> None:
                 workers_need = replace(config, policy_file=None, listeners=(), metrics=None)
                 _drop_capabilities(_bind_capabilities(workers_need))
-        supervisor = Supervisor(config, after_bind=after_bind).start()
+        supervisor = Supervisor(config, after_bind=after_bind).start(stop)
         print(supervisor.summary(), file=sys.stderr, flush=True)
         code = supervisor.run(stop)
         name = signal.Signals(received[0]).name if received else "stop"
