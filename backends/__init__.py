@@ -24,7 +24,7 @@ from secretvault.backends._memfd import MemfdSecretBackend
 from secretvault.backends._process import Exposure, drop_capabilities, exposure, tracer_pid
 from secretvault.backends._procfs import PAGE_SIZE, MemcgReading
 from secretvault.backends._slots import SIZE_CLASSES, Slot, SlotAllocator, size_class
-from secretvault.backends._sys import harden_process
+from secretvault.backends._sys import harden_process, set_parent_death_signal
 
 __all__ = [
     "KEY_SLOT_SIZES",
@@ -46,6 +46,7 @@ __all__ = [
     "drop_capabilities",
     "exposure",
     "harden_process",
+    "set_parent_death_signal",
     "size_class",
     "tracer_pid",
 ]

@@ -44,6 +44,7 @@ O_CLOEXEC = os.O_CLOEXEC
 
 # <linux/prctl.h>
 PR_SET_DUMPABLE = 4
+PR_SET_PDEATHSIG = 1
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
@@ -357,6 +358,20 @@ def harden_process() -> None:
     if _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         err = _errno()
         raise BackendError(f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(err)}")
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Have the kernel send ``signum`` to this process when its parent dies.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked this process exits,
+    not only its whole process: a parent must start children from a thread
+    that lives as long as it does (``serve --workers`` starts every worker
+    from its main thread).  It is kept across execve (but for set-uid
+    programs) and cleared in this process's own children.
+    """
+    if _libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        err = _errno()
+        raise BackendError(f"prctl(PR_SET_PDEATHSIG, {signum}) failed: {os.strerror(err)}")
 
 
 def is_dumpable() -> bool:

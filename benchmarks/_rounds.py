@@ -93,6 +93,28 @@ def process_cpu(pid: int) -> CpuClock:
     return read
 
 
+def process_tree_cpu(pid: int) -> CpuClock:
+    """CPU seconds of ``pid`` and of its children now (``serve --workers``: the
+    supervisor and every worker), from /proc."""
+    own = process_cpu(pid)
+
+    def read() -> float:
+        total = own()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == pid:  # ppid
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    return read
+
+
 def loop_form(run: Run, ops_per_unit: int = 1) -> Callable[[list[int]], Rate]:
     """An in-process loop form (no per-call latency recorded)."""
 

@@ -56,7 +56,7 @@ POLICY = f"""\
 tls = ["{CLIENT_URI}"]
 
 [[identities.bench.allow]]
-operations = ["sign", "verify", "get_public_key", "get_key"]
+operations = ["sign", "verify", "get_public_key", "get_key", "get_stats"]
 keys = ["bench/*"]
 """
 
@@ -101,7 +101,8 @@ def _signature(token: bytes) -> bytes:
 class VaultServer:
     """A real secretvault server in a child process, on a temp data dir."""
 
-    def __init__(self, workdir: Path, tls: TlsFiles) -> None:
+    def __init__(self, workdir: Path, tls: TlsFiles, *, workers: int = 0,
+                 name: str = "secretvault serve") -> None:
         try:
             from secretvault.api._proto.secretvault.v1 import (
                 crypto_pb2_grpc,
@@ -126,9 +127,13 @@ class VaultServer:
             "--audit-log", "/dev/null",
             "--grace", "1",
         ]
+        if workers:
+            # every worker unseals the store as it starts: the key is made first
+            _make_key(workdir / "data")
+            argv += ["--workers", str(workers)]
         env, repo = child_env()
         # the start-up summary names the TCP listener once every listener is up
-        self._proc = ServerProcess(argv, name="secretvault serve",
+        self._proc = ServerProcess(argv, name=name,
                                    ready=r"listening\s+tcp:127\.0\.0\.1:(\d+)",
                                    env=env, cwd=repo)
         self.port = self._proc.port
@@ -138,8 +143,9 @@ class VaultServer:
         try:
             with unix_channel(str(self.socket)) as ch:
                 keys = key_stub(ch)
-                keys.CreateKey(keys_pb2.CreateKeyRequest(
-                    name=KEY_NAME, type=keys_pb2.KEY_TYPE_ED25519), timeout=30)
+                if not workers:
+                    keys.CreateKey(keys_pb2.CreateKeyRequest(
+                        name=KEY_NAME, type=keys_pb2.KEY_TYPE_ED25519), timeout=30)
                 pk = keys.GetPublicKey(keys_pb2.GetPublicKeyRequest(
                     name=KEY_NAME, format=keys_pb2.PUBLIC_KEY_FORMAT_RAW), timeout=30)
             self.public_key = Ed25519PublicKey.from_public_bytes(pk.public_key)
@@ -214,6 +220,18 @@ class VaultServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _make_key(data_dir: Path) -> None:
+    """``bench/sign`` in a new store at ``data_dir`` (its unseal key file beside it)."""
+    from secretvault.vault.app import VaultConfig, open_vault
+
+    v = open_vault(VaultConfig(data_dir=str(data_dir), socket=str(data_dir / "unused.sock"),
+                               harden=False))
+    try:
+        v.keyring.create(KEY_NAME, "ed25519")
+    finally:
+        v.close()
 
 
 # --- where the time goes: the same work in-process, without gRPC -----------------------------

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
         Process,
         SizeClass,
         Stats,
+        Worker,
     )
     from secretvault.clients._types import Key, KeyVersion, PublicKey
     from secretvault.clients.aio import AsyncVaultClient
@@ -81,7 +82,7 @@ _LAZY = {
     **{
         name: "secretvault.clients._stats"
         for name in ("DirectMap", "Feed", "IdentityQuota", "Memcg", "Memlock", "OperationCount",
-                     "Process", "SizeClass", "Stats")
+                     "Process", "SizeClass", "Stats", "Worker")
     },
     **{name: "secretvault.clients._types" for name in ("Key", "KeyVersion", "PublicKey")},
     **{name: "secretvault.clients._options" for name in ("NO_RETRY", "RetryPolicy", "TlsConfig")},
@@ -152,5 +153,6 @@ __all__ = [
     "VerifyMac",
     "VersionBelowMinimum",
     "VersionNotFound",
+    "Worker",
     "WrongKeyType",
 ]

@@ -2,7 +2,7 @@
 
 :class:`Stats` (with :class:`SizeClass`, :class:`Memlock`, :class:`Memcg`,
 :class:`DirectMap`, :class:`OperationCount`, :class:`Process` and
-:class:`IdentityQuota` for its sections) carries the fields of the wire
+:class:`IdentityQuota` and :class:`Worker` for its sections) carries the fields of the wire
 ``Stats`` message under the same names, in Python types:
 ``int``, ``str``, ``bool``, tuples for repeated fields, mappings for map
 fields, and ``None`` exactly where the message leaves an optional field
@@ -155,6 +155,18 @@ class Feed:
 
 
 @dataclass(frozen=True, slots=True)
+class Worker:
+    """Which worker of ``secretvault serve --workers N`` answered."""
+
+    #: 0 .. count-1 (a restarted worker keeps its index)
+    index: int
+    #: N; each worker holds its own copy of every key: these stats are one worker's
+    count: int
+    #: the supervisor that started it
+    supervisor_pid: int
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """What secret memory costs right now, as the vault reported it."""
 
@@ -187,6 +199,11 @@ class Stats:
     identity_quotas: tuple[IdentityQuota, ...] = ()
     #: the store's change feed, as this process follows it; None from an older server
     feed: Feed | None = None
+    #: the pid of the process that answered (every figure is its own); 0 from an
+    #: older server
+    pid: int = 0
+    #: which worker it is; None when the server is one process
+    worker: Worker | None = None
 
 
 def _optional(msg: Message, field: str) -> int | None:
@@ -276,4 +293,8 @@ def stats_from_wire(msg: stats_pb2.Stats) -> Stats:
                   last_lag_seconds=msg.feed.last_lag_seconds,
                   store_reachable=msg.feed.store_reachable, error=msg.feed.error)
         if msg.HasField("feed") else None,
+        pid=msg.pid,
+        worker=Worker(index=msg.worker.index, count=msg.worker.count,
+                      supervisor_pid=msg.worker.supervisor_pid)
+        if msg.HasField("worker") else None,
     )

@@ -187,7 +187,9 @@ def open_vault(config: VaultConfig, *, progress: Progress | None = None,
     """Harden the process, pick the backend, hold the store, unseal it.
 
     ``holder`` says what this process is, to anyone refused the store while
-    it is open here (:class:`StoreInUse`).
+    it is open here (:class:`StoreInUse`).  Every serving process (replica,
+    worker of ``serve --workers``, embedded keyring) shares the store and
+    follows its change feed; only a first start or a migration holds it alone.
     """
     if config.harden:
         harden_process()

@@ -2,7 +2,8 @@
 
 Each line carries the time, the identity (as the listener or the client
 certificate established it), the listener, the operation, the key name, the
-key version and the result (``ok`` or the gRPC status code name).  Never a
+key version and the result (``ok`` or the gRPC status code name); a worker of
+``serve --workers N`` adds its ``pid`` and ``worker`` index after the listener.  Never a
 message, a plaintext, a ciphertext, a signature, a MAC or any key material:
 the record type below has no field that could hold them.
 
@@ -35,6 +36,8 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import stat
 import sys
 import threading
 import time
@@ -62,6 +65,9 @@ _MAX_WORD = 64
 #: then carries ``"truncated":true``), every number is an int, and a batch's
 #: summary names at most the few operations a batch can carry
 MAX_LINE = 4096
+#: bytes a pipe writes whole (POSIX: at least 512; Linux: 4096, one page)
+PIPE_BUF = select.PIPE_BUF
+assert MAX_LINE <= PIPE_BUF
 _TRUNCATED = ',"truncated":true'
 
 
@@ -79,6 +85,13 @@ def _clip(text: str, budget: int) -> tuple[str, bool]:
         if len(quoted) <= budget:
             return quoted, True
     return '""', True  # unreachable: 12 bytes per character at most
+
+
+def _is_regular(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 class AuditRecord(NamedTuple):
@@ -101,9 +114,14 @@ class AuditLog:
     time's seconds are formatted once a second.
     """
 
-    def __init__(self, path: str | None = None, *, fail_open: bool = False) -> None:
+    def __init__(self, path: str | None = None, *, fail_open: bool = False,
+                 worker: int | None = None) -> None:
         self.path = path
         self.fail_open = fail_open
+        #: a worker of ``serve --workers`` names itself in every line: after the
+        #: listener come ``"pid":P,"worker":I`` (N workers append to one log)
+        self._process = "" if worker is None else f',"pid":{os.getpid()},"worker":{int(worker)}'
+
         self._lock = threading.Lock()
         self._owned = False
         self._quoted: dict[str, tuple[str, bool]] = {}
@@ -118,6 +136,12 @@ class AuditLog:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                                0o600)
             self._owned = True
+        #: N workers writing one pipe (their shared stderr, a journal): a write of
+        #: more than PIPE_BUF bytes may interleave with another's mid-line, so a
+        #: worker writes a batch's lines in pieces of whole lines, each at most
+        #: PIPE_BUF (no line is longer: MAX_LINE).  A regular file's O_APPEND
+        #: write is whole either way.
+        self._pieces = worker is not None and not _is_regular(self._fd)
 
     @property
     def where(self) -> str:
@@ -146,7 +170,8 @@ class AuditLog:
             ident, cut = _clip(identity, _MAX_FIELD)
             where, cut_too = _clip(listener, _MAX_FIELD)
             who = self._callers[(identity, listener)] = (
-                f',"identity":{ident},"listener":{where},"operation":', cut or cut_too)
+                f',"identity":{ident},"listener":{where}{self._process},"operation":',
+                cut or cut_too)
         return who
 
     def _stamp(self, now: float) -> str:
@@ -246,6 +271,17 @@ class AuditLog:
 
     def _append(self, text: str) -> None:
         data = text.encode("ascii")
+        if self._pieces and len(data) > PIPE_BUF:
+            at = 0
+            while at < len(data):
+                end = data.rfind(b"\n", at, at + PIPE_BUF) + 1 if len(data) - at > PIPE_BUF \
+                    else len(data)
+                self._append_bytes(data[at:end])
+                at = end
+            return
+        self._append_bytes(data)
+
+    def _append_bytes(self, data: bytes) -> None:
         try:
             with self._lock:
                 n = os.write(self._fd, data)

@@ -11,8 +11,14 @@ from collections.abc import Callable
 
 #: a batch hands its turn to a waiting batch after this many operations (a
 #: power of two, and a multiple of 8: it is tested with a mask where the
-#: deadline is, every 8 operations)
-BATCH_TURN_OPERATIONS = 64
+#: deadline is, every 8 operations).  128, not 64: a batch of 100 (the
+#: benchmarks' size) then hands over once, at its end, instead of twice; under
+#: 32 batches in flight, a py-spy profile of a worker (--gil) had 33% of its
+#: GIL-holding samples in the hand-over (``give``: waking the next batch's
+#: thread), and the server's context switches per operation fell from 0.42 to
+#: 0.38 (benchmarks/bench_workers.py).  A batch still waits at most one turn,
+#: about 2.5 ms of signing, of each batch ahead of it
+BATCH_TURN_OPERATIONS = 128
 
 
 class BatchTurns:

@@ -18,6 +18,35 @@ from secretvault.api.errors import InvalidArgument
 from secretvault.vault.app import VaultConfig
 from secretvault.vault.policy import SocketBinding
 
+#: the most ``serve --workers``: each holds its own copy of every key
+MAX_WORKER_PROCESSES = 256
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """What makes a server one worker of ``serve --workers N`` (set by the supervisor).
+
+    The worker binds each Unix listener at a private socket in ``directory``
+    (0700, the supervisor's), named for its index and the listener's place in
+    :func:`~secretvault.vault.listeners.unix_bindings`, and reports the public
+    path in audit lines and stats; TCP it binds itself, on the same port as
+    every other worker (SO_REUSEPORT).
+    """
+
+    index: int
+    count: int
+    directory: str
+    supervisor_pid: int
+
+    def socket(self, listener: int) -> str:
+        """The private socket of this worker's ``listener``-th Unix listener."""
+        return f"{self.directory}/w{self.index}-{listener}.sock"
+
+    @property
+    def metrics_socket(self) -> str:
+        """Where this worker hands its metrics to the supervisor's endpoint."""
+        return f"{self.directory}/w{self.index}-metrics.sock"
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -115,6 +144,18 @@ class ServerConfig:
     ssh_agent_idle_seconds: float = 300.0
     #: keys one identity may hold in the agent (added with ssh-add, memory only)
     ssh_agent_max_keys: int = 64
+    #: processes serving (``serve --workers N``).  0: this process serves.  N >= 1:
+    #: a supervisor starts N workers, each unsealing the store into its own secret
+    #: memory (N copies of every key, N times the memlock), and every listener
+    #: reaches all of them: TCP by SO_REUSEPORT, the Unix sockets through the
+    #: supervisor's relay (``secretvault.vault.supervisor``)
+    worker_processes: int = 0
+    #: a worker that exits is restarted; one restarted more than this many times
+    #: within ``worker_restart_window_seconds`` stops the whole server (exit 1)
+    worker_restart_burst: int = 5
+    worker_restart_window_seconds: float = 60.0
+    #: set by the supervisor in each worker's own configuration, never by hand
+    worker: WorkerSlot | None = None
 
     def validate(self) -> None:
         """Refuse a configuration that cannot serve, or a limit out of its range."""
@@ -170,3 +211,9 @@ class ServerConfig:
             raise InvalidArgument("the --ssh-agent socket must be an absolute path")
         if not 16 <= self.reserved_descriptors <= 1 << 20:
             raise InvalidArgument("reserved_descriptors must be between 16 and 1,048,576")
+        if not 0 <= self.worker_processes <= MAX_WORKER_PROCESSES:
+            raise InvalidArgument(f"worker_processes (--workers) must be between 0 and "
+                                  f"{MAX_WORKER_PROCESSES}")
+        if self.worker_restart_burst < 0 or self.worker_restart_window_seconds <= 0:
+            raise InvalidArgument("worker_restart_burst must be >= 0 and "
+                                  "worker_restart_window_seconds more than 0")

@@ -215,6 +215,31 @@ def bind_unix(server: grpc.Server, listener: SocketBinding) -> None:
     bind_socket(listener, create)
 
 
+#: connections a relayed public socket lets wait to be accepted (the kernel caps
+#: it at net.core.somaxconn)
+LISTEN_BACKLOG = 4096
+
+
+def listen_unix(listener: SocketBinding) -> socket.socket:
+    """A listening socket of our own at ``listener``'s path, guarded as :func:`bind_unix`
+    guards grpc's (``serve --workers``: the supervisor's public sockets)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+
+    def add(path: str) -> None:
+        try:
+            sock.bind(path)
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as e:
+            raise FailedPrecondition(f"cannot listen on {path}: {e.strerror}") from None
+
+    try:
+        bind_socket(listener, add)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def bind_socket(listener: SocketBinding, create: Callable[[str], None]) -> None:
     """Make ``listener``'s socket with ``create(path)`` (a gRPC port, the SSH agent's
     own socket), guarded as every listener is: its directory checked, a stale

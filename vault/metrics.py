@@ -12,16 +12,19 @@ vault holds and how busy it is.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -227,11 +230,25 @@ class _StatsCollector(Collector):
 
 
 class Metrics:
-    """A private registry (several servers may live in one process, as in tests)."""
+    """A private registry (several servers may live in one process, as in tests).
 
-    def __init__(self, source: StatsSource) -> None:
+    A server's registry is built from its :class:`StatsSource`; the supervisor
+    of ``serve --workers`` gives its own collector (:class:`WorkersCollector`),
+    and has no latencies of its own (its workers' carry theirs).
+    """
+
+    def __init__(self, source: StatsSource | Collector) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_StatsCollector(source))
+        own = isinstance(source, StatsSource)
+        collector: Collector = _StatsCollector(source) if isinstance(source, StatsSource) \
+            else source
+        self.registry.register(collector)
+        self._observers: dict[str, Callable[[float], None]] = {}
+        self._http: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._dump: socket.socket | None = None
+        if not own:
+            return
         self.latency = Histogram(
             f"{PREFIX}_operation_duration_seconds",
             "Time to serve each operation (unary call, or one operation of a stream; a "
@@ -242,9 +259,6 @@ class Metrics:
         )
         # the histogram's child per operation: ``labels()`` takes a lock and
         # builds a key on every call, so each child is looked up once
-        self._observers: dict[str, Callable[[float], None]] = {}
-        self._http: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
 
     def observer(self, operation: str) -> Callable[[float], None]:
         """The function recording one latency (seconds) of ``operation``."""
@@ -281,7 +295,39 @@ class Metrics:
                                         name="secretvault-metrics")
         self._thread.start()
 
+    def serve_unix(self, path: str) -> None:
+        """A worker's metrics for its supervisor: every connection to ``path`` (in the
+        supervisor's 0700 directory) is sent the exposition text, then closed."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by this worker's previous life
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        sock.listen(MAX_CONNECTIONS)
+        self._dump = sock
+        threading.Thread(target=self._serve_dump, args=(sock,), daemon=True,
+                         name="secretvault-metrics-dump").start()
+
+    def _serve_dump(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                conn.settimeout(IDLE_SECONDS)
+                with contextlib.suppress(OSError):
+                    conn.sendall(generate_latest(self.registry))
+
     def close(self) -> None:
+        if self._dump is not None:
+            with contextlib.suppress(OSError):
+                self._dump.shutdown(socket.SHUT_RDWR)
+            self._dump.close()
+            self._dump = None
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -289,6 +335,82 @@ class Metrics:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+# --- serve --workers: the supervisor's endpoint ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """One worker as the supervisor sees it, for its metrics."""
+
+    index: int
+    pid: int
+    up: bool  # started and ready
+    restarts: int
+    #: the worker's metrics socket (WorkerSlot.metrics_socket)
+    metrics_socket: str
+
+
+def read_worker_metrics(path: str, timeout: float = 2.0) -> str:
+    """The exposition text a worker's :meth:`Metrics.serve_unix` hands over."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+class WorkersCollector(Collector):
+    """The workers' metrics, each sample labelled ``worker="I"``, and their states.
+
+    Every worker holds its own copy of the keys, so each figure (secret
+    memory, memlock, keys, operations) is per worker: ``sum without(worker)``
+    is what the host holds.  A worker that is down, or does not answer within
+    the timeout, is left out of that scrape (``secretvault_worker_up`` says 0).
+    """
+
+    def __init__(self, workers: Callable[[], list[WorkerState]], configured: int) -> None:
+        self._workers = workers
+        self._configured = configured
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        states = self._workers()
+        count = _gauge("workers", "Worker processes configured (serve --workers).")
+        count.add_metric([], self._configured)
+        yield count
+        up = _gauge("worker_up", "1 while the worker is started and ready.", ("worker",))
+        info = _gauge("worker_info", "The worker's process id now.", ("worker", "pid"))
+        restarts = CounterMetricFamily(f"{PREFIX}_worker_restarts", "Times the supervisor "
+                                       "restarted the worker.", labels=["worker"])
+        merged: dict[str, Metric] = {}
+        for w in states:
+            index = str(w.index)
+            restarts.add_metric([index], w.restarts)
+            info.add_metric([index, str(w.pid)], 1)
+            text = None
+            if w.up:
+                try:
+                    text = read_worker_metrics(w.metrics_socket)
+                except OSError as e:
+                    log.warning("worker %d (pid %d) gave no metrics: %s", w.index, w.pid, e)
+            up.add_metric([index], 1 if text is not None else 0)
+            for family in text_string_to_metric_families(text or ""):
+                into = merged.get(family.name)
+                if into is None:
+                    into = merged[family.name] = Metric(family.name, family.documentation,
+                                                        family.type, family.unit)
+                for sample in family.samples:
+                    into.add_sample(sample.name, {**sample.labels, "worker": index},
+                                    sample.value)
+        yield up
+        yield info
+        yield restarts
+        yield from merged.values()
 
 
 def split_host_port(address: str) -> tuple[str, int]:

@@ -52,9 +52,9 @@ from secretvault.vault.edge import Authenticator, Edge, EdgeInterceptor
 from secretvault.vault.handlers import SERVICE_NAMES, generic_handlers
 from secretvault.vault.listeners import bind_unix, remove_socket, unix_bindings
 from secretvault.vault.metrics import Metrics, split_host_port
-from secretvault.vault.policy import OWNER, Policy
+from secretvault.vault.policy import OWNER, Policy, SocketBinding
 from secretvault.vault.servicers import CryptoServicer, KeyServicer, StatsServicer
-from secretvault.vault.stats import OperationCounters, StatsSource
+from secretvault.vault.stats import OperationCounters, StatsSource, WorkerInfo
 from secretvault.vault.unsealing import Progress
 
 #: the service whose health follows the store's (every other serves from secret memory)
@@ -83,23 +83,31 @@ class VaultServer:
         self._owns_vault = owns_vault
         self.policy = Policy.load(config.policy_file) if config.policy_file else Policy()
         self.counters = OperationCounters()
+        #: set when this server is one worker of ``serve --workers N``
+        self.worker = config.worker
         quotas = vault.keyring.quotas
         quotas.configure(max_versions=config.max_versions_per_key,
                          budget=self.policy.secret_memory,
                          identities=(OWNER, *self.policy.identities))
+        slot = config.worker
         self.stats = StatsSource(vault.allocator.statistics, vault.keyring.counts_by_type,
                                  self.counters, quotas, stop_on_tracer=config.stop_on_tracer,
                                  tracer_check_seconds=config.tracer_check_seconds,
-                                 feed=None if vault.feed is None else vault.feed.statistics)
+                                 feed=None if vault.feed is None else vault.feed.statistics,
+                                 worker=None if slot is None else
+                                 WorkerInfo(slot.index, slot.count, slot.supervisor_pid))
         self.metrics = Metrics(self.stats) if config.metrics else None
         self.metrics_address: tuple[str, int] | None = None
-        self.audit = AuditLog(config.audit_log, fail_open=config.audit_fail_open)
+        self.audit = AuditLog(config.audit_log, fail_open=config.audit_fail_open,
+                              worker=None if slot is None else slot.index)
         self.edge = Edge(self.policy, self.audit, self.counters, self.metrics,
                          max_batch=config.max_batch_operations, workers=config.workers,
                          max_streams_per_identity=config.max_streams_per_identity,
                          stream_idle_seconds=config.stream_idle_seconds)
         self.agent: AgentServer | None = None
-        if agent_bindings(config, self.policy):
+        # with --workers, the SSH agent is worker 0's alone: keys added with
+        # ssh-add live in one process's memory, and every connection must see them
+        if agent_bindings(config, self.policy) and (slot is None or slot.index == 0):
             self.agent = AgentServer(config, self.policy, vault.keyring, vault.allocator,
                                      self.audit, self.counters,
                                      self.metrics.observe if self.metrics else None)
@@ -125,15 +133,17 @@ class VaultServer:
 
     # --- start -------------------------------------------------------------------------
 
-    def _new_server(self, listener: str, identity: str | None,
-                    extra: list[tuple[str, int]] | None = None) -> grpc.Server:
+    def _new_server(self, listener: str, identity: str | None, *,
+                    reuse_port: bool = False) -> grpc.Server:
         limit = self.config.max_message_bytes
         options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", limit),
             # a batch's answers can outgrow its question (ciphertexts carry a
             # nonce and a tag); the client's own receive limit still applies
             ("grpc.max_send_message_length", 4 * limit),
-            ("grpc.so_reuseport", 0),
+            # only the workers of one serve --workers share a port: SO_REUSEPORT
+            # lets each bind it, and the kernel spreads connections among them
+            ("grpc.so_reuseport", int(reuse_port)),
         ]
         assert self.connections is not None
         options += grpc_options(self.config, self.connections)
@@ -144,7 +154,7 @@ class VaultServer:
         server = grpc.server(
             executor,
             interceptors=[interceptor],
-            options=options + (extra or []),
+            options=options,
             # beyond this many calls in progress (running or waiting for a
             # thread), grpc answers RESOURCE_EXHAUSTED at once
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
@@ -167,16 +177,22 @@ class VaultServer:
             agents = self.agent.listeners if self.agent is not None else []
             self.connections = plan(self.config,
                                     len(bindings) + bool(self.config.tcp) + len(agents))
-            for u in bindings:
+            slot = self.worker
+            for k, u in enumerate(bindings):
+                # a call's listener is the socket its client connected to: a
+                # worker's private socket is the public one's, relayed
                 name = f"unix:{u.path}"
                 server = self._new_server(name, u.identity)
-                bind_unix(server, u)
-                self.listeners.append(_Listener(name, server, u.identity, u.path))
+                private = u if slot is None else SocketBinding(slot.socket(k), u.identity)
+                bind_unix(server, private)
+                self.listeners.append(_Listener(name, server, u.identity, private.path))
             if self.agent is not None:
                 self.agent.bind([u.path for u in bindings])
             if self.config.tcp:
                 self._start_tcp()
-            if self.metrics is not None and self.config.metrics:
+            if self.metrics is not None and slot is not None:
+                self.metrics.serve_unix(slot.metrics_socket)  # the supervisor serves them
+            elif self.metrics is not None and self.config.metrics:
                 self.metrics_address = self.metrics.bind(self.config.metrics)
             if after_bind is not None:
                 after_bind()
@@ -226,7 +242,7 @@ class VaultServer:
         host, port = split_host_port(c.tcp)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         name = f"tcp:{address}"
-        server = self._new_server(name, None)
+        server = self._new_server(name, None, reuse_port=self.worker is not None)
         try:
             bound = server.add_secure_port(address, creds)
         except RuntimeError as e:

@@ -9,6 +9,7 @@ built from it, so they can never disagree about what they describe.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -90,6 +91,15 @@ class ProcessStats:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """Which worker of ``serve --workers N`` this process is."""
+
+    index: int
+    count: int
+    supervisor_pid: int
+
+
+@dataclass(frozen=True, slots=True)
 class VaultStats:
     memory: SecretMemoryStats
     keys_by_type: tuple[tuple[str, int], ...]
@@ -101,6 +111,9 @@ class VaultStats:
     identity_quotas: tuple[IdentityUse, ...] = ()
     #: where this process is in its store's change feed
     feed: FeedStatistics | None = None
+    #: the process these figures are of (each worker holds its own copy of the keys)
+    pid: int = 0
+    worker: WorkerInfo | None = None
 
 
 class StatsSource:
@@ -116,6 +129,7 @@ class StatsSource:
         stop_on_tracer: bool = False,
         tracer_check_seconds: float = 0.0,
         feed: Callable[[], FeedStatistics] | None = None,
+        worker: WorkerInfo | None = None,
     ) -> None:
         self._feed = feed
         self._memory = memory
@@ -124,6 +138,7 @@ class StatsSource:
         self._stop_on_tracer = stop_on_tracer
         self._tracer_check_seconds = tracer_check_seconds if stop_on_tracer else 0.0
         self._quotas = quotas
+        self.worker = worker
 
     def snapshot(self) -> VaultStats:
         return VaultStats(
@@ -134,6 +149,9 @@ class StatsSource:
             max_versions_per_key=None if self._quotas is None else self._quotas.max_versions,
             identity_quotas=() if self._quotas is None else self._quotas.snapshot(),
             feed=None if self._feed is None else self._feed(),
+            # read each time: a worker's pid is its own, even in a forked test child
+            pid=os.getpid(),
+            worker=self.worker,
         )
 
 
@@ -196,6 +214,10 @@ def to_proto(s: VaultStats) -> stats_pb2.Stats:
             for q in s.identity_quotas
         ],
     )
+    out.pid = s.pid
+    if s.worker is not None:
+        out.worker.CopyFrom(stats_pb2.Worker(index=s.worker.index, count=s.worker.count,
+                                             supervisor_pid=s.worker.supervisor_pid))
     if s.process is not None:
         out.process.CopyFrom(_process(s.process))
     if s.feed is not None:

@@ -107,6 +107,10 @@ in production keep the unseal material on another machine or medium.
     _server_option(ops, "--metrics", "metrics", metavar="HOST:PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics "
                    "(e.g. 127.0.0.1:9464)")
+    _server_option(ops, "--workers", "worker_processes", type=whole_number, metavar="N",
+                   help="serve from N processes, each with its own copy of the keys in its "
+                   "own secret memory (N times the memlock), every listener reaching all of "
+                   "them; 0: this process serves", shown=str)
     _server_option(ops, "--keep-capabilities", "keep_capabilities", action="store_true",
                    help="keep the capabilities the server was started with (default: "
                    "drop them all at start, CAP_IPC_LOCK first, so RLIMIT_MEMLOCK holds)")

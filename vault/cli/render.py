@@ -154,6 +154,11 @@ def _heading(s: Stats) -> list[Any]:
             f"store {f.store}: ", ("reachable", "green") if f.store_reachable else
             (f"UNREACHABLE ({f.error})", "bold red"),
             f"; feed at change {f.position:,}, {f.applied:,} applied from others{lag}"))
+    if s.worker is not None:
+        w = s.worker
+        lines.append(Text(f"worker {w.index} of {w.count}, pid {s.pid} (supervisor pid "
+                          f"{w.supervisor_pid}): every figure is this worker's own; each "
+                          "worker holds its own copy of the keys"))
     lines.append(Text(""))
     return lines
 

@@ -13,6 +13,7 @@ test when :data:`HOLD_AFTER_STOP_ENV` asks it to.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -110,12 +111,20 @@ def run(config: ServerConfig) -> int:
     Raises :class:`~secretvault.api.errors.VaultError` (a one-line message naming
     the fix) when the server cannot start.  Must be called from the main
     thread (it installs the signal handlers, and restores them on return).
+    With ``worker_processes`` set, this process supervises that many workers
+    (:mod:`secretvault.vault.supervisor`); a worker runs this too, with
+    ``config.worker`` set, and says it is ready on stdout.
     """
+    if config.worker_processes and config.worker is None:
+        return _supervise(config)
     # the server's modules (and grpc with them) load only for serve, and only
     # after main has set GRPC_VERBOSITY
     from secretvault.vault.progress import UnsealProgress
     from secretvault.vault.server import create_server
     from secretvault.vault.summary import summary
+
+    slot = config.worker
+    who = "secretvault" if slot is None else f"secretvault worker {slot.index}"
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
@@ -148,23 +157,70 @@ def run(config: ServerConfig) -> int:
         if progress.started:
             print(progress.line(), file=sys.stderr, flush=True)
         with server:
-            print(summary(server), file=sys.stderr, flush=True)
+            if slot is None:
+                print(summary(server), file=sys.stderr, flush=True)
+            else:  # the supervisor prints one summary for every worker
+                print(json.dumps({"ready": os.getpid(), "summary": summary(server)}),
+                      flush=True)
             while not stop.wait(1.0):
                 pass
             server.begin_stop(config.grace_seconds)
             name = signal.Signals(received[0]).name if received else "stop"
-            print(f"secretvault: {name}: draining in-flight calls (up to "
+            print(f"{who}: {name}: draining in-flight calls (up to "
                   f"{config.grace_seconds:g} s), then zeroing secret memory", file=sys.stderr,
                   flush=True)
         # said only when the backend agrees that nothing is mapped any more
         left = server.vault.backend.statistics()
         if left.regions or left.pages_mapped:
-            print(f"secretvault: stopped, but {left.regions} secret regions "
+            print(f"{who}: stopped, but {left.regions} secret regions "
                   f"({left.pages_mapped} pages) are still mapped", file=sys.stderr, flush=True)
             return 1
-        print("secretvault: stopped; secret memory zeroed and unmapped", file=sys.stderr,
+        print(f"{who}: stopped; secret memory zeroed and unmapped", file=sys.stderr,
               flush=True)
         return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _supervise(config: ServerConfig) -> int:
+    """``serve --workers N``: bind the public listeners, start the workers, restart
+    any that exits, and stop them all on SIGTERM or SIGINT."""
+    from secretvault.backends import harden_process
+    from secretvault.vault.supervisor import Supervisor
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
+                            "%(message)s", stream=sys.stderr)
+    if config.vault.harden:
+        harden_process()  # it holds no key, but its memory is the server's business
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        after_bind = None
+        if not config.keep_capabilities:
+            # the supervisor binds the Unix sockets and the metrics port (it may
+            # need CAP_CHOWN, CAP_NET_BIND_SERVICE); each worker binds TCP and
+            # drops its own after
+            _drop_capabilities(_bind_capabilities(config))
+
+            def after_bind() -> None:
+                workers_need = replace(config, policy_file=None, listeners=(), metrics=None)
+                _drop_capabilities(_bind_capabilities(workers_need))
+        supervisor = Supervisor(config, after_bind=after_bind).start(stop)
+        print(supervisor.summary(), file=sys.stderr, flush=True)
+        code = supervisor.run(stop)
+        name = signal.Signals(received[0]).name if received else "stop"
+        if code == 0:
+            print(f"secretvault: {name}: every worker drained, zeroed and unmapped its secret "
+                  "memory; stopped", file=sys.stderr, flush=True)
+        return code
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

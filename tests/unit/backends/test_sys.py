@@ -6,6 +6,7 @@ import fcntl
 import os
 import resource
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,42 @@ def test_mincore_counts_first_touched_secret_pages() -> None:
         _sys.munmap(addr, 4 * PAGE)
     with pytest.raises(BackendError, match="mincore"):
         _sys.mincore(addr, 4 * PAGE)  # unmapped: ENOMEM
+
+
+def test_a_child_with_a_parent_death_signal_dies_with_its_parent(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG: what ``serve --workers`` relies on so no worker outlives it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child = (
+        "import os, signal, time\n"
+        "from secretvault.backends import set_parent_death_signal\n"
+        "set_parent_death_signal(signal.SIGTERM)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "time.sleep(60)\n"
+    )
+    parent = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+        f"while not __import__('os').path.exists({str(pid_file)!r}): time.sleep(0.01)\n"
+        "time.sleep(0.2)\n"
+    )
+    subprocess.run([sys.executable, "-c", parent], check=True, timeout=30)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        # a zombie waiting for init to reap it counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the child outlived its parent")

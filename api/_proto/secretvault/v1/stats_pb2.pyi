@@ -146,8 +146,18 @@ class Feed(_message.Message):
     error: str
     def __init__(self, store: _Optional[str] = ..., position: _Optional[int] = ..., applied: _Optional[int] = ..., last_lag_seconds: _Optional[float] = ..., store_reachable: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
+class Worker(_message.Message):
+    __slots__ = ("index", "count", "supervisor_pid")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUPERVISOR_PID_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    count: int
+    supervisor_pid: int
+    def __init__(self, index: _Optional[int] = ..., count: _Optional[int] = ..., supervisor_pid: _Optional[int] = ...) -> None: ...
+
 class Stats(_message.Message):
-    __slots__ = ("backend", "protection", "regions", "pages_mapped", "pages_resident", "bytes_locked", "key_bytes", "size_classes", "memlock", "memcg", "hibernation_inhibited", "direct_map", "extra", "keys_by_type", "operations", "process", "max_versions_per_key", "identity_quotas", "feed")
+    __slots__ = ("backend", "protection", "regions", "pages_mapped", "pages_resident", "bytes_locked", "key_bytes", "size_classes", "memlock", "memcg", "hibernation_inhibited", "direct_map", "extra", "keys_by_type", "operations", "process", "max_versions_per_key", "identity_quotas", "feed", "pid", "worker")
     class ExtraEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +191,8 @@ class Stats(_message.Message):
     MAX_VERSIONS_PER_KEY_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_QUOTAS_FIELD_NUMBER: _ClassVar[int]
     FEED_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     backend: str
     protection: str
     regions: int
@@ -200,7 +212,9 @@ class Stats(_message.Message):
     max_versions_per_key: int
     identity_quotas: _containers.RepeatedCompositeFieldContainer[IdentityQuota]
     feed: Feed
-    def __init__(self, backend: _Optional[str] = ..., protection: _Optional[str] = ..., regions: _Optional[int] = ..., pages_mapped: _Optional[int] = ..., pages_resident: _Optional[int] = ..., bytes_locked: _Optional[int] = ..., key_bytes: _Optional[int] = ..., size_classes: _Optional[_Iterable[_Union[SizeClass, _Mapping]]] = ..., memlock: _Optional[_Union[Memlock, _Mapping]] = ..., memcg: _Optional[_Union[Memcg, _Mapping]] = ..., hibernation_inhibited: _Optional[bool] = ..., direct_map: _Optional[_Union[DirectMap, _Mapping]] = ..., extra: _Optional[_Mapping[str, float]] = ..., keys_by_type: _Optional[_Mapping[str, int]] = ..., operations: _Optional[_Iterable[_Union[OperationCount, _Mapping]]] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., max_versions_per_key: _Optional[int] = ..., identity_quotas: _Optional[_Iterable[_Union[IdentityQuota, _Mapping]]] = ..., feed: _Optional[_Union[Feed, _Mapping]] = ...) -> None: ...
+    pid: int
+    worker: Worker
+    def __init__(self, backend: _Optional[str] = ..., protection: _Optional[str] = ..., regions: _Optional[int] = ..., pages_mapped: _Optional[int] = ..., pages_resident: _Optional[int] = ..., bytes_locked: _Optional[int] = ..., key_bytes: _Optional[int] = ..., size_classes: _Optional[_Iterable[_Union[SizeClass, _Mapping]]] = ..., memlock: _Optional[_Union[Memlock, _Mapping]] = ..., memcg: _Optional[_Union[Memcg, _Mapping]] = ..., hibernation_inhibited: _Optional[bool] = ..., direct_map: _Optional[_Union[DirectMap, _Mapping]] = ..., extra: _Optional[_Mapping[str, float]] = ..., keys_by_type: _Optional[_Mapping[str, int]] = ..., operations: _Optional[_Iterable[_Union[OperationCount, _Mapping]]] = ..., process: _Optional[_Union[Process, _Mapping]] = ..., max_versions_per_key: _Optional[int] = ..., identity_quotas: _Optional[_Iterable[_Union[IdentityQuota, _Mapping]]] = ..., feed: _Optional[_Union[Feed, _Mapping]] = ..., pid: _Optional[int] = ..., worker: _Optional[_Union[Worker, _Mapping]] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

@@ -92,3 +92,18 @@ def test_piped_watch_shows_the_last_view_unpadded_when_ctrl_c_ends_it(
     out = capsys.readouterr().out
     assert out.count("Secret memory") == 1 and "416 B" in out
     _no_trailing_spaces(out)
+
+
+def test_a_workers_stats_say_whose_they_are(capsys: pytest.CaptureFixture[str]) -> None:
+    msg = _stats()
+    msg.pid = 4242
+    msg.worker.CopyFrom(stats_pb2.Worker(index=1, count=2, supervisor_pid=4000))
+    s = stats_from_wire(msg)
+    assert (s.pid, s.worker.index if s.worker else None) == (4242, 1)
+    show_stats(s)
+    out = capsys.readouterr().out
+    assert ("worker 1 of 2, pid 4242 (supervisor pid 4000): every figure is this worker's "
+            "own") in " ".join(out.split())
+    # one process: no such line
+    show_stats(stats_from_wire(_stats()))
+    assert "worker" not in capsys.readouterr().out

@@ -57,6 +57,7 @@ def test_every_serve_option_is_a_config_field_or_a_vault_option() -> None:
         "max_connections", "connection_idle_seconds", "reserved_descriptors",
         "ssh_agent", "ssh_agent_max_connections", "ssh_agent_idle_seconds",
         "ssh_agent_max_keys",
+        "worker_processes",
     }
 
 
