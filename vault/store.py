@@ -101,10 +101,8 @@ class SQLiteStore:
         self.path = path
         self.position = 0
         self.feed_retain = FEED_RETAIN
-        fresh = not os.path.exists(path)
-        if fresh:
-            # create it 0600 before SQLite opens it: sealed or not, it is
-            # nobody else's business
+        if not os.path.exists(path):
+            # create it 0600 before SQLite opens it: sealed or not, it is nobody else's
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
             os.close(fd)
         try:
@@ -113,9 +111,8 @@ class SQLiteStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
-            # deleted records are overwritten with zeros, not just unlinked
-            # from the b-tree (Debian's SQLite happens to default to this;
-            # others do not)
+            # deleted records are overwritten with zeros, not just unlinked from
+            # the b-tree (Debian's SQLite happens to default to this; others do not)
             self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
             # a store from before row MACs has no row_mac column: it is added
@@ -358,15 +355,28 @@ class SQLiteStore:
             self._db.close()
 
 
+_Rows = tuple[list[Any], dict[bytes, list[VersionRecord]], dict[bytes, list[str]]]
+
+
 def _read_keys(db: sqlite3.Connection, has_row_mac: bool, has_created_by: bool,
-               name: str | None) -> tuple[list[Any], dict[bytes, list[VersionRecord]],
-                                          dict[bytes, list[str]]]:
+               name: str | None) -> _Rows:
     """The key rows (every one, or the one named ``name``) and their versions."""
     # CAST: a blob rewritten as TEXT, or text that is not UTF-8 (corruption,
     # or an edit by hand), must reach the parsers as bytes, not fail the whole
     # load with a decoding error in fetchall(); SQLite's column affinity does
     # not stop a value of another type from being stored, so every value is
     # checked
+    # one read transaction, one snapshot (WAL): a change committed between the
+    # two reads must not pair a key row with versions its row MAC does not cover
+    db.execute("BEGIN")
+    try:
+        return _read_rows(db, has_row_mac, has_created_by, name)
+    finally:
+        db.execute("COMMIT")
+
+
+def _read_rows(db: sqlite3.Connection, has_row_mac: bool, has_created_by: bool,
+               name: str | None) -> _Rows:
     where, params = ("WHERE name = ? ", (name,)) if name is not None else ("", ())
     keys = db.execute(
         "SELECT rowid, typeof(name), CAST(name AS BLOB), CAST(type AS BLOB), created, "
