@@ -1,6 +1,5 @@
-"""The SQLite store: the embedded default, one file beside the data directory.
-
-The interface and the change feed are :mod:`secretvault.vault.store_protocol`.
+"""The SQLite store: the default, one file in the data directory (the interface
+and the change feed: :mod:`secretvault.vault.store_protocol`).
 
 SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk (WAL
 fsynced) before ``COMMIT`` returns, so ``kill -9`` at any point loses at most
@@ -115,20 +114,18 @@ class SQLiteStore:
             # the b-tree (Debian's SQLite happens to default to this; others do not)
             self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
-            # a store from before row MACs has no row_mac column: it is added
-            # by migrate_row_macs, once the keyring has unsealed it (opening
-            # the file, or a wrong passphrase, changes nothing)
+            # a store from before row MACs has no row_mac column: migrate_row_macs adds
+            # it once the keyring has unsealed it (a wrong passphrase changes nothing)
             self._has_row_mac = "row_mac" in {
                 row[1] for row in self._db.execute("PRAGMA table_info(keys)")}
-            # likewise created_by, added by the first version written after
-            # the unseal (in that version's own transaction)
+            # likewise created_by: the first version written after the unseal adds it
             self._has_created_by = "created_by" in {
                 row[1] for row in self._db.execute("PRAGMA table_info(key_versions)")}
         except sqlite3.DatabaseError as e:
             raise _store_error(e, f"cannot open the key store {path}") from None
         self._lock = threading.Lock()
-        #: keys whose stored name does not round-trip (NULL, not UTF-8, not
-        #: text) by the name they are served under: (rowid, the stored bytes)
+        #: keys whose stored name does not round-trip (NULL, not UTF-8, not text), by
+        #: the name they are served under: (rowid, the stored bytes)
         self._by_row: dict[str, tuple[int, bytes | None]] = {}
 
     @property
@@ -166,12 +163,15 @@ class SQLiteStore:
     @contextmanager
     def _changing(self, kind: ChangeKind, name: str,
                   version: int | None = None) -> Iterator[sqlite3.Connection]:
-        """:meth:`_tx`, numbered ``position + 1`` in the feed (:class:`StaleFeed`
-        when another writer took that number); the position moves on commit."""
+        """:meth:`_tx`, numbered next in the feed; :class:`StaleFeed` when a change
+        this process has not applied touched ``name`` (``store_protocol``)."""
         with self._tx() as db:
             (head,) = db.execute("SELECT seq FROM feed WHERE id = 1").fetchone()
             if head != self.position:
-                raise StaleFeed(int(head))
+                n, mine = db.execute("SELECT count(*), coalesce(sum(name = ?), 0) FROM changes "
+                                     "WHERE seq > ?", (name, self.position)).fetchone()
+                if mine or n != head - self.position:
+                    raise StaleFeed(int(head))
             seq = head + 1
             db.execute("UPDATE feed SET seq = ? WHERE id = 1", (seq,))
             db.execute("INSERT INTO changes (seq, kind, name, version, at) "
@@ -179,7 +179,8 @@ class SQLiteStore:
             if seq % min(PRUNE_EVERY, self.feed_retain) == 0:
                 db.execute("DELETE FROM changes WHERE seq <= ?", (seq - self.feed_retain,))
             yield db
-        self.position = seq
+        if seq == self.position + 1:
+            self.position = seq
 
     def get_meta(self, key: str) -> bytes | None:
         with self._reading() as db:
@@ -408,8 +409,8 @@ def _read_rows(db: sqlite3.Connection, has_row_mac: bool, has_created_by: bool,
 
 
 class DataVersionWaiter:
-    """The SQLite follower's wake-up: ``PRAGMA data_version`` on its own connection,
-    read every :data:`POLL_SECONDS`; it changes when any other connection commits."""
+    """The SQLite wake-up: ``PRAGMA data_version`` on its own connection (it moves
+    when any other connection commits), read every :data:`POLL_SECONDS`."""
 
     def __init__(self, path: str) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

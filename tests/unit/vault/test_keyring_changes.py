@@ -142,3 +142,31 @@ def test_following_a_key_while_it_rotates_never_reads_a_torn_row(ring: Keyring,
     t.join()
     other.follow()
     assert other.get("k").primary_version == 61 and other.get("k").damaged is None
+
+
+def test_a_busy_writer_elsewhere_does_not_starve_a_change(ring: Keyring, other: Keyring) -> None:
+    """Changes to other keys in between do not refuse a change: while one keyring
+    creates as fast as it can, the other's creates all go through."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def hot() -> None:
+        i = 0
+        while not stop.is_set():
+            ring.create(f"hot{i}", "hmac-sha256")
+            i += 1
+
+    t = threading.Thread(target=hot)
+    t.start()
+    try:
+        for i in range(40):
+            try:
+                other.create(f"cold{i}", "hmac-sha256")
+            except BaseException as e:  # StoreBusy, before: starved by the hot writer
+                errors.append(e)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors[:2]
+    other.follow()
+    assert len([k for k in other.list() if k.name.startswith("cold")]) == 40
