@@ -1,6 +1,5 @@
-"""The SQLite store: the embedded default, one file beside the data directory.
-
-The interface and the change feed are :mod:`secretvault.vault.store_protocol`.
+"""The SQLite store: the default, one file in the data directory (the interface
+and the change feed: :mod:`secretvault.vault.store_protocol`).
 
 SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk (WAL
 fsynced) before ``COMMIT`` returns, so ``kill -9`` at any point loses at most
@@ -101,10 +100,8 @@ class SQLiteStore:
         self.path = path
         self.position = 0
         self.feed_retain = FEED_RETAIN
-        fresh = not os.path.exists(path)
-        if fresh:
-            # create it 0600 before SQLite opens it: sealed or not, it is
-            # nobody else's business
+        if not os.path.exists(path):
+            # create it 0600 before SQLite opens it: sealed or not, it is nobody else's
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
             os.close(fd)
         try:
@@ -113,25 +110,22 @@ class SQLiteStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
-            # deleted records are overwritten with zeros, not just unlinked
-            # from the b-tree (Debian's SQLite happens to default to this;
-            # others do not)
+            # deleted records are overwritten with zeros, not just unlinked from
+            # the b-tree (Debian's SQLite happens to default to this; others do not)
             self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
-            # a store from before row MACs has no row_mac column: it is added
-            # by migrate_row_macs, once the keyring has unsealed it (opening
-            # the file, or a wrong passphrase, changes nothing)
+            # a store from before row MACs has no row_mac column: migrate_row_macs adds
+            # it once the keyring has unsealed it (a wrong passphrase changes nothing)
             self._has_row_mac = "row_mac" in {
                 row[1] for row in self._db.execute("PRAGMA table_info(keys)")}
-            # likewise created_by, added by the first version written after
-            # the unseal (in that version's own transaction)
+            # likewise created_by: the first version written after the unseal adds it
             self._has_created_by = "created_by" in {
                 row[1] for row in self._db.execute("PRAGMA table_info(key_versions)")}
         except sqlite3.DatabaseError as e:
             raise _store_error(e, f"cannot open the key store {path}") from None
         self._lock = threading.Lock()
-        #: keys whose stored name does not round-trip (NULL, not UTF-8, not
-        #: text) by the name they are served under: (rowid, the stored bytes)
+        #: keys whose stored name does not round-trip (NULL, not UTF-8, not text), by
+        #: the name they are served under: (rowid, the stored bytes)
         self._by_row: dict[str, tuple[int, bytes | None]] = {}
 
     @property
@@ -169,12 +163,15 @@ class SQLiteStore:
     @contextmanager
     def _changing(self, kind: ChangeKind, name: str,
                   version: int | None = None) -> Iterator[sqlite3.Connection]:
-        """:meth:`_tx`, numbered ``position + 1`` in the feed (:class:`StaleFeed`
-        when another writer took that number); the position moves on commit."""
+        """:meth:`_tx`, numbered next in the feed; :class:`StaleFeed` when a change
+        this process has not applied touched ``name`` (``store_protocol``)."""
         with self._tx() as db:
             (head,) = db.execute("SELECT seq FROM feed WHERE id = 1").fetchone()
             if head != self.position:
-                raise StaleFeed(int(head))
+                n, mine = db.execute("SELECT count(*), coalesce(sum(name = ?), 0) FROM changes "
+                                     "WHERE seq > ?", (name, self.position)).fetchone()
+                if mine or n != head - self.position:
+                    raise StaleFeed(int(head))
             seq = head + 1
             db.execute("UPDATE feed SET seq = ? WHERE id = 1", (seq,))
             db.execute("INSERT INTO changes (seq, kind, name, version, at) "
@@ -182,7 +179,8 @@ class SQLiteStore:
             if seq % min(PRUNE_EVERY, self.feed_retain) == 0:
                 db.execute("DELETE FROM changes WHERE seq <= ?", (seq - self.feed_retain,))
             yield db
-        self.position = seq
+        if seq == self.position + 1:
+            self.position = seq
 
     def get_meta(self, key: str) -> bytes | None:
         with self._reading() as db:
@@ -358,15 +356,28 @@ class SQLiteStore:
             self._db.close()
 
 
+_Rows = tuple[list[Any], dict[bytes, list[VersionRecord]], dict[bytes, list[str]]]
+
+
 def _read_keys(db: sqlite3.Connection, has_row_mac: bool, has_created_by: bool,
-               name: str | None) -> tuple[list[Any], dict[bytes, list[VersionRecord]],
-                                          dict[bytes, list[str]]]:
+               name: str | None) -> _Rows:
     """The key rows (every one, or the one named ``name``) and their versions."""
     # CAST: a blob rewritten as TEXT, or text that is not UTF-8 (corruption,
     # or an edit by hand), must reach the parsers as bytes, not fail the whole
     # load with a decoding error in fetchall(); SQLite's column affinity does
     # not stop a value of another type from being stored, so every value is
     # checked
+    # one read transaction, one snapshot (WAL): a change committed between the
+    # two reads must not pair a key row with versions its row MAC does not cover
+    db.execute("BEGIN")
+    try:
+        return _read_rows(db, has_row_mac, has_created_by, name)
+    finally:
+        db.execute("COMMIT")
+
+
+def _read_rows(db: sqlite3.Connection, has_row_mac: bool, has_created_by: bool,
+               name: str | None) -> _Rows:
     where, params = ("WHERE name = ? ", (name,)) if name is not None else ("", ())
     keys = db.execute(
         "SELECT rowid, typeof(name), CAST(name AS BLOB), CAST(type AS BLOB), created, "
@@ -398,8 +409,8 @@ def _read_keys(db: sqlite3.Connection, has_row_mac: bool, has_created_by: bool,
 
 
 class DataVersionWaiter:
-    """The SQLite follower's wake-up: ``PRAGMA data_version`` on its own connection,
-    read every :data:`POLL_SECONDS`; it changes when any other connection commits."""
+    """The SQLite wake-up: ``PRAGMA data_version`` on its own connection (it moves
+    when any other connection commits), read every :data:`POLL_SECONDS`."""
 
     def __init__(self, path: str) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

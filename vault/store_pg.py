@@ -117,12 +117,18 @@ class PostgreSQLStore:
                     (kind, name, version, time.time(), CHANNEL)).fetchone()
                 seq = int(row[0]) if row else 0
                 if seq != self.position + 1:
-                    raise StaleFeed(seq - 1)
+                    seen, mine = _one(conn.execute(
+                        "SELECT count(*), count(*) FILTER (WHERE name = %s) FROM "
+                        "secretvault.changes WHERE seq > %s AND seq < %s",
+                        (name, self.position, seq)))
+                    if mine or seen != seq - 1 - self.position:
+                        raise StaleFeed(seq - 1)
                 if seq % min(PRUNE_EVERY, self.feed_retain) == 0:
                     conn.execute("DELETE FROM secretvault.changes WHERE seq <= %s",
                                  (seq - self.feed_retain,))
                 yield conn
-            self.position = seq
+            if seq == self.position + 1:
+                self.position = seq
 
     # --- the Store protocol ------------------------------------------------------------
 

@@ -9,12 +9,16 @@ acknowledges a key to a client only after that.
 to the store's feed, in the same transaction, numbered by a single counter
 row that the transaction updates: writers serialise on that row, so change
 ``N + 1`` can only commit after ``N`` has, and a reader never sees a gap.
-A store handle remembers :attr:`Store.position`, the last change the
-process has applied to its keyring.  A mutation is numbered
-``position + 1`` and raises :class:`StaleFeed` (changing nothing) when
-another process got that number first: the keyring then applies the
-changes it has not seen, so its new row MAC and version number are computed
-over the store's real state, and tries again.
+A store handle remembers :attr:`Store.position`: every change up to it has
+been applied to the process's keyring.  A mutation of key ``K`` takes the
+next number; when changes this process has not applied came in between
+(another process's), it is refused with :class:`StaleFeed`, changing
+nothing, if any of them touched ``K`` (or the feed no longer holds them
+all): the keyring then applies them, so its new row MAC and version number
+are computed over the key's real state, and tries again.  Changes to other
+keys do not refuse it (a busy writer elsewhere cannot starve it); the
+position then stays where it was, and the follower applies the changes in
+between, and this one again, harmlessly (applying is by state).
 """
 
 from __future__ import annotations

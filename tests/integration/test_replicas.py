@@ -356,11 +356,10 @@ def test_postgresql_stopped_under_load(pg_server: _pg.PgServer,
     unclean = [f for f in create_failures
                if f[0] != grpc.StatusCode.UNAVAILABLE or f[2] != "StoreUnavailable"]
     assert not unclean, unclean[:3]
-    # no replica misses a change: every acknowledged create is on both, and both agree
-    for r in (a, b):
-        _until(lambda r=r: r.has(created[-1]), timeout=5)
+    # no replica misses a change: every acknowledged create is on both, and both
+    # agree (within the bound: the last creates may still be on their way)
+    _until(lambda: a.names() == b.names(), timeout=BOUND)
     names = a.names()
-    assert names == b.names()
     assert set(created) <= names and "while-down" not in names
     print(f"PostgreSQL stopped under load: {signs[0]} signs, none failed; {len(created)} "
           f"creates acknowledged, {len(create_failures)} refused with UNAVAILABLE "

@@ -117,3 +117,56 @@ def test_a_keyring_behind_a_pruned_feed_reloads_every_key(ring: Keyring, other: 
     assert other._store.position == store.position
     _, sig = other.sign("new3", b"m")
     assert ring.verify("new3", b"m", sig)
+
+
+def test_following_a_key_while_it_rotates_never_reads_a_torn_row(ring: Keyring,
+                                                                 other: Keyring) -> None:
+    """A follower reads a key row and its version rows as one snapshot: a rotation
+    committed between the two reads must not make it see a row whose MAC does not
+    cover the versions read (it would damage, and zero, a sound key)."""
+    ring.create("k", "hmac-sha256")
+    done = threading.Event()
+
+    def rotate() -> None:
+        try:
+            for _ in range(60):
+                ring.rotate("k")
+        finally:
+            done.set()
+
+    t = threading.Thread(target=rotate)
+    t.start()
+    while not done.is_set():
+        other.follow()
+        assert other._keys["k"].damaged is None, other._keys["k"].damaged
+    t.join()
+    other.follow()
+    assert other.get("k").primary_version == 61 and other.get("k").damaged is None
+
+
+def test_a_busy_writer_elsewhere_does_not_starve_a_change(ring: Keyring, other: Keyring) -> None:
+    """Changes to other keys in between do not refuse a change: while one keyring
+    creates as fast as it can, the other's creates all go through."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def hot() -> None:
+        i = 0
+        while not stop.is_set():
+            ring.create(f"hot{i}", "hmac-sha256")
+            i += 1
+
+    t = threading.Thread(target=hot)
+    t.start()
+    try:
+        for i in range(40):
+            try:
+                other.create(f"cold{i}", "hmac-sha256")
+            except BaseException as e:  # StoreBusy, before: starved by the hot writer
+                errors.append(e)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors[:2]
+    other.follow()
+    assert len([k for k in other.list() if k.name.startswith("cold")]) == 40

@@ -198,13 +198,19 @@ def test_the_feed_numbers_every_change_without_a_gap(store: SQLiteStore, store_p
     assert store.load_key("b") is None
 
 
-def test_a_stale_writer_changes_nothing(store: SQLiteStore, store_path: str) -> None:
+def test_a_stale_writer_is_refused_only_for_a_key_it_has_not_seen_change(
+        store: SQLiteStore, store_path: str) -> None:
     other = SQLiteStore(store_path)
     try:
         store.create_key(_k("a"), _v(1))
+        # other has not applied change 1, which touched "a": refused, nothing written
         with pytest.raises(StaleFeed) as e:
-            other.create_key(_k("b"), _v(1))
-        assert e.value.head == 1 and other.load_key("b") is None and other.feed_head() == 1
+            other.add_version("a", _v(2), row_mac=b"m")
+        assert e.value.head == 1 and other.feed_head() == 1
+        # another key is not held up by it; other's position stays (change 1 unapplied)
+        other.create_key(_k("b"), _v(1))
+        assert other.position == 0 and other.feed_head() == 2
+        assert other.load_key("b") is not None
     finally:
         other.close()
 
