@@ -20,7 +20,9 @@ distinct, ordered versions.
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -51,6 +53,10 @@ from secretvault.vault.unsealing import ImportKey, Unsealed
 T = TypeVar("T")
 #: how often a change is tried again when other processes keep changing the store first
 STALE_RETRIES = 20
+#: after the n-th stale refusal a change waits up to STALE_PAUSE * 2**n seconds
+#: (full jitter), never more than STALE_PAUSE_CAP: about 0.5 s over every retry
+STALE_PAUSE, STALE_PAUSE_CAP = 0.001, 0.05
+_pause = time.sleep
 #: makes a new version's key: (its slot, filled; public key; length in the slot)
 Fill = Callable[[], tuple[Slot, bytes | None, int]]
 
@@ -110,12 +116,15 @@ class KeyChanges:
         changes are applied and ``change`` runs again."""
         with self._mutate:
             self._require_open()
-            for _ in range(STALE_RETRIES):
+            for attempt in range(STALE_RETRIES):
                 self._applier.follow()
                 try:
                     return change()
                 except StaleFeed:
-                    continue
+                    # a writer that lost the race waits a random while before it
+                    # tries again, so one that always wins cannot starve it
+                    cap = min(STALE_PAUSE_CAP, STALE_PAUSE * 2 ** attempt)
+                    _pause(random.uniform(0, cap))  # noqa: S311 (timing jitter, not a secret)
             raise StoreBusy(f"the key store changed under this change {STALE_RETRIES} "
                             "times in a row (other processes are changing it): retry")
 

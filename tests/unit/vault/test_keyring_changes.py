@@ -14,12 +14,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from secretvault.api.errors import KeyExists, KeyNotFound
+from secretvault.api.errors import KeyExists, KeyNotFound, StoreBusy
 from secretvault.backends import SlotAllocator
+from secretvault.vault import keyring_changes
 from secretvault.vault.keyring import Keyring
 from secretvault.vault.keyring_changes import KeyChanges
 from secretvault.vault.sealing import UnsealSource
 from secretvault.vault.store import SQLiteStore
+from secretvault.vault.store_protocol import StaleFeed
 from tests.unit.vault._support import PASSPHRASE, open_ring, raw
 
 
@@ -170,3 +172,35 @@ def test_a_busy_writer_elsewhere_does_not_starve_a_change(ring: Keyring, other: 
     assert not errors, errors[:2]
     other.follow()
     assert len([k for k in other.list() if k.name.startswith("cold")]) == 40
+
+
+def test_a_writer_that_lost_the_race_waits_a_growing_random_while(
+    ring: Keyring, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without the pause, a writer that always wins (another process rotating as
+    # fast as it can) could make this one lose every retry and answer StoreBusy.
+    pauses: list[float] = []
+    monkeypatch.setattr(keyring_changes, "_pause", pauses.append)
+    monkeypatch.setattr(keyring_changes.random, "uniform", lambda lo, hi: hi)
+    lost = iter(range(5))
+
+    def change() -> str:
+        if next(lost, None) is not None:
+            raise StaleFeed("another process changed the key")
+        return "made"
+
+    assert ring._retrying(change) == "made"
+    cap, base = keyring_changes.STALE_PAUSE_CAP, keyring_changes.STALE_PAUSE
+    assert pauses == [min(cap, base * 2 ** n) for n in range(5)]
+
+
+def test_a_writer_that_always_loses_gives_up_with_store_busy(
+    ring: Keyring, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(keyring_changes, "_pause", lambda _s: None)
+
+    def change() -> str:
+        raise StaleFeed("another process changed the key")
+
+    with pytest.raises(StoreBusy, match="retry"):
+        ring._retrying(change)
