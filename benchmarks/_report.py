@@ -15,6 +15,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -134,6 +135,16 @@ class Report:
     def write_json(self, out: IO[str]) -> None:
         json.dump(self.as_json(), out, indent=2)
         out.write("\n")
+
+    def emit(self, *, as_json: bool) -> int:
+        """The table on stdout, or with ``as_json`` the JSON there and the table on
+        stderr; the exit status: 1 when no measure could run, else 0."""
+        if as_json:
+            self.write_json(sys.stdout)
+            self.print(sys.stderr)
+        else:
+            self.print()
+        return 1 if all(m.missing for m in self.measures.values()) else 0
 
     # --- the table ------------------------------------------------------------
 

@@ -9,6 +9,7 @@ reason.  CPU time per operation is read from the process doing the work.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -148,3 +149,17 @@ def rounds_and_seconds(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if rounds < 1 or seconds <= 0:
         p.error("--rounds and --seconds must be positive")
     return rounds, seconds
+
+
+def run_bench(build: Callable[[Bench, contextlib.ExitStack], None], rounds: int,
+              seconds: float, log: Callable[[str], None]) -> Bench:
+    """Set every form up with ``build`` (its servers and peers on the stack), say which
+    are missing, run the rounds, then stop what ``build`` started."""
+    with contextlib.ExitStack() as stack:
+        bench = Bench(log)
+        build(bench, stack)
+        for m in bench.measures.values():
+            if m.missing:
+                log(f"MISSING {m.key}: {m.missing}")
+        bench.run(rounds, seconds)
+    return bench

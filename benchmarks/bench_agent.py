@@ -35,7 +35,7 @@ from typing import Any
 
 from benchmarks._measure import PeerMissing, Rate
 from benchmarks._report import Report, Row, Target, loadavg, machine
-from benchmarks._rounds import Bench, add_round_options, process_cpu, rounds_and_seconds
+from benchmarks._rounds import Bench, add_round_options, process_cpu, rounds_and_seconds, run_bench
 from benchmarks._rpc import ServerProcess, child_env, unix_channel
 from benchmarks.crypto_limit import SIGN_MESSAGE
 from benchmarks.peers.ssh_agent import ED25519_KEY_TYPE, AgentClient, SshAgent
@@ -172,24 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     rounds, seconds = rounds_and_seconds(p, args)
     started = time.monotonic()
     mach = machine()
-    with contextlib.ExitStack() as stack:
-        bench = Bench(log)
-        build(bench, stack)
-        for m in bench.measures.values():
-            if m.missing:
-                log(f"MISSING {m.key}: {m.missing}")
-        bench.run(rounds, seconds)
+    bench = run_bench(build, rounds, seconds, log)
     mach["loadavg_end"] = loadavg()
     config = {"rounds": rounds, "seconds": seconds, "quick": args.quick,
               "elapsed_s": time.monotonic() - started}
     report = Report(mach, config, bench.measures, rows(bench),
                     title="The vault's SSH agent against OpenSSH's ssh-agent")
-    if args.json:
-        report.write_json(sys.stdout)
-        report.print(sys.stderr)
-    else:
-        report.print()
-    return 1 if all(m.missing for m in bench.measures.values()) else 0
+    return report.emit(as_json=args.json)
 
 
 if __name__ == "__main__":

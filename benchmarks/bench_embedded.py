@@ -40,7 +40,7 @@ from collections.abc import Iterator
 
 from benchmarks._measure import PeerMissing, Run
 from benchmarks._report import Report, Row, Target, loadavg, machine
-from benchmarks._rounds import Bench, add_round_options, loop_form, rounds_and_seconds
+from benchmarks._rounds import Bench, add_round_options, loop_form, rounds_and_seconds, run_bench
 from benchmarks.crypto_limit import SIGN_MESSAGE, crypto_forms
 
 KEY = "bench/embedded"
@@ -167,24 +167,13 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     mach = machine()
-    with contextlib.ExitStack() as stack:
-        bench = Bench(log)
-        build(bench, stack, args.backend)
-        for m in bench.measures.values():
-            if m.missing:
-                log(f"MISSING {m.key}: {m.missing}")
-        bench.run(rounds, seconds)
+    bench = run_bench(lambda bench, stack: build(bench, stack, args.backend), rounds, seconds, log)
     mach["loadavg_end"] = loadavg()
     config = {"rounds": rounds, "seconds": seconds, "quick": args.quick,
               "backend": args.backend, "elapsed_s": time.monotonic() - started}
     report = Report(mach, config, bench.measures, rows(bench),
                     title="The embedded keyring against in-process signing")
-    if args.json:
-        report.write_json(sys.stdout)
-        report.print(sys.stderr)
-    else:
-        report.print()
-    return 1 if all(m.missing for m in bench.measures.values()) else 0
+    return report.emit(as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import grpc
 
 from benchmarks._measure import PeerMissing, Rate
 from benchmarks._report import Report, Row, loadavg, machine
-from benchmarks._rounds import Bench, add_round_options, process_cpu, rounds_and_seconds
+from benchmarks._rounds import Bench, add_round_options, process_cpu, rounds_and_seconds, run_bench
 from benchmarks._rpc import ServerProcess, child_env, unix_channel
 from secretvault.api._proto.secretvault.v1 import keys_pb2, keys_pb2_grpc
 
@@ -298,13 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds, seconds = rounds_and_seconds(p, args)
     started = time.monotonic()
     mach = machine()
-    with contextlib.ExitStack() as stack:
-        bench = Bench(log)
-        build(bench, stack)
-        for m in bench.measures.values():
-            if m.missing:
-                log(f"MISSING {m.key}: {m.missing}")
-        bench.run(rounds, seconds)
+    bench = run_bench(build, rounds, seconds, log)
     mach["loadavg_end"] = loadavg()
     lags = lag_summary(bench)
     for key, f in lags.items():
@@ -314,12 +308,7 @@ def main(argv: list[str] | None = None) -> int:
               "elapsed_s": time.monotonic() - started, "lag": lags}
     report = Report(mach, config, bench.measures, rows(bench),
                     title="Replicas: PostgreSQL against SQLite")
-    if args.json:
-        report.write_json(sys.stdout)
-        report.print(sys.stderr)
-    else:
-        report.print()
-    return 1 if all(m.missing for m in bench.measures.values()) else 0
+    return report.emit(as_json=args.json)
 
 
 if __name__ == "__main__":
