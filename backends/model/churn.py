@@ -23,7 +23,13 @@ agrees when the model is within **15%** of the kernel or within a floor of
 **3** (level 2 and regions; a checkpoint splits one region between two
 steps on either side, and the 256 small regions land by pcp order, which
 the model does not know) plus three times the splits other kernel activity
-made over the step's duration (idle windows before and after the run).
+made over the step's duration (idle windows before and after the run).  After
+the free the floor is **10**: in six runs on one machine the kernel's second
+2 GiB needed 3 to 8 regions of its own that the model, which reuses every
+freed page, does not (some freed pages are away meanwhile -- free page
+reporting on a VM isolates free 2 MiB blocks while it reports them, and other
+activity allocates -- neither of which the model simulates); a model that put
+the second allocation in fresh regions is off by about 1,000 there.
 Level 3 is bracketed: which GiB ranges fresh memory comes from depends on
 the order of the free lists, which /proc does not give.  The model runs twice,
 its whole free pageblocks in address order (as a boot leaves them) and in a
@@ -60,6 +66,7 @@ from secretvault.backends.model._sequence import (
 
 RATIO = 0.15
 FLOOR = 3
+FLOOR_AFTER_FREE = 10
 L3_SLACK = 2
 
 DesignFactory = Callable[[Machine], SecretmemDesign]
@@ -206,15 +213,19 @@ def compare(host: HostMemory, kernel: list[Step], noise_per_second: float, *,
     def so_far(i: int) -> tuple[int, int, int]:
         return tuple(sum(s.l3 for s in side[: i + 1]) for side in (kernel, model, other))  # type: ignore[return-value]
 
+    def floor(i: int) -> int:
+        return FLOOR if i < len(GROWTH) else FLOOR_AFTER_FREE
+
     checks = [
-        StepCheck(k.name, k, m, FLOOR + math.ceil(3 * noise_per_second * k.seconds), so_far(i))
+        StepCheck(k.name, k, m, floor(i) + math.ceil(3 * noise_per_second * k.seconds),
+                  so_far(i))
         for i, (k, m) in enumerate(zip(kernel, model, strict=True))
     ]
     for prefix, lo, hi in (("grow", 0, len(GROWTH)), ("again", len(GROWTH) + 2, len(kernel))):
         ks = _union(f"{prefix}: the whole 2 GiB", kernel[lo:hi])
         ms = _union(f"{prefix}: the whole 2 GiB", model[lo:hi])
         os_ = _union(f"{prefix}: the whole 2 GiB", other[lo:hi])
-        tol = FLOOR + math.ceil(3 * noise_per_second * ks.seconds)
+        tol = floor(lo) + math.ceil(3 * noise_per_second * ks.seconds)
         # Placement is asserted where the allocation went mostly to fresh memory
         # (new splits at least half its regions) and at most a tenth of it could
         # land in regions split before (free unmovable pages at the start):
