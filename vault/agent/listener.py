@@ -181,5 +181,7 @@ class AgentListener:
             except OSError:
                 pass
         if self._sock is not None:
+            # only a socket this listener made: one that failed to bind must not
+            # unlink another server's live socket at the same path
             self._sock.close()
-        remove_socket(self.path)
+            remove_socket(self.path)

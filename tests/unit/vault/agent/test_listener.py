@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from secretvault.api.errors import FailedPrecondition
 from secretvault.backends import SlotAllocator
 from secretvault.vault.agent import wire
 from secretvault.vault.agent.listener import AgentListener
@@ -80,3 +81,22 @@ def test_a_live_socket_is_never_replaced(ring: Keyring, allocator: SlotAllocator
             second.bind()
     finally:
         first.stop()
+
+
+def test_a_listener_that_never_bound_leaves_another_servers_socket(
+    ring: Keyring, allocator: SlotAllocator, tmp_path: Path, short: str,
+) -> None:
+    # a second `serve --ssh-agent` that fails to start stops its listeners: it must not
+    # unlink the agent socket the first server is serving on
+    path = os.path.join(short, "run", "agent.sock")
+    os.makedirs(os.path.dirname(path), mode=0o700)
+    with socket.socket(socket.AF_UNIX) as first:
+        first.bind(path)
+        first.listen(1)
+        listener = AgentListener(SocketBinding(path, "owner"),
+                                 service(ring, allocator, tmp_path),
+                                 connections=threading.BoundedSemaphore(2), idle_seconds=0.5)
+        with pytest.raises(FailedPrecondition, match="already listening"):
+            listener.bind()
+        listener.stop()
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
