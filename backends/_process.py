@@ -41,23 +41,27 @@ def cap_names(mask: int) -> tuple[str, ...]:
                  for i in range(64) if mask >> i & 1)
 
 
-def drop_capabilities(keep: Iterable[str] = ()) -> None:
+def drop_capabilities(keep: Iterable[str] = (), *, bounding: Iterable[str] = ()) -> None:
     """Keep only the capabilities named in ``keep`` (``"chown"``...), in this thread.
 
-    The ambient and bounding sets are emptied whole (dropping from the bounding
-    set needs CAP_SETPCAP: without it the set is left as it is, and it grants
-    nothing without an exec), and the effective, permitted and inheritable sets
-    become ``keep`` (the inheritable set: empty).  A process with no capability
-    makes no call.  Raises BackendError when the kernel refuses.
+    The ambient set is emptied, and the bounding set but for ``bounding``
+    (dropping from the bounding set needs CAP_SETPCAP: without it the set is
+    left as it is, and it grants nothing without an exec).  A root process
+    that execs children (``serve --workers``) keeps in ``bounding`` what they
+    need: a child exec'd as root gets its bounding set as permitted.  The
+    effective, permitted and inheritable sets become ``keep`` (the inheritable
+    set: empty).  A process with no capability makes no call.  Raises
+    BackendError when the kernel refuses.
     """
     mask = 0
     for name in keep:
         mask |= 1 << CAP[name]
+    spare = {CAP[name] for name in bounding}
     effective, permitted, inheritable = _sys.capget()
     hardened = not _sys.is_dumpable()
     if effective & (1 << CAP["setpcap"]):
         for cap in range(_last_cap() + 1):
-            if _sys.capbset_read(cap):
+            if cap not in spare and _sys.capbset_read(cap):
                 _sys.capbset_drop(cap)
     if (effective | permitted | inheritable) & ~mask or inheritable:
         _sys.capset(effective & mask, permitted & mask, 0)

@@ -1,12 +1,13 @@
 """``secretvault serve --workers N``: every listener reaches every worker (issue 12, point 5).
 
 A real supervisor (``python -m secretvault serve --workers 2``) on a store
-whose keys were made before it started (until the change feed lands,
-workers do not see each other's changes), with mutual TLS on a TCP port, the
+with a key made before it started, with mutual TLS on a TCP port, the
 default Unix socket, a per-identity socket, an audit log and a metrics
 endpoint.  Each listener is asked, over new connections, which process
 served it until every worker has answered; each worker signs with its own
-copy of the key.
+copy of the key.  A change made through one worker, or by another process
+over the store, is served (a delete: refused) by every worker within 1 s:
+each follows the store's change feed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import threading
 import time
@@ -508,3 +510,36 @@ def _children(pid: int) -> list[int]:
             return [int(p) for p in f.read().split()]
     except FileNotFoundError:
         return []
+
+
+@pytest.mark.root
+def test_workers_started_by_root_bind_a_tcp_port_below_1024() -> None:
+    # The supervisor drops its capabilities, and a worker is exec'd: as root it gets
+    # the supervisor's bounding set as its capabilities.  Emptying that set left the
+    # workers unable to bind a port below 1024 (found in review).
+    base = short_dir()
+    child = None
+    try:
+        _make_key(base)
+        pki = Pki(base)
+        server = pki.issue("server", cn="localhost", server=True)
+        for port in range(700, 1000):  # a free privileged port
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            break
+        os.makedirs(os.path.join(base, "tmp"), mode=0o700)
+        child = Child(base, ["--workers", "2", "--tcp", f"127.0.0.1:{port}",
+                             "--tls-cert", server[0], "--tls-key", server[1],
+                             "--client-ca", pki.ca_path],
+                      env={"TMPDIR": os.path.join(base, "tmp")})
+        child.wait_ready(120)
+        assert f"tcp:127.0.0.1:{port}" in child.stderr()
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass
+    finally:
+        if child is not None:
+            child.close()
+        cleanup(base)

@@ -94,12 +94,12 @@ def _bind_capabilities(config: ServerConfig) -> tuple[str, ...]:
     return tuple(keep)
 
 
-def _drop_capabilities(keep: tuple[str, ...]) -> None:
+def _drop_capabilities(keep: tuple[str, ...], bounding: tuple[str, ...] = ()) -> None:
     from secretvault.api.errors import BackendError
     from secretvault.backends import drop_capabilities
 
     try:
-        drop_capabilities(keep)
+        drop_capabilities(keep, bounding=bounding)
     except BackendError as e:
         raise BackendError(f"cannot drop the server's capabilities ({e}); pass "
                            "--keep-capabilities to serve with them") from None
@@ -207,12 +207,14 @@ def _supervise(config: ServerConfig) -> int:
         if not config.keep_capabilities:
             # the supervisor binds the Unix sockets and the metrics port (it may
             # need CAP_CHOWN, CAP_NET_BIND_SERVICE); each worker binds TCP and
-            # drops its own after
-            _drop_capabilities(_bind_capabilities(config))
+            # drops its own after.  A worker is exec'd: as root it gets the
+            # supervisor's bounding set as its capabilities, so what the workers
+            # need stays there (and only there) for the restarts to come
+            workers_need = _bind_capabilities(replace(config, listeners=(), metrics=None))
+            _drop_capabilities(_bind_capabilities(config), workers_need)
 
             def after_bind() -> None:
-                workers_need = replace(config, policy_file=None, listeners=(), metrics=None)
-                _drop_capabilities(_bind_capabilities(workers_need))
+                _drop_capabilities((), workers_need)
         supervisor = Supervisor(config, after_bind=after_bind).start(stop)
         print(supervisor.summary(), file=sys.stderr, flush=True)
         code = supervisor.run(stop)
