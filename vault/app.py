@@ -183,13 +183,15 @@ SERVER_HOLDER = "the secretvault server"
 
 
 def open_vault(config: VaultConfig, *, progress: Progress | None = None,
-               holder: str = SERVER_HOLDER) -> Vault:
+               holder: str = SERVER_HOLDER, follow: bool = True) -> Vault:
     """Harden the process, pick the backend, hold the store, unseal it.
 
     ``holder`` says what this process is, to anyone refused the store while
     it is open here (:class:`StoreInUse`).  Every serving process (replica,
     worker of ``serve --workers``, embedded keyring) shares the store and
     follows its change feed; only a first start or a migration holds it alone.
+    The feed's thread starts here unless ``follow`` is False: a server starts it
+    once it has dropped the capabilities binding needed (threads inherit them).
     """
     if config.harden:
         harden_process()
@@ -208,7 +210,9 @@ def open_vault(config: VaultConfig, *, progress: Progress | None = None,
         keyring = Keyring.open(allocator, store, source, kdf=config.kdf, progress=progress)
         lock.share()
         # from here on, what another process changes in the store is applied here
-        feed = FeedFollower(store, keyring.follow, keyring.applier).start()
+        feed = FeedFollower(store, keyring.follow, keyring.applier)
+        if follow:
+            feed.start()
     except BaseException:
         try:
             if store is not None:

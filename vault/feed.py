@@ -168,7 +168,9 @@ class FeedFollower:
         self._thread = threading.Thread(target=self._run, name="secretvault-feed", daemon=True)
 
     def start(self) -> FeedFollower:
-        self._thread.start()
+        """Start following (once: a second call does nothing)."""
+        if self._thread.ident is None:
+            self._thread.start()
         return self
 
     def on_reachability(self, listener: Callable[[bool], None]) -> None:

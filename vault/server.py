@@ -200,6 +200,8 @@ class VaultServer:
             if self.metrics_address is not None:
                 assert self.metrics is not None
                 self.metrics.start()
+            if self.vault.feed is not None:
+                self.vault.feed.start()
             for item in self.listeners:
                 item.server.start()
             if self.agent is not None:
@@ -374,7 +376,7 @@ def create_server(config: ServerConfig, *, vault: Vault | None = None,
     config.validate()
     owns = vault is None
     if vault is None:
-        vault = open_vault(config.vault, progress=progress)
+        vault = open_vault(config.vault, progress=progress, follow=False)
     try:
         server = VaultServer(config, vault, owns_vault=owns)
     except BaseException:

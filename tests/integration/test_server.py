@@ -28,7 +28,8 @@ from nacl.signing import VerifyKey
 from secretvault.api import framing
 from secretvault.api._proto.secretvault.v1 import crypto_pb2, keys_pb2, stats_pb2
 from secretvault.api.errors import FailedPrecondition
-from secretvault.vault.server import VaultServer
+from secretvault.vault.config import ServerConfig
+from secretvault.vault.server import VaultServer, create_server
 from tests.integration._support import (
     AEAD,
     ED25519,
@@ -45,6 +46,7 @@ from tests.integration._support import (
     start,
     stubs,
     tls_channel,
+    vault_config,
     wrap,
 )
 
@@ -774,3 +776,26 @@ def test_a_client_cancelling_is_not_a_server_error(server: VaultServer, vs: Stub
     time.sleep(0.5)
     assert "internal error" not in caplog.text
     assert all(line["result"] != "INTERNAL" for line in audit_lines(server)[before:])
+
+
+def test_the_feed_thread_starts_after_the_binding_capabilities_go() -> None:
+    # threads inherit the capabilities of the thread that starts them: a feed thread
+    # started while `serve` still held CAP_CHOWN / CAP_NET_BIND_SERVICE for binding
+    # kept them for the life of the process (found in review)
+    base = short_dir()
+    seen: list[bool] = []
+    threads_before = {t.ident for t in threading.enumerate()}
+    try:
+        server = create_server(
+            ServerConfig(vault=vault_config(base), grace_seconds=1.0,
+                         audit_log=os.path.join(base, "audit.log")),
+            after_bind=lambda: seen.append(any(
+                t.name == "secretvault-feed" and t.ident not in threads_before
+                for t in threading.enumerate())))
+        try:
+            assert seen == [False]
+            assert any(t.name == "secretvault-feed" for t in threading.enumerate())
+        finally:
+            server.stop()
+    finally:
+        cleanup(base)
