@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from secretvault.api import framing
 from secretvault.api.errors import KeyExists, KeyNotFound, StoreBusy
 from secretvault.backends import SlotAllocator
 from secretvault.vault import keyring_changes
@@ -204,3 +205,29 @@ def test_a_writer_that_always_loses_gives_up_with_store_busy(
 
     with pytest.raises(StoreBusy, match="retry"):
         ring._retrying(change)
+
+
+def test_adopt_expands_the_callers_seed_into_a_slot_of_its_own(
+    ring: Keyring, other: Keyring, allocator: SlotAllocator,
+) -> None:
+    # the SSH agent's persisted ssh-add key: the seed is the caller's slot, read
+    # (not taken) on every attempt, so a retry after another process's change
+    # cannot hand over a slot the first attempt freed
+    from nacl.signing import SigningKey
+
+    from secretvault.api.errors import InvalidArgument
+    from secretvault.backends import _sodium
+
+    signing = SigningKey.generate()
+    public = bytes(signing.verify_key)
+    seeded = allocator.allocate(64)
+    _sodium.ffi.memmove(_sodium.pointer(seeded.address), bytes(signing) + public, 64)
+    other.create("elsewhere", "ed25519")  # ring's copy of the feed is now stale
+    info = ring.adopt("agent/k", seeded, public, {"ssh-comment": "me"})
+    assert info.name == "agent/k" and not seeded.freed  # still the caller's
+    _version, sig = framing.unframe(framing.Kind.SIGNATURE, ring.sign("agent/k", b"m")[1])
+    signing.verify_key.verify(b"m", sig)
+    with pytest.raises(InvalidArgument, match="does not match"):
+        ring.adopt("agent/other", seeded, bytes(32), {})
+    assert not seeded.freed
+    seeded.free()
