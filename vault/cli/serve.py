@@ -105,6 +105,30 @@ def _drop_capabilities(keep: tuple[str, ...], bounding: tuple[str, ...] = ()) ->
                            "--keep-capabilities to serve with them") from None
 
 
+class _StopSignals:
+    """From its making until :meth:`restore`, SIGTERM and SIGINT set ``stop``
+    (and are recorded, for the line that says what stopped the server)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._received: list[int] = []
+        self._previous = {s: signal.signal(s, self._on_signal)
+                          for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._received.append(signum)
+        self.stop.set()
+
+    @property
+    def name(self) -> str:
+        """The first signal received ("SIGTERM"), or "stop" when none was."""
+        return signal.Signals(self._received[0]).name if self._received else "stop"
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
 def run(config: ServerConfig) -> int:
     """Serve until SIGTERM or SIGINT, then drain, zero secret memory, and return 0.
 
@@ -129,14 +153,8 @@ def run(config: ServerConfig) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
                             "%(message)s", stream=sys.stderr)
-    stop = threading.Event()
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    signals = _StopSignals()
+    stop = signals.stop
     try:
         # a bar on a terminal while many key versions unseal; one line after
         after_bind = None
@@ -165,7 +183,7 @@ def run(config: ServerConfig) -> int:
             while not stop.wait(1.0):
                 pass
             server.begin_stop(config.grace_seconds)
-            name = signal.Signals(received[0]).name if received else "stop"
+            name = signals.name
             print(f"{who}: {name}: draining in-flight calls (up to "
                   f"{config.grace_seconds:g} s), then zeroing secret memory", file=sys.stderr,
                   flush=True)
@@ -179,8 +197,7 @@ def run(config: ServerConfig) -> int:
               flush=True)
         return 0
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        signals.restore()
 
 
 def _supervise(config: ServerConfig) -> int:
@@ -194,14 +211,8 @@ def _supervise(config: ServerConfig) -> int:
                             "%(message)s", stream=sys.stderr)
     if config.vault.harden:
         harden_process()  # it holds no key, but its memory is the server's business
-    stop = threading.Event()
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    signals = _StopSignals()
+    stop = signals.stop
     try:
         after_bind = None
         if not config.keep_capabilities:
@@ -218,14 +229,13 @@ def _supervise(config: ServerConfig) -> int:
         supervisor = Supervisor(config, after_bind=after_bind).start(stop)
         print(supervisor.summary(), file=sys.stderr, flush=True)
         code = supervisor.run(stop)
-        name = signal.Signals(received[0]).name if received else "stop"
+        name = signals.name
         if code == 0:
             print(f"secretvault: {name}: every worker drained, zeroed and unmapped its secret "
                   "memory; stopped", file=sys.stderr, flush=True)
         return code
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        signals.restore()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
