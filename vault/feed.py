@@ -82,7 +82,8 @@ class Applier:
                 self._store.position = change.seq
                 self.last, self.last_applied_at = change, time.time()
                 done += 1
-            self.applied += len(batch)
+                # counted with the position: a batch that fails part-way keeps both
+                self.applied += 1
             if len(batch) < BATCH:
                 return done
 

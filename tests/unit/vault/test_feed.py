@@ -131,3 +131,28 @@ def test_the_feed_is_in_stats_metrics_and_the_client_record(pair: tuple[Vault, V
     assert gauges == {"secretvault_store_up": 1.0, "secretvault_feed_position": 1.0,
                       "secretvault_feed_applied": 1.0,
                       "secretvault_feed_last_lag_seconds": record.last_lag_seconds}
+
+
+def test_a_batch_that_fails_part_way_counts_what_it_applied(
+    pair: tuple[Vault, Vault], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one, two = pair
+    assert two.feed is not None
+    two.feed.close()  # follow by hand below, not from the thread
+    one.keyring.create("a", "ed25519")
+    one.keyring.create("b", "ed25519")
+    applier = two.keyring.applier
+    real = applier._refresh
+
+    def refresh(name: str) -> None:
+        if name == "b":
+            raise OSError("the store went away mid-batch")
+        real(name)
+
+    monkeypatch.setattr(applier, "_refresh", refresh)
+    start = two.store.position
+    with pytest.raises(OSError):
+        two.keyring.follow()
+    # the first change was applied (the position moved past it), and is counted
+    assert two.store.position == start + 1
+    assert applier.applied == 1
