@@ -135,15 +135,21 @@ class Changes:
         if not self.record.attempt(session, "ssh_add", fp):
             key.slot.free()
             return wire.FAILURE_MESSAGE
-        with self.views.view(identity) as view:
-            if view.locked or view.full(key.public):
-                status = "FAILED_PRECONDITION" if view.locked else "RESOURCE_EXHAUSTED"
+        status = ""
+        try:
+            with self.views.view(identity) as view:
+                if view.locked or view.full(key.public):
+                    status = "FAILED_PRECONDITION" if view.locked else "RESOURCE_EXHAUSTED"
+                    key.slot.free()
+                else:
+                    if lifetime is not None:
+                        key.expires = time.monotonic() + lifetime
+                    view.add(key)
+                    status = "ok"
+        except BaseException:  # the agent stopping (StoreSealed): the slot is still ours
+            if status != "ok" and not key.slot.freed:
                 key.slot.free()
-            else:
-                if lifetime is not None:
-                    key.expires = time.monotonic() + lifetime
-                view.add(key)
-                status = "ok"
+            raise
         self.record.result(session, "ssh_add", fp, status)
         return wire.SUCCESS_MESSAGE if status == "ok" else wire.FAILURE_MESSAGE
 
@@ -152,9 +158,9 @@ class Changes:
         if not self.record.attempt(session, "ssh_add", name):
             key.slot.free()
             return wire.FAILURE_MESSAGE
-        with self.views.view(session.caller.identity) as view:
-            locked = view.locked
         try:
+            with self.views.view(session.caller.identity) as view:
+                locked = view.locked
             if locked:
                 raise Refused("FAILED_PRECONDITION")
             comment = key.comment.decode("utf-8", "replace")[:64]

@@ -7,8 +7,10 @@ import struct
 import time
 from pathlib import Path
 
+import pytest
 from nacl.signing import SigningKey, VerifyKey
 
+from secretvault.api.errors import StoreSealed
 from secretvault.backends import SlotAllocator
 from secretvault.vault.agent import keys, wire
 from secretvault.vault.agent.changes import persisted_name
@@ -158,3 +160,20 @@ def test_persisted_keys_are_sealed_vault_keys(ring: Keyring, allocator: SlotAllo
         wire.FAILURE_MESSAGE
     assert svc.handle(session("dev"), wire.REMOVE_ALL_IDENTITIES, b"") == wire.SUCCESS_MESSAGE
     assert ring.list("ssh-agent/") == []
+
+
+def test_a_key_added_while_the_agent_stops_gives_its_slot_back(
+    ring: Keyring, allocator: SlotAllocator, tmp_path: Path,
+) -> None:
+    # a connection still finishing an ssh-add when the agent stops: the key
+    # received into a slot must be zeroed and freed then, not left to the end
+    svc = service(ring, allocator, tmp_path, policy(GRANTS, tmp_path))
+
+    def used() -> int:
+        return sum(c.slots_used for c in allocator.statistics().slots)
+
+    before = used()
+    svc.views.close()
+    with pytest.raises(StoreSealed):
+        _add(svc, allocator, "dev", add_body(SigningKey.generate()))
+    assert used() == before
