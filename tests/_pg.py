@@ -16,6 +16,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -105,6 +106,36 @@ class PgServer:
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "60", "stop")
+
+    def processes(self) -> list[int]:
+        """The postmaster's pid and its children's (every backend, every worker)."""
+        with open(os.path.join(self.data, "postmaster.pid"), encoding="ascii") as f:
+            postmaster = int(f.readline())
+        pids = [postmaster]
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+            if ppid == postmaster:
+                pids.append(int(entry))
+        return pids
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP the whole server: it stops answering without closing a connection
+        (a host that hangs, a partition); :meth:`thaw` with what this returns."""
+        pids = self.processes()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def thaw(self, pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def restart(self) -> None:
         self.stop()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
@@ -34,8 +34,10 @@ from secretvault.api.errors import KeyExists, KeyNotFound, StoreUnavailable, Ver
 from secretvault.vault.records import KeyRecord, VersionRecord, parse_key_row
 from secretvault.vault.store_pg_session import (
     CHANNEL,
+    LOAD_SECONDS,
     SCHEMA_LOCK,
     SCHEMA_VERSION,
+    STORE_CALL_SECONDS,
     Connector,
     describe,
     is_connection,
@@ -79,6 +81,10 @@ class PostgreSQLStore:
     def unavailable(self, e: psycopg.Error) -> StoreUnavailable:
         return self._pg.unavailable(e)
 
+    def bounded(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[None]:
+        """One call on ``conn`` within :data:`STORE_CALL_SECONDS` (``Connector.bounded``)."""
+        return self._pg.bounded(conn)
+
     def _connection(self) -> psycopg.Connection[Any]:
         """The store's session (made again after a failure); hold ``_lock``."""
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -86,17 +92,29 @@ class PostgreSQLStore:
         return self._conn
 
     @contextmanager
-    def _session(self) -> Iterator[psycopg.Connection[Any]]:
-        """The connection, under the lock; a lost server is :class:`StoreUnavailable`."""
-        with self._lock:
+    def _session(self, seconds: float = STORE_CALL_SECONDS
+                 ) -> Iterator[psycopg.Connection[Any]]:
+        """The connection, under the lock, for one call of at most ``seconds``
+        (``Connector.bounded``); a lost or hung server is :class:`StoreUnavailable`."""
+        # a call stuck on a hung server is cut within its own bound: waiting
+        # longer than that behind it means the store is not answering
+        if not self._lock.acquire(timeout=STORE_CALL_SECONDS):
+            raise self._pg.hung(STORE_CALL_SECONDS)
+        try:
             conn = self._connection()
             try:
-                yield conn
+                with self._pg.bounded(conn, seconds):
+                    yield conn
             except psycopg.Error as e:
                 if is_connection(e) or conn.broken:
                     conn.close()
                     raise self.unavailable(e) from None
                 raise
+            except StoreUnavailable:
+                conn.close()
+                raise
+        finally:
+            self._lock.release()
 
     @contextmanager
     def _changing(self, kind: ChangeKind, name: str,
@@ -208,7 +226,10 @@ class PostgreSQLStore:
 
     def _read(self, name: str | None) -> list[KeyRecord]:
         where, params = ("WHERE name = %s ", (name,)) if name is not None else ("", ())
-        with self._session() as conn, conn.transaction():
+        with self._session(LOAD_SECONDS if name is None else STORE_CALL_SECONDS) as conn, \
+                conn.transaction():
+            if name is None:  # the whole store, at start: its own, longer bound
+                conn.execute(f"SET LOCAL statement_timeout = '{LOAD_SECONDS}s'")
             # one snapshot for both reads
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             # (where: one of two fixed strings)
@@ -283,7 +304,8 @@ class ListenWaiter:
             self._conn = None
             conn = self._store.connect()
             try:
-                conn.execute(f"LISTEN {CHANNEL}")
+                with self._store.bounded(conn):
+                    conn.execute(f"LISTEN {CHANNEL}")
             except psycopg.Error as e:
                 conn.close()
                 raise self._store.unavailable(e) from None

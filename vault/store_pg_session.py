@@ -10,6 +10,11 @@ checked, with the server's ``fsync``; the start failures each get one line
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -24,12 +29,31 @@ from secretvault.api.errors import (
     VaultError,
 )
 
-__all__ = ["CHANNEL", "SCHEMA_LOCK", "SCHEMA_VERSION", "Connector", "describe", "is_postgresql"]
+__all__ = ["CHANNEL", "CONNECT_TIMEOUT", "SCHEMA_LOCK", "SCHEMA_VERSION", "STORE_CALL_SECONDS",
+           "Connector", "describe", "is_postgresql"]
 
 SCHEMA_VERSION = 1
 CHANNEL = "secretvault_feed"
 #: seconds to wait for a connection (libpq's connect_timeout, unless the URL sets one)
 CONNECT_TIMEOUT = 5
+#: seconds a call to the store may take before its session is cut and the call
+#: fails with StoreUnavailable: a server that hangs (a frozen host, a partition
+#: that drops packets) closes nothing, and without a bound a change would wait
+#: on its socket for ever, holding every later change up behind it.  The server
+#: is given the same bound for a statement and a lock wait
+STORE_CALL_SECONDS = 10
+#: the server ends a session left idle inside a transaction this long: a replica
+#: that freezes mid-change holds the feed's row lock, which orders every writer,
+#: for at most this long, so the others' changes (waiting on that lock, within
+#: their own STORE_CALL_SECONDS) go through.  A vault never pauses inside a
+#: transaction: its statements follow one another at once
+IDLE_IN_TRANSACTION_SECONDS = 5
+#: the bound for reading the whole store at start (``load``), which grows with it
+LOAD_SECONDS = 300
+#: the server-side bounds each session sets, in seconds, unless the URL's options
+#: (``options=-c lock_timeout=...``) set their own
+SESSION_BOUNDS = {"statement_timeout": STORE_CALL_SECONDS, "lock_timeout": STORE_CALL_SECONDS,
+                  "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_SECONDS}
 #: libpq's TCP keepalive settings, unless the URL sets its own (ignored on a Unix socket)
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
               "keepalives_count": 3}
@@ -119,15 +143,21 @@ class Connector:
         self.name = describe(store)
 
     def connect(self) -> psycopg.Connection[Any]:
-        """A new session, checked: synchronous_commit on, fsync on."""
+        """A new session, checked: synchronous_commit on, fsync on; the server's
+        bounds (:data:`SESSION_BOUNDS`) set where the URL left them off."""
         try:
             conn = psycopg.connect(**self._params, autocommit=True)
         except psycopg.OperationalError as e:
             raise self._connect_error(e) from None
         try:
-            conn.execute("SET synchronous_commit = on")
-            (sync,) = _one(conn.execute("SHOW synchronous_commit"))
-            (fsync,) = _one(conn.execute("SHOW fsync"))
+            with self.bounded(conn):
+                conn.execute("SET synchronous_commit = on")
+                for setting, seconds in SESSION_BOUNDS.items():
+                    (value,) = _one(conn.execute(f"SHOW {setting}"))
+                    if value == "0":  # off: libpq's options= did not set it
+                        conn.execute(f"SET {setting} = '{seconds}s'")
+                (sync,) = _one(conn.execute("SHOW synchronous_commit"))
+                (fsync,) = _one(conn.execute("SHOW fsync"))
         except psycopg.Error as e:
             conn.close()
             raise self.unavailable(e) from None
@@ -138,6 +168,34 @@ class Connector:
                 f"{sync}, fsync={fsync}): a change could be acknowledged and then lost; "
                 "turn fsync on in the server's configuration")
         return conn
+
+    @contextmanager
+    def bounded(self, conn: psycopg.Connection[Any],
+                seconds: float = STORE_CALL_SECONDS) -> Iterator[None]:
+        """Run one call on ``conn`` within ``seconds``: past them, the session's
+        socket is shut down, so the call fails at once (a lost connection) and
+        the next call connects again; the failure then says the store hung.
+
+        One timer per call (a thread that waits, then ends): a thread kept for
+        the store's life would be made before ``serve`` drops its capabilities,
+        and keep them (Linux capabilities are per thread).
+        """
+        cut = threading.Event()
+        timer = threading.Timer(seconds, _cut, (conn, cut))
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except psycopg.Error:
+            if cut.is_set():  # (what libpq says is only "connection closed")
+                raise self.hung(seconds) from None
+            raise
+        finally:
+            timer.cancel()
+
+    def hung(self, seconds: float) -> StoreUnavailable:
+        return StoreUnavailable(f"the key store {self.name} did not answer within "
+                                f"{seconds:g} s; keys already loaded keep serving")
 
     def _clean(self, text: str) -> str:
         text = " ".join(text.split())
@@ -200,6 +258,21 @@ class Connector:
             "version, or point --store at a new database" if older else
             "start a vault of the version that wrote it, or point --store at a new database")
 
+
+
+def _cut(conn: psycopg.Connection[Any], cut: threading.Event) -> None:
+    """Shut the session's socket down: a call blocked on it fails at once."""
+    cut.set()
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.OperationalError:
+        return  # closed meanwhile
+    try:
+        # a duplicate of the descriptor: shutdown acts on the socket both share
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone
 
 
 def _one(cur: psycopg.Cursor[Any]) -> tuple[Any, ...]:

@@ -9,6 +9,8 @@ which ever shows the password.
 from __future__ import annotations
 
 import threading
+import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -22,6 +24,11 @@ from secretvault.api.errors import (
     VersionNotFound,
 )
 from secretvault.vault.store_pg import SCHEMA_VERSION, PostgreSQLStore, describe, is_postgresql
+from secretvault.vault.store_pg_session import (
+    IDLE_IN_TRANSACTION_SECONDS,
+    SESSION_BOUNDS,
+    STORE_CALL_SECONDS,
+)
 from secretvault.vault.store_protocol import AlreadyInitialised, KeyRecord, StaleFeed, VersionRecord
 from tests import _pg
 
@@ -44,6 +51,52 @@ def test_every_session_commits_durably(pg_url: str) -> None:
         assert store.describe == describe(pg_url)
     finally:
         store.close()
+
+
+def test_every_session_bounds_its_statements_and_locks(pg_url: str) -> None:
+    """The server's side of STORE_CALL_SECONDS: a replica frozen mid-change holds the
+    feed's row lock (which orders every writer) for at most that long."""
+    store = PostgreSQLStore(pg_url)
+    # an operator's own setting, in the URL's options, is kept
+    own = PostgreSQLStore(pg_url + "&options=-c%20lock_timeout%3D3s")
+    try:
+        conn = store.connect()
+        for setting, seconds in SESSION_BOUNDS.items():
+            assert conn.execute(f"SHOW {setting}").fetchone() == (f"{seconds}s",), setting
+        conn.close()
+        conn = own.connect()
+        assert conn.execute("SHOW lock_timeout").fetchone() == ("3s",)
+        assert conn.execute("SHOW statement_timeout").fetchone() == (f"{STORE_CALL_SECONDS}s",)
+        conn.close()
+    finally:
+        store.close()
+        own.close()
+
+
+def test_a_session_idle_in_a_transaction_past_the_bound_is_ended(pg_url: str) -> None:
+    """A writer that stops mid-transaction (frozen, not disconnected) gives the feed's
+    row lock back within the bound, so the other replicas' changes go on."""
+    store = PostgreSQLStore(pg_url)
+    stuck = store.connect()
+    try:
+        stuck.execute("BEGIN")
+        stuck.execute("UPDATE secretvault.feed SET seq = seq WHERE id = 1")  # the row lock
+        t0 = time.monotonic()
+        store.create_key(_k("after-the-stuck-one"), _v(1))  # waits for the lock, then goes
+        waited = time.monotonic() - t0
+        assert IDLE_IN_TRANSACTION_SECONDS - 1 < waited < STORE_CALL_SECONDS, waited
+        assert stuck.broken or stuck.closed or _is_ended(stuck)
+    finally:
+        stuck.close()
+        store.close()
+
+
+def _is_ended(conn: psycopg.Connection[Any]) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error:
+        return True
+    return False
 
 
 def test_key_lifecycle_and_the_feed(pg_url: str) -> None:
