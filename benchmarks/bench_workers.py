@@ -16,7 +16,7 @@ In one process tree and the same rounds:
   signs with 32 in flight.  The 32 calls are spread over ``--connections``
   connections (16; one gRPC connection stays with one worker, so a client
   reaches several workers through several connections), each call taking
-  the next connection in turn.
+  the connection with the fewest calls in flight (:class:`Spread`).
 
 Figures are medians over rounds, ratios medians of per-round ratios.  The
 targets: batches from 2 workers >= 1.5x one worker, and >= 0.9x of one
@@ -36,6 +36,7 @@ import contextlib
 import itertools
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,16 +74,52 @@ OWN_CONNECTION = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
 
 
 class Spread:
-    """A multicallable over several connections: each call takes the next one."""
+    """A multicallable over several connections: each call takes the connection
+    with the fewest calls in flight (ties in turn), the client-side balancing
+    gRPC calls ``least_request``.
+
+    Why not plain turns: a connection stays with the worker that accepted it,
+    and over TCP the kernel's SO_REUSEPORT hash, not the vault, picks that
+    worker, so 16 connections can split 10 to 6.  Turns would still give every
+    connection an equal share of the calls, and the worker with more
+    connections would hold the window up; with the fewest in flight, each
+    worker gets calls as fast as it answers them, whatever the split.
+    """
 
     def __init__(self, calls: list[Any]) -> None:
-        self._next = itertools.cycle(calls).__next__
+        self._calls = calls
+        self._inflight = [0] * len(calls)
+        self._lock = threading.Lock()
+        self._turn = itertools.count()
+
+    def _take(self) -> int:
+        with self._lock:
+            n = len(self._calls)
+            start = next(self._turn) % n
+            i = min(range(start, start + n), key=lambda j: self._inflight[j % n]) % n
+            self._inflight[i] += 1
+            return i
+
+    def _give(self, i: int) -> None:
+        with self._lock:
+            self._inflight[i] -= 1
 
     def future(self, request: Any) -> Any:
-        return self._next().future(request)
+        i = self._take()
+        try:
+            fut = self._calls[i].future(request)
+        except BaseException:
+            self._give(i)
+            raise
+        fut.add_done_callback(lambda _f: self._give(i))
+        return fut
 
     def __call__(self, request: Any) -> Any:
-        return self._next()(request)
+        i = self._take()
+        try:
+            return self._calls[i](request)
+        finally:
+            self._give(i)
 
 
 def _channels(server: Any, transport: str, tls: TlsFiles, n: int,

@@ -4,27 +4,58 @@ the four batch targets and the relay's own CPU."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 
 from benchmarks import bench_workers
 
 
+class _Future:
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[object], None]] = []
+
+    def add_done_callback(self, fn: Callable[[object], None]) -> None:
+        self.callbacks.append(fn)
+
+    def finish(self) -> None:
+        for fn in self.callbacks:
+            fn(self)
+
+
+class _Call:
+    def __init__(self, i: int, taken: list[int], futures: list[_Future]) -> None:
+        self.i, self._taken, self._futures = i, taken, futures
+
+    def future(self, request: object) -> _Future:
+        self._taken.append(self.i)
+        fut = _Future()
+        self._futures.append(fut)
+        return fut
+
+
 def test_calls_take_the_connections_in_turn() -> None:
     taken: list[int] = []
-
-    class Call:
-        def __init__(self, i: int) -> None:
-            self.i = i
-
-        def future(self, request: object) -> int:
-            taken.append(self.i)
-            return self.i
-
-    spread = bench_workers.Spread([Call(0), Call(1), Call(2)])
+    futures: list[_Future] = []
+    spread = bench_workers.Spread([_Call(i, taken, futures) for i in range(3)])
     for _ in range(7):
         spread.future(None)
     assert taken == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_a_call_takes_the_connection_with_the_fewest_in_flight() -> None:
+    """A connection whose worker answers faster gets more of the calls."""
+    taken: list[int] = []
+    futures: list[_Future] = []
+    spread = bench_workers.Spread([_Call(i, taken, futures) for i in range(2)])
+    spread.future(None)
+    spread.future(None)  # one on each
+    futures[1].finish()  # connection 1 answered; 0 has not
+    spread.future(None)  # to 1, the one with none in flight
+    assert taken == [0, 1, 1]
+    futures[0].finish()
+    futures[2].finish()
+    assert spread._inflight == [0, 0]
 
 
 @pytest.mark.memfd_secret
