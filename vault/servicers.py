@@ -204,21 +204,17 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
 
 #: one operation of a batch or stream: fill the result's field of the
 #: operation's kind from the request in the operation's field of that kind
-_Fill = Callable[[crypto_pb2.Operation, crypto_pb2.OperationResult], object]
+_Fill = Callable[..., object]
 
 
 class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
     def __init__(self, keyring: Keyring) -> None:
         self._ring = keyring
         self._turns = BatchTurns()
-        self._ops: dict[str, _Fill] = {
-            "sign": lambda op, result: self._sign(op.sign, result.sign),
-            "verify": lambda op, result: self._verify(op.verify, result.verify),
-            "encrypt": lambda op, result: self._encrypt(op.encrypt, result.encrypt),
-            "decrypt": lambda op, result: self._decrypt(op.decrypt, result.decrypt),
-            "mac": lambda op, result: self._mac(op.mac, result.mac),
-            "verify_mac": lambda op, result: self._verify_mac(op.verify_mac,
-                                                              result.verify_mac),
+        # the Operation oneof's field names are the OperationResult's too
+        self._fills: dict[str | None, _Fill] = {
+            "sign": self._sign, "verify": self._verify, "encrypt": self._encrypt,
+            "decrypt": self._decrypt, "mac": self._mac, "verify_mac": self._verify_mac,
         }
 
     # The unary forms and the per-operation functions are the same code.  Each
@@ -294,13 +290,14 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
         kind = op.WhichOneof("op")
         result.id = op.id
         try:
-            if kind is None:
+            fill = self._fills.get(kind)
+            if fill is None:
                 raise InvalidArgument(
                     f"operation {op.id} has no operation set (sign, verify, encrypt, "
                     "decrypt, mac or verify_mac)")
-            # present in the oneof even if every field ends up at its default
-            getattr(result, kind).SetInParent()
-            self._ops[kind](op, result)
+            # filling the result's field of the kind makes it the oneof's choice:
+            # every kind sets key_version, which is never 0 (versions start at 1)
+            fill(getattr(op, kind), getattr(result, kind))
         except Exception as e:
             code, name, message = errors.describe(e, f"batch operation {kind}")
             # setting the error clears whatever of the oneof was set

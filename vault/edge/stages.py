@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import grpc
 
 from secretvault.api.errors import InvalidKeyName, PermissionDenied
-from secretvault.vault.audit import Entry
 from secretvault.vault.edge.limits import LongCall, check_batch_size
 from secretvault.vault.edge.methods import (
     BATCH,
@@ -33,6 +32,8 @@ from secretvault.vault.edge.methods import (
     Response,
     Target,
     audit_version,
+    batch_entries,
+    batch_targets,
     op_record,
     op_target,
     sized,
@@ -218,10 +219,11 @@ def _batch(site: Site, inner: Callable[[Request, grpc.ServicerContext], Response
         # the size first: nothing is looked at (or audited) one
         # operation at a time in a batch that will not run
         check_batch_size(size, max_batch)
-        targets = call.targets = [op_target(op) for op in operations]
-        # all or nothing: a batch with one denied operation runs none
+        targets = call.targets = batch_targets(operations)
+        # all or nothing: a batch with one denied operation runs none (each
+        # (operation, key) asked once, in order: the first denied is named)
         if check is not None:
-            for op, key in targets:
+            for op, key in dict.fromkeys(targets):
                 if op != "invalid":
                     try:
                         check(identity, op, key)
@@ -236,9 +238,9 @@ def _batch(site: Site, inner: Callable[[Request, grpc.ServicerContext], Response
         response = inner(request, context)
         # one line per operation, all written at once; the results go
         # back only once that write succeeded (fail closed)
-        entries = [(op, key, version, outcome) for (op, key), (outcome, version)
-                   in zip(targets, map(op_record, response.results), strict=False)]
-        _count(count, entries)
+        entries, tally = batch_entries(targets, response.results)
+        for (op, outcome), n in tally.items():
+            count(op, outcome, n)
         write_entries(identity, listener, entries)
         return response
 
@@ -322,13 +324,3 @@ def _no_crypto_grant(policy: Policy, identity: str, what: str) -> PermissionDeni
     return PermissionDenied(
         f"identity {identity!r} may not {what}: it holds no sign, verify, encrypt, decrypt, "
         f"mac or verify_mac grant ({policy.source})")
-
-
-def _count(record: Callable[[str, str, int], None], entries: list[Entry]) -> None:
-    """Add a batch's operations to the counters, once per (operation, result)."""
-    tally: dict[tuple[str, str], int] = {}
-    for op, _key, _version, result in entries:
-        pair = (op, result)
-        tally[pair] = tally.get(pair, 0) + 1
-    for (op, result), n in tally.items():
-        record(op, result, n)
