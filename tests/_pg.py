@@ -52,13 +52,24 @@ def unavailable() -> str | None:
     return None
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class PgServer:
     """One postgres on ``base/socket``; :meth:`close` stops it and removes its files."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
+        """With ``tls`` (certificate, key: PEM files), the server also listens on
+        127.0.0.1, at :attr:`port`, with TLS on (``ssl=on``), for :meth:`tcp_url`."""
         bindir = _bin_dir()
         assert bindir is not None, unavailable()
         self._bin = bindir
+        self.port = PORT if tls is None else _free_port()
         self.base = tempfile.mkdtemp(prefix="sv-pg-", dir="/tmp")
         self.data = os.path.join(self.base, "data")
         self.socket_dir = os.path.join(self.base, "socket")
@@ -72,9 +83,19 @@ class PgServer:
         os.chmod(self.base, 0o755)
         os.chmod(self.socket_dir, 0o755)
         open(self.log, "w").close()
+        owned = [self.base, self.socket_dir, pwfile, self.log]
+        self._tls: tuple[str, str] | None = None
+        if tls is not None:
+            # postgres reads them itself, and refuses a key others may read
+            self._tls = (os.path.join(self.base, "server.pem"),
+                         os.path.join(self.base, "server.key"))
+            for src, dst in zip(tls, self._tls, strict=True):
+                shutil.copyfile(src, dst)
+                os.chmod(dst, 0o600)
+            owned += self._tls
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
-            for path in (self.base, self.socket_dir, pwfile, self.log):
+            for path in owned:
                 os.chown(path, pw.pw_uid, pw.pw_gid)
         self._run("initdb", "-D", self.data, "-U", USER, f"--pwfile={pwfile}",
                   "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
@@ -99,8 +120,11 @@ class PgServer:
             return ""
 
     def start(self) -> None:
-        opts = (f"-k {self.socket_dir} -c listen_addresses='' -p {PORT} "
+        opts = (f"-k {self.socket_dir} -c listen_addresses='' -p {self.port} "
                 "-c fsync=on -c synchronous_commit=on -c max_connections=200")
+        if self._tls is not None:
+            opts = opts.replace("listen_addresses=''", "listen_addresses=127.0.0.1") + (
+                f" -c ssl=on -c ssl_cert_file={self._tls[0]} -c ssl_key_file={self._tls[1]}")
         self._run("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "-o", opts,
                   "start")
 
@@ -144,7 +168,12 @@ class PgServer:
     def conninfo(self, dbname: str = "postgres", *, password: bool = False) -> str:
         """A libpq URL for ``dbname`` (the password only when asked: prefer PGPASSWORD)."""
         secret = f":{PASSWORD}" if password else ""
-        return f"postgresql://{USER}{secret}@/{dbname}?host={self.socket_dir}&port={PORT}"
+        return f"postgresql://{USER}{secret}@/{dbname}?host={self.socket_dir}&port={self.port}"
+
+    def tcp_url(self, dbname: str, host: str = "localhost", **params: str) -> str:
+        """A libpq URL for ``dbname`` over TCP (a server started with ``tls``)."""
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"postgresql://{USER}@{host}:{self.port}/{dbname}" + (f"?{query}" if query else "")
 
     def env(self) -> dict[str, str]:
         """The environment that authenticates a client (libpq's PGPASSWORD)."""

@@ -210,6 +210,24 @@ class Connector:
                 f"the key store {self.name} refused user {user}: authentication failed",
                 "give the right password with PGPASSWORD or a PGPASSFILE (or in the URL), "
                 "or the user the server expects")
+        elif "does not match host name" in text:
+            error = StoreRefused(
+                f"the key store {self.name} presented a TLS certificate that names another "
+                f"host ({_after_failed(text)})",
+                "connect by a host name the server's certificate carries (sslmode="
+                "verify-full checks it)")
+        elif "root certificate file" in text:
+            error = StoreRefused(
+                f"the key store {self.name}: the CA file to check its TLS certificate with "
+                f"cannot be used ({_after_failed(text).split(' Either')[0]})",
+                "give sslrootcert=FILE in the URL: a PEM file of the CA that issued the "
+                "server's certificate, readable by the vault's user")
+        elif any(s in text for s in _UNTRUSTED):
+            error = StoreRefused(
+                f"the key store {self.name} presented a TLS certificate that no trusted CA "
+                f"signed ({_after_failed(text)})",
+                "give sslrootcert=FILE in the URL: the CA that issued the server's "
+                "certificate (sslmode=verify-full checks the chain and the host name)")
         elif "does not exist" in text and "database" in text:
             db = self._params.get("dbname") or user
             error = StoreRefused(
@@ -258,6 +276,16 @@ class Connector:
             "version, or point --store at a new database" if older else
             "start a vault of the version that wrote it, or point --store at a new database")
 
+
+
+#: what libpq (OpenSSL) says of a server certificate it cannot trust
+_UNTRUSTED = ("certificate verify failed", "signature failure", "unable to get local issuer",
+              "self-signed certificate", "self signed certificate", "certificate has expired")
+
+
+def _after_failed(text: str) -> str:
+    """libpq's reason, without its 'connection to server at ... failed:' preamble."""
+    return text.rsplit(" failed: ", 1)[-1][:200]
 
 
 def _cut(conn: psycopg.Connection[Any], cut: threading.Event) -> None:

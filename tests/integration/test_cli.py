@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import re
+import select
 import signal
 import stat
 import struct
@@ -405,7 +406,16 @@ def test_stats_watch_table_refreshes_on_a_terminal(server: VaultServer) -> None:
         assert seen.count(b"Direct map") >= 3  # drawn, then redrawn
         assert b"\x1b[" in seen  # cursor movement: redrawn in place, not appended
         watch.send_signal(signal.SIGINT)
-        assert watch.wait(timeout=10) == 0
+        # the terminal is read until the watch exits: its last redraws must not
+        # fill the pty's buffer and leave it blocked in write(2)
+        deadline = time.monotonic() + 10
+        while watch.poll() is None and time.monotonic() < deadline:
+            if select.select([controller], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(controller, 65536)
+                except OSError:
+                    break
+        assert watch.wait(timeout=1) == 0
     finally:
         if watch.poll() is None:
             watch.kill()
