@@ -77,11 +77,15 @@ class Applier:
                 # the feed keeps): every key is brought to its stored state
                 self._reload_all()
                 continue
+            ahead = self._store.ahead
             for change in batch:
                 self._refresh(change.name)
                 self._store.position = change.seq
-                self.last, self.last_applied_at = change, time.time()
                 done += 1
+                if change.seq in ahead:  # this process's own: not applied from the feed
+                    ahead.discard(change.seq)
+                    continue
+                self.last, self.last_applied_at = change, time.time()
                 # counted with the position: a batch that fails part-way keeps both
                 self.applied += 1
             if len(batch) < BATCH:
@@ -95,6 +99,8 @@ class Applier:
         for name in sorted(set(stored) | set(self._keys)):
             self._apply(name, stored.get(name))
         self._store.position = head
+        ahead = self._store.ahead  # its own, now applied by the reload
+        ahead.difference_update([seq for seq in ahead if seq <= head])
 
     def _refresh(self, name: str) -> None:
         """Bring key ``name`` to its stored state (gone: zeroed and forgotten)."""

@@ -99,6 +99,7 @@ class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self.position = 0
+        self.ahead: set[int] = set()
         self.feed_retain = FEED_RETAIN
         if not os.path.exists(path):
             # create it 0600 before SQLite opens it: sealed or not, it is nobody else's
@@ -181,6 +182,8 @@ class SQLiteStore:
             yield db
         if seq == self.position + 1:
             self.position = seq
+        else:
+            self.ahead.add(seq)
 
     def get_meta(self, key: str) -> bytes | None:
         with self._reading() as db:

@@ -62,6 +62,7 @@ class PostgreSQLStore:
         self._pg = Connector(store)
         self._name = self._pg.name
         self.position = 0
+        self.ahead: set[int] = set()
         self.feed_retain = FEED_RETAIN
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
@@ -147,6 +148,8 @@ class PostgreSQLStore:
                 yield conn
             if seq == self.position + 1:
                 self.position = seq
+            else:
+                self.ahead.add(seq)
 
     # --- the Store protocol ------------------------------------------------------------
 

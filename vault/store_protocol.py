@@ -88,6 +88,10 @@ class Store(Protocol):
     #: the last change of the feed this process has applied (set by the
     #: keyring's follower; a mutation advances it)
     position: int
+    #: this handle's own changes past :attr:`position` (made while another
+    #: process's change, to another key, came first): the follower reads them
+    #: again, and does not count them as applied from the feed
+    ahead: set[int]
     #: how many changes the feed keeps (:data:`FEED_RETAIN`)
     feed_retain: int
 

@@ -156,3 +156,32 @@ def test_a_batch_that_fails_part_way_counts_what_it_applied(
     # the first change was applied (the position moved past it), and is counted
     assert two.store.position == start + 1
     assert applier.applied == 1
+
+
+def test_its_own_change_is_not_counted_as_applied_from_the_feed(
+    pair: tuple[Vault, Vault], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A change made here while another process's change (to another key) came in
+    between: the position stays behind it, the follower later reads both, and
+    counts only the other's (``applied`` is what other processes changed)."""
+    one, two = pair
+    assert two.feed is not None
+    two.feed.close()  # follow by hand below, not from the thread
+    applier = two.keyring.applier
+    real = applier.follow
+
+    def follow_then_race() -> int:
+        done = real()
+        if not _has(one, "other"):
+            one.keyring.create("other", "ed25519")  # lands after two looked, before it writes
+        return done
+
+    monkeypatch.setattr(applier, "follow", follow_then_race)
+    two.keyring.create("mine", "ed25519")
+    monkeypatch.setattr(applier, "follow", real)
+    assert two.store.position == 0  # change 1 (one's) came first: change 2 (its own) waits
+    two.keyring.follow()
+    assert two.store.position == 2
+    stats = two.feed.statistics()
+    assert stats.applied == 1  # one's "other", not its own "mine"
+    assert stats.position == 2
