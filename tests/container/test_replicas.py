@@ -79,6 +79,35 @@ SESSIONS_PER_REPLICA = 2
 T = TypeVar("T")
 
 
+def worker_pids(socket: str, connections: int, sign: str | None = None) -> set[int]:
+    """The pids that ``connections`` connections to ``socket`` reach (GetStats on
+    each, a connection of its own per channel), each signing with ``sign`` first."""
+    import grpc
+
+    from secretvault.api._proto.secretvault.v1 import (
+        crypto_pb2,
+        crypto_pb2_grpc,
+        stats_pb2,
+        stats_pb2_grpc,
+    )
+
+    pids = set()
+    channels = [grpc.insecure_channel(f"unix:{socket}",
+                                      options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(connections)]
+    try:
+        for ch in channels:
+            if sign is not None:
+                crypto_pb2_grpc.CryptoServiceStub(ch).Sign(
+                    crypto_pb2.SignRequest(key=sign, message=MESSAGE), timeout=30)
+            pids.add(stats_pb2_grpc.StatsServiceStub(ch).GetStats(
+                stats_pb2.GetStatsRequest(), timeout=30).pid)
+    finally:
+        for ch in channels:
+            ch.close()
+    return pids
+
+
 def vault_sessions(pg_container: str) -> int:
     """The vault role's sessions, counted by PostgreSQL (the superuser, over
     the container's local socket)."""
@@ -385,6 +414,10 @@ def test_compose_replicated_profile_serves_each_others_changes(
     sockets = {n: next(v.split(":")[0] for v in services[n]["volumes"]
                        if v.endswith(":/run/secretvault")) for n in replicas}
     assert len(set(sockets.values())) == len(replicas), sockets
+    #: vault processes per replica: replica-2 is `serve --workers 2`
+    processes = {n: int(next((a.split("=", 1)[1] for a in services[n]["command"]
+                              if a.startswith("--workers=")), "1")) for n in replicas}
+    assert processes == {"replica-1": 1, "replica-2": 2}, processes
     for n in replicas:
         service = services[n]
         assert set(service["secrets"]) == {"unseal_passphrase", "pg_passfile"}, n
@@ -433,8 +466,14 @@ def test_compose_replicated_profile_serves_each_others_changes(
         seen = podman("exec", containers["replica-1"], "sh", "-c",
                       "cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
         assert "secretvault serve" in seen and password not in seen, seen
+        # replica-2's socket reaches both its workers: connections go to the one
+        # holding fewer, so two connections reach two processes
+        assert len(worker_pids(handles[1].socket, 4)) == 2
         check_replication(handles)
-        assert vault_sessions(containers["postgres"]) == SESSIONS_PER_REPLICA * len(handles)
+        assert vault_sessions(containers["postgres"]) == \
+            SESSIONS_PER_REPLICA * sum(processes.values())
+        # both of replica-2's workers serve what replica-1 made (each its own copy)
+        assert len(worker_pids(handles[1].socket, 4, sign="app/signer")) == 2
         # PostgreSQL took the password from its file: a wrong one is refused
         # (so the replicas did authenticate with it)
         probe = podman("exec", containers["postgres"], "sh", "-c",
