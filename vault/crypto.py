@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import os
 import socket
+from collections.abc import Sequence
 
 from secretvault.api.errors import DecryptionFailed, InvalidImport, WrongKeyType
 from secretvault.backends import KEY_SLOT_SIZES, Slot
@@ -177,6 +178,10 @@ def expand_import(key_type: KeyType, opened: Slot, length: int, slot: Slot) -> b
 
 def sign(slot: Slot, message: bytes) -> bytes:
     return na.crypto_sign_detached(slot.ptr, message)
+
+
+def sign_each(slot: Slot, messages: Sequence[bytes]) -> list[bytes]:
+    return na.crypto_sign_detached_each(slot.ptr, messages)
 
 
 def verify(public: bytes, message: bytes, signature: bytes) -> bool:

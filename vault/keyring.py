@@ -15,7 +15,7 @@ number of operations read slots while a mutation publishes or frees them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from secretvault.api import framing
 from secretvault.api.errors import (
@@ -215,6 +215,17 @@ class Keyring(KeyChanges):
             assert v.slot is not None
             sig = crypto.sign(v.slot, message)
         return v.version, framing.frame(Kind.SIGNATURE, v.version, sig)
+
+    def sign_each(self, name: str, messages: Sequence[bytes]) -> tuple[int, Sequence[bytes]]:
+        """(version, framed signature of each message), all with the primary version
+        under one hold of the read side (a batch's run of signs with one key: a
+        rotation waits for the run, never splits it)."""
+        with self._reading:
+            v = self._use(name, _ED25519, "sign")
+            assert v.slot is not None
+            sigs = crypto.sign_each(v.slot, messages)
+        header = framing.frame(Kind.SIGNATURE, v.version, b"")
+        return v.version, [header + sig for sig in sigs]
 
     def verify(self, name: str, message: bytes, signature: bytes) -> bool:
         version, raw = framing.unframe(Kind.SIGNATURE, signature, exact=True)

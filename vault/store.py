@@ -23,11 +23,6 @@ from typing import Any
 from secretvault.api.errors import (
     KeyExists,
     KeyNotFound,
-    StoreBusy,
-    StoreDamaged,
-    StoreError,
-    StoreFull,
-    VaultError,
     VersionNotFound,
 )
 from secretvault.vault.records import (
@@ -37,6 +32,7 @@ from secretvault.vault.records import (
     is_version,
     parse_key_row,
 )
+from secretvault.vault.sqlite_errors import store_error
 from secretvault.vault.store_protocol import (
     FEED_RETAIN,
     PRUNE_EVERY,
@@ -45,13 +41,10 @@ from secretvault.vault.store_protocol import (
     StaleFeed,
     Store,
 )
+from secretvault.vault.store_wake import DataVersionWaiter
 from secretvault.vault.store_wal import scrub_wal
 
 __all__ = ["KeyRecord", "SQLiteStore", "Store", "VersionRecord"]
-
-#: how often a follower's wake-up reads ``PRAGMA data_version`` (seconds)
-POLL_SECONDS = 0.01
-
 
 
 _SCHEMA = """
@@ -123,7 +116,7 @@ class SQLiteStore:
             self._has_created_by = "created_by" in {
                 row[1] for row in self._db.execute("PRAGMA table_info(key_versions)")}
         except sqlite3.DatabaseError as e:
-            raise _store_error(e, f"cannot open the key store {path}") from None
+            raise store_error(e, f"cannot open the key store {path}") from None
         self._lock = threading.Lock()
         #: keys whose stored name does not round-trip (NULL, not UTF-8, not text), by
         #: the name they are served under: (rowid, the stored bytes)
@@ -140,7 +133,7 @@ class SQLiteStore:
             try:
                 yield self._db
             except sqlite3.DatabaseError as e:
-                raise _store_error(e, f"cannot read the key store {self.path}") from None
+                raise store_error(e, f"cannot read the key store {self.path}") from None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -159,7 +152,7 @@ class SQLiteStore:
             except sqlite3.IntegrityError:
                 raise
             except sqlite3.DatabaseError as e:
-                raise _store_error(e) from None
+                raise store_error(e) from None
 
     @contextmanager
     def _changing(self, kind: ChangeKind, name: str,
@@ -409,45 +402,3 @@ def _read_rows(db: sqlite3.Connection, has_row_mac: bool, has_created_by: bool,
             None if public is None else bytes(public), bytes(nonce), bytes(sealed),
             damaged, by if isinstance(by, str) else None))
     return keys, versions, bad_numbers
-
-
-class DataVersionWaiter:
-    """The SQLite wake-up: ``PRAGMA data_version`` on its own connection (it moves
-    when any other connection commits), read every :data:`POLL_SECONDS`."""
-
-    def __init__(self, path: str) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._seen = self._version()
-
-    def _version(self) -> int:
-        (v,) = self._db.execute("PRAGMA data_version").fetchone()
-        return int(v)
-
-    def wait(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                v = self._version()
-            except sqlite3.DatabaseError as e:
-                raise _store_error(e, "cannot read the key store's feed") from None
-            if v != self._seen:
-                self._seen = v
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(POLL_SECONDS, left))
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def _store_error(e: sqlite3.DatabaseError, what: str = "the key store failed") -> VaultError:
-    code = getattr(e, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL:
-        return StoreFull("the key store's disk is full; nothing was written")
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        return StoreBusy("the key store is locked by another process; nothing was written")
-    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-        return StoreDamaged(f"{what}: the file is damaged ({e})")
-    return StoreError(f"{what}: {e}")

@@ -751,11 +751,19 @@ def test_a_server_bug_is_internal_without_detail(server: VaultServer, vs: Stubs,
         raise RuntimeError("internal detail /var/lib/secretvault/x")
 
     monkeypatch.setattr(server.vault.keyring, "sign", broken)
+    # a batch's run of signs with one key goes through sign_each
+    monkeypatch.setattr(server.vault.keyring, "sign_each", broken)
     code, details, name = code_of(vs.sign, "b/ed")
     assert (code, name) == (C.INTERNAL, "VaultError")
     assert "internal detail" not in details and "reference #" in details
     r = vs.crypto.Batch(crypto_pb2.BatchRequest(operations=_ops()[:1]))
     assert r.results[0].error.code == 13 and "internal detail" not in r.results[0].error.message
+    run = [crypto_pb2.Operation(id=i, sign=crypto_pb2.SignRequest(key="b/ed", message=b"m"))
+           for i in range(3)]  # one run of signs with one key
+    r = vs.crypto.Batch(crypto_pb2.BatchRequest(operations=run))
+    assert [x.id for x in r.results] == [0, 1, 2]
+    assert all(x.error.code == 13 and "internal detail" not in x.error.message
+               for x in r.results)
     monkeypatch.undo()
     assert vs.sign("b/ed").key_version == 1
 

@@ -154,11 +154,11 @@ def test_deletion_removes_the_sealed_copy_from_disk(
      (sqlite3.SQLITE_IOERR, "StoreError")],
 )
 def test_sqlite_failures_map_to_typed_errors(code: int, error: str) -> None:
-    from secretvault.vault.store import _store_error
+    from secretvault.vault.sqlite_errors import store_error
 
     e = sqlite3.OperationalError("boom")
     e.sqlite_errorcode = code  # type: ignore[attr-defined]
-    assert type(_store_error(e)).__name__ == error
+    assert type(store_error(e)).__name__ == error
 
 
 def test_a_locked_store_is_store_busy_and_changes_nothing(
