@@ -221,18 +221,21 @@ class AuditLog:
         """The lines of a batch (one caller, one time): all in one ``write(2)``."""
         who, cut = self._who(identity, listener)
         head = self._stamp(time.time()) + who
-        # a batch mostly repeats a few (operation, key) pairs: each is escaped once
-        targets: dict[tuple[str, str | None], tuple[str, str]] = {}
-        lines = []
-        for op, key, version, result in entries:
-            target = targets.get((op, key))
-            if target is None:
+        # a batch mostly repeats a few entries (a run of signs with one key and
+        # version): each distinct one is formatted once, its line then reused
+        made: dict[Entry, str] = {}
+        lines: list[str] = []
+        append = lines.append
+        for entry in entries:
+            line = made.get(entry)
+            if line is None:
+                op, key, version, result = entry
                 quoted, cut_key = self._key(key)
-                target = targets[(op, key)] = (
-                    f'{head}{self._quote(op)},"key":{quoted},"version":',
-                    _TRUNCATED if cut or cut_key else "")
-            lines.append(f'{target[0]}{"null" if version is None else int(version)},'
-                         f'"result":{self._quote(result)}{target[1]}}}\n')
+                line = made[entry] = (
+                    f'{head}{self._quote(op)},"key":{quoted},"version":'
+                    f'{"null" if version is None else int(version)},'
+                    f'"result":{self._quote(result)}{_TRUNCATED if cut or cut_key else ""}}}\n')
+            append(line)
         if lines:
             self._append("".join(lines))
 
