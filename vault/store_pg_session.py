@@ -180,18 +180,21 @@ class Connector:
         the store's life would be made before ``serve`` drops its capabilities,
         and keep them (Linux capabilities are per thread).
         """
-        cut = threading.Event()
-        timer = threading.Timer(seconds, _cut, (conn, cut))
+        call = _Call(conn)
+        timer = threading.Timer(seconds, call.cut)
         timer.daemon = True
         timer.start()
         try:
             yield
         except psycopg.Error:
-            if cut.is_set():  # (what libpq says is only "connection closed")
+            if call.was_cut:  # (what libpq says is only "connection closed")
                 raise self.hung(seconds) from None
             raise
         finally:
             timer.cancel()
+            if call.end():
+                # cut as the call ended: its answer stands, the session does not
+                conn.close()
 
     def hung(self, seconds: float) -> StoreUnavailable:
         return StoreUnavailable(f"the key store {self.name} did not answer within "
@@ -288,19 +291,36 @@ def _after_failed(text: str) -> str:
     return text.rsplit(" failed: ", 1)[-1][:200]
 
 
-def _cut(conn: psycopg.Connection[Any], cut: threading.Event) -> None:
-    """Shut the session's socket down: a call blocked on it fails at once."""
-    cut.set()
-    try:
-        fd = conn.pgconn.socket
-    except psycopg.OperationalError:
-        return  # closed meanwhile
-    try:
-        # a duplicate of the descriptor: shutdown acts on the socket both share
-        with socket.socket(fileno=os.dup(fd)) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already gone
+class _Call:
+    """One bounded call on a session: its timer's cut, and its end, take turns, so
+    a cut can never reach the session (nor a descriptor number reused after it
+    closed) once the call has ended."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._ended = False
+        self.was_cut = False
+
+    def cut(self) -> None:
+        """Shut the session's socket down: the call blocked on it fails at once."""
+        with self._lock:
+            if self._ended:
+                return
+            self.was_cut = True
+            try:
+                fd = self._conn.pgconn.socket
+                # a duplicate of the descriptor: shutdown acts on the socket both share
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except (psycopg.OperationalError, OSError):
+                pass  # closed meanwhile
+
+    def end(self) -> bool:
+        """The call is over: no cut from here on.  Whether it was cut."""
+        with self._lock:
+            self._ended = True
+            return self.was_cut
 
 
 def _one(cur: psycopg.Cursor[Any]) -> tuple[Any, ...]:

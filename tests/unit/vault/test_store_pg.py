@@ -28,6 +28,7 @@ from secretvault.vault.store_pg_session import (
     IDLE_IN_TRANSACTION_SECONDS,
     SESSION_BOUNDS,
     STORE_CALL_SECONDS,
+    _Call,
 )
 from secretvault.vault.store_protocol import AlreadyInitialised, KeyRecord, StaleFeed, VersionRecord
 from tests import _pg
@@ -97,6 +98,27 @@ def _is_ended(conn: psycopg.Connection[Any]) -> bool:
     except psycopg.Error:
         return True
     return False
+
+
+def test_a_cut_reaches_a_session_only_while_its_call_runs(pg_url: str) -> None:
+    """The bound's timer and the call's end take turns: a call cut as it ends keeps its
+    answer and closes its session (the next call connects again); a timer that fires
+    after the end touches nothing (the descriptor may already be another socket's)."""
+    store = PostgreSQLStore(pg_url)
+    try:
+        conn = store.connect()
+        with store._pg.bounded(conn, 0.05):
+            time.sleep(0.3)  # no statement in flight: the cut lands, the call "succeeds"
+        assert conn.closed  # not left shut down for the next call to trip on
+        conn = store.connect()
+        late = _Call(conn)
+        assert late.end() is False
+        late.cut()  # fired after the end: nothing happens
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        conn.close()
+        assert store.feed_head() == 0  # and the store's own session is unharmed
+    finally:
+        store.close()
 
 
 def test_key_lifecycle_and_the_feed(pg_url: str) -> None:
