@@ -67,7 +67,9 @@ class PostgreSQLStore:
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         with self._lock:
-            self._pg.ensure_schema(self._connection())
+            conn = self._connection()
+            with self._pg.bounded(conn):
+                self._pg.ensure_schema(conn)
 
     @property
     def describe(self) -> str:
@@ -231,8 +233,12 @@ class PostgreSQLStore:
         where, params = ("WHERE name = %s ", (name,)) if name is not None else ("", ())
         with self._session(LOAD_SECONDS if name is None else STORE_CALL_SECONDS) as conn, \
                 conn.transaction():
-            if name is None:  # the whole store, at start: its own, longer bound
+            if name is None:  # the whole store: its own, longer bounds (its rows
+                # are made into records inside the transaction, which the server
+                # counts as idle in it)
                 conn.execute(f"SET LOCAL statement_timeout = '{LOAD_SECONDS}s'")
+                conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = "
+                             f"'{LOAD_SECONDS}s'")
             # one snapshot for both reads
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             # (where: one of two fixed strings)

@@ -39,20 +39,26 @@ CONNECT_TIMEOUT = 5
 #: seconds a call to the store may take before its session is cut and the call
 #: fails with StoreUnavailable: a server that hangs (a frozen host, a partition
 #: that drops packets) closes nothing, and without a bound a change would wait
-#: on its socket for ever, holding every later change up behind it.  The server
-#: is given the same bound for a statement and a lock wait
+#: on its socket for ever, holding every later change up behind it
 STORE_CALL_SECONDS = 10
+#: the server's own bound on a statement and on a lock wait, a little inside the
+#: call's: a server that answers says why (a lock timeout, a statement timeout)
+#: before the call is cut, and its session is kept
+SERVER_STATEMENT_SECONDS = 8
 #: the server ends a session left idle inside a transaction this long: a replica
 #: that freezes mid-change holds the feed's row lock, which orders every writer,
 #: for at most this long, so the others' changes (waiting on that lock, within
-#: their own STORE_CALL_SECONDS) go through.  A vault never pauses inside a
-#: transaction: its statements follow one another at once
+#: their own bound) go through.  A change's statements follow one another at
+#: once; reading the whole store (``load``) sets its own, longer bounds
 IDLE_IN_TRANSACTION_SECONDS = 5
-#: the bound for reading the whole store at start (``load``), which grows with it
+#: the bound for reading the whole store (at start, or after the feed was pruned
+#: past a process), which grows with it
 LOAD_SECONDS = 300
-#: the server-side bounds each session sets, in seconds, unless the URL's options
-#: (``options=-c lock_timeout=...``) set their own
-SESSION_BOUNDS = {"statement_timeout": STORE_CALL_SECONDS, "lock_timeout": STORE_CALL_SECONDS,
+#: the server-side bounds each session sets, in seconds, where neither the URL's
+#: options (``options=-c lock_timeout=...``) nor the role's or database's settings
+#: set one (a setting of 0, "off", is replaced too)
+SESSION_BOUNDS = {"statement_timeout": SERVER_STATEMENT_SECONDS,
+                  "lock_timeout": SERVER_STATEMENT_SECONDS,
                   "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_SECONDS}
 #: libpq's TCP keepalive settings, unless the URL sets its own (ignored on a Unix socket)
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
@@ -161,6 +167,8 @@ class Connector:
         except psycopg.Error as e:
             conn.close()
             raise self.unavailable(e) from None
+        if conn.closed:  # cut as its set-up ended
+            raise self.hung(STORE_CALL_SECONDS)
         if sync != "on" or fsync != "on":
             conn.close()
             raise FailedPrecondition(
@@ -225,6 +233,11 @@ class Connector:
                 f"cannot be used ({_after_failed(text).split(' Either')[0]})",
                 "give sslrootcert=FILE in the URL: a PEM file of the CA that issued the "
                 "server's certificate, readable by the vault's user")
+        elif "certificate has expired" in text:
+            error = StoreRefused(
+                f"the key store {self.name} presented a TLS certificate that has expired "
+                f"({_after_failed(text)})",
+                "renew the server's certificate (or correct this host's clock)")
         elif any(s in text for s in _UNTRUSTED):
             error = StoreRefused(
                 f"the key store {self.name} presented a TLS certificate that no trusted CA "
@@ -283,7 +296,7 @@ class Connector:
 
 #: what libpq (OpenSSL) says of a server certificate it cannot trust
 _UNTRUSTED = ("certificate verify failed", "signature failure", "unable to get local issuer",
-              "self-signed certificate", "self signed certificate", "certificate has expired")
+              "self-signed certificate", "self signed certificate")
 
 
 def _after_failed(text: str) -> str:
@@ -309,12 +322,15 @@ class _Call:
                 return
             self.was_cut = True
             try:
-                fd = self._conn.pgconn.socket
-                # a duplicate of the descriptor: shutdown acts on the socket both share
-                with socket.socket(fileno=os.dup(fd)) as sock:
-                    sock.shutdown(socket.SHUT_RDWR)
+                fd = os.dup(self._conn.pgconn.socket)
             except (psycopg.OperationalError, OSError):
-                pass  # closed meanwhile
+                return  # closed meanwhile
+            try:
+                # a duplicate of the descriptor: shutdown acts on the socket both share
+                with socket.socket(fileno=fd) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                os.close(fd)  # not a socket (any more): socket() did not take it
 
     def end(self) -> bool:
         """The call is over: no cut from here on.  Whether it was cut."""

@@ -26,6 +26,7 @@ from secretvault.api.errors import (
 from secretvault.vault.store_pg import SCHEMA_VERSION, PostgreSQLStore, describe, is_postgresql
 from secretvault.vault.store_pg_session import (
     IDLE_IN_TRANSACTION_SECONDS,
+    SERVER_STATEMENT_SECONDS,
     SESSION_BOUNDS,
     STORE_CALL_SECONDS,
     _Call,
@@ -67,7 +68,8 @@ def test_every_session_bounds_its_statements_and_locks(pg_url: str) -> None:
         conn.close()
         conn = own.connect()
         assert conn.execute("SHOW lock_timeout").fetchone() == ("3s",)
-        assert conn.execute("SHOW statement_timeout").fetchone() == (f"{STORE_CALL_SECONDS}s",)
+        assert conn.execute("SHOW statement_timeout").fetchone() == (
+            f"{SERVER_STATEMENT_SECONDS}s",)
         conn.close()
     finally:
         store.close()
@@ -98,6 +100,31 @@ def _is_ended(conn: psycopg.Connection[Any]) -> bool:
     except psycopg.Error:
         return True
     return False
+
+
+def test_loading_the_store_may_take_longer_than_a_change_idles(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the whole store makes its rows into records inside the transaction,
+    which the server counts as idle in it: a big store (or a busy host) takes
+    longer than IDLE_IN_TRANSACTION_SECONDS, and the load must still succeed."""
+    import secretvault.vault.store_pg as store_pg
+
+    store = PostgreSQLStore(pg_url)
+    try:
+        store.create_key(_k("a"), _v(1))
+        real = store_pg.VersionRecord
+        slow = {"left": 1}
+
+        def record(*args: Any, **kwargs: Any) -> VersionRecord:
+            if slow["left"]:
+                slow["left"] -= 1
+                time.sleep(IDLE_IN_TRANSACTION_SECONDS + 1.5)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(store_pg, "VersionRecord", record)
+        assert [k.name for k in store.load()] == ["a"]
+    finally:
+        store.close()
 
 
 def test_a_cut_reaches_a_session_only_while_its_call_runs(pg_url: str) -> None:
