@@ -389,6 +389,25 @@ def test_two_processes_over_one_sqlite_store_follow_each_other() -> None:
         cleanup(base_b)
 
 
+def start_failure(what: str, store: list[str], env: dict[str, str]) -> str:
+    """The one line ``serve --store STORE...`` prints as it refuses to start (exit 2),
+    checked to be one line, the usual error form, and without the password."""
+    d = short_dir()
+    try:
+        child = Child(d, ["--store", *store], env=env)
+        try:
+            assert child.proc.wait(timeout=60) == 2, what
+            lines = child.stderr().strip().splitlines()
+        finally:
+            child.close()
+    finally:
+        cleanup(d)
+    assert len(lines) == 1, (what, lines)
+    assert lines[0].startswith("secretvault: error: "), (what, lines)
+    assert _pg.PASSWORD not in lines[0], (what, lines)
+    return lines[0]
+
+
 def test_each_start_failure_is_one_clear_line(pg_server: _pg.PgServer, pg_url: str) -> None:
     """Bad connection string, authentication failure, missing database, older
     schema, unreachable server: one line each, with the fix, never the password."""
@@ -413,21 +432,9 @@ def test_each_start_failure_is_one_clear_line(pg_server: _pg.PgServer, pg_url: s
                             "cannot reach the key store"),
         }
         for what, (store, env, expected) in cases.items():
-            d = short_dir()
-            try:
-                child = Child(d, ["--store", *store], env=env)
-                try:
-                    assert child.proc.wait(timeout=60) == 2, what
-                    lines = child.stderr().strip().splitlines()
-                finally:
-                    child.close()
-            finally:
-                cleanup(d)
-            assert len(lines) == 1, (what, lines)
-            assert lines[0].startswith("secretvault: error: "), (what, lines)
-            assert expected in lines[0] and "(fix: " in lines[0], (what, lines)
-            assert secret not in lines[0], (what, lines)
-            print(f"{what}: {lines[0]}")
+            line = start_failure(what, store, env)
+            assert expected in line and "(fix: " in line, (what, line)
+            print(f"{what}: {line}")
     finally:
         cleanup(base)
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests import _pg
-from tests.integration._support import Child, Pki, cleanup, short_dir
-from tests.integration.test_replicas import BOUND, Replica, _until
+from tests.integration._support import Pki, cleanup, short_dir
+from tests.integration.test_replicas import BOUND, Replica, _until, start_failure
 
 
 @pytest.fixture(scope="module")
@@ -83,20 +83,8 @@ def test_a_server_certificate_it_cannot_verify_is_one_clear_line(
                            "sslrootcert"),
         }
         for what, (url, expected, fix) in cases.items():
-            d = short_dir()
-            try:
-                child = Child(d, ["--store", url], env=server.env())
-                try:
-                    assert child.proc.wait(timeout=60) == 2, what
-                    lines = child.stderr().strip().splitlines()
-                finally:
-                    child.close()
-            finally:
-                cleanup(d)
-            assert len(lines) == 1, (what, lines)
-            assert lines[0].startswith("secretvault: error: "), (what, lines)
-            assert expected in lines[0] and fix in lines[0].split("(fix: ")[1], (what, lines)
-            assert _pg.PASSWORD not in lines[0]
-            print(f"{what}: {lines[0]}")
+            line = start_failure(what, [url], server.env())
+            assert expected in line and fix in line.split("(fix: ")[1], (what, line)
+            print(f"{what}: {line}")
     finally:
         cleanup(other)
