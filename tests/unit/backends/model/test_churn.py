@@ -154,3 +154,25 @@ def test_a_wrong_model_fails_against_the_recorded_kernel_run() -> None:
 
     wrong = churn.compare(*_recorded("plain"), design=MovableSecretPages)
     assert not wrong.agrees, str(wrong)
+
+
+def test_the_wait_after_a_free_ends_on_a_steady_machine(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """MemFree back and steady: the wait ends after the reporting delay; MemFree
+    that keeps moving: it ends at the bound, never later."""
+    import time
+
+    from secretvault.backends import _procfs
+    from secretvault.backends.model import _kernelprobe as probe
+
+    monkeypatch.setattr(probe, "SETTLE_DELAY", 0.1)
+    monkeypatch.setattr(probe, "SETTLE_SECONDS", 1.5)
+    readings = iter([1000 << 20, 500 << 20, 1000 << 20] + [1000 << 20] * 100)
+    monkeypatch.setattr(_procfs, "meminfo", lambda: {"MemFree": next(readings)})
+    t0 = time.monotonic()
+    probe._settle_free()  # reported (500 MiB away), then back
+    assert time.monotonic() - t0 < 1.0
+    moving = iter(range(0, 10**12, 64 << 20))
+    monkeypatch.setattr(_procfs, "meminfo", lambda: {"MemFree": next(moving)})
+    t0 = time.monotonic()
+    probe._settle_free()
+    assert 1.4 < time.monotonic() - t0 < 2.5
