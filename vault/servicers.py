@@ -342,9 +342,10 @@ class CryptoServicer(crypto_pb2_grpc.CryptoServiceServicer):
 
         Consecutive signs with one key (a batch's usual shape) are one
         :meth:`Keyring.sign_each`: one look-up and one hold of the read lock for
-        the run, libsodium called in one loop.  When the run fails as a whole
-        (no such key, another type...), each of its operations runs on its own,
-        so each gets the result its unary call would have.
+        the run, libsodium called in one loop.  When the run is refused as a
+        whole (no such key, another type...), each of its operations runs on its
+        own, so each gets the result its unary call would have; an unexpected
+        error (a bug) is each operation's INTERNAL result.
         """
         run_into, sign_each = self._run_into, self._ring.sign_each
         while i < end:

@@ -233,14 +233,14 @@ class PostgreSQLStore:
         where, params = ("WHERE name = %s ", (name,)) if name is not None else ("", ())
         with self._session(LOAD_SECONDS if name is None else STORE_CALL_SECONDS) as conn, \
                 conn.transaction():
+            # one snapshot for both reads (set first: before any other statement)
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             if name is None:  # the whole store: its own, longer bounds (its rows
                 # are made into records inside the transaction, which the server
                 # counts as idle in it)
                 conn.execute(f"SET LOCAL statement_timeout = '{LOAD_SECONDS}s'")
                 conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = "
                              f"'{LOAD_SECONDS}s'")
-            # one snapshot for both reads
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             # (where: one of two fixed strings)
             keys = conn.execute(
                 "SELECT name, type, created, labels, primary_version, "  # noqa: S608
